@@ -1,0 +1,226 @@
+"""One typed source of every option: dataclass fields feed argparse for train.py and test.py.
+
+Each field carries its help text and a *scope*:
+- ``run``: used by both entry points, free to differ between training and testing
+  (seed, device, data location);
+- ``model``: decides what the trained model is; saved in the checkpoint and, in test.py, taken
+  from it (a value given on the test command line must agree with it);
+- ``train`` / ``test``: only that entry point has the option.
+
+The option names and meanings follow the reference code (CloserLookFewShot / HyperMAML), so
+its published commands run unchanged. A value the user gives is never overwritten: options
+whose default depends on the dataset or method default to ``None`` here and are resolved once,
+visibly, by :func:`resolve`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from errors import UserError
+
+DATASETS = ("omniglot", "cross_char")
+MODELS = ("Conv4",)
+# Both benchmarks use the MAML-family overrides of the reference (SPEC section 5).
+CHARACTER_DATASETS = ("omniglot", "cross_char")
+
+
+def str2bool(text: str) -> bool:
+    """Parse a boolean option value; the reference's ``type=bool`` turned "False" into True."""
+    value = text.strip().lower()
+    if value in ("true", "t", "yes", "y", "1"):
+        return True
+    if value in ("false", "f", "no", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def _opt(default: Any, help: str, scope: str = "run", **argparse_kwargs: Any) -> Any:
+    metadata = {"help": help, "scope": scope, "argparse": argparse_kwargs}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class Options:
+    # --- what to run -------------------------------------------------------------------------
+    dataset: str = _opt(None, "benchmark: omniglot (Vinyals splits) or cross_char "
+                        "(Omniglot without Latin -> EMNIST)", "model", choices=DATASETS,
+                        required=True)
+    method: str = _opt(None, "meta-learning method", "model", required=True)
+    model: str = _opt("Conv4", "backbone", "model", choices=MODELS)
+    n_shot: int = _opt(5, "support images per class", "model")
+    train_n_way: int = _opt(5, "classes per training episode (the classifier's width)", "model")
+    test_n_way: int = _opt(5, "classes per validation/test episode", "run")
+    seed: int = _opt(0, "seed of the episode stream and the initial weights (0 is a seed too)")
+    device: str = _opt("auto", "where to compute: auto picks cuda, then mps, then cpu",
+                       choices=("auto", "cpu", "cuda", "mps"))
+
+    # --- data --------------------------------------------------------------------------------
+    data_dir: Optional[str] = _opt(None, "root holding omniglot/ and emnist/ (default filelists/)")
+    data_source: Optional[str] = _opt(None, "offline copy of the raw files (a folder laid out "
+                                      "as ../shared/data) used if data must be prepared; also "
+                                      "the environment variable FSL_DATA_SOURCE")
+    no_download: bool = _opt(False, "never prepare data automatically; fail if it is missing")
+
+    # --- checkpoints -------------------------------------------------------------------------
+    save_dir: str = _opt("./save", "root of checkpoints/{dataset}/{model}_{method}_{n}way_{k}shot")
+    checkpoint_suffix: str = _opt("", "appended to the checkpoint folder name, to keep runs apart",
+                                  "model")
+
+    # --- training schedule -------------------------------------------------------------------
+    stop_epoch: int = _opt(-1, "epochs in the reference's unit; the MAML family multiplies it "
+                           "by n_task (-1: 600 for 1-shot, 400 otherwise, as the reference)",
+                           "train")
+    start_epoch: int = _opt(0, "epoch number to start counting from (a fresh run)", "train")
+    n_episode: Optional[int] = _opt(None, "episodes per epoch in training (default 100) and per "
+                                    "repeat in test.py (default 600)")
+    lr: float = _opt(1e-3, "outer (meta) learning rate", "train")
+    optim: str = _opt("adam", "outer optimiser", "train", choices=("adam", "sgd"))
+    lr_scheduler: str = _opt("none", "multisteplr: lr x 0.3 at each milestone", "train",
+                             choices=("none", "multisteplr"))
+    milestones: Optional[list] = _opt(None, "epochs (effective, after the n_task rule) of the lr "
+                                      "drops; default every quarter of the run", "train",
+                                      nargs="+", type=int)
+    resume: bool = _opt(False, "continue the run saved in last_model.tar of the checkpoint folder",
+                        "train")
+    save_freq: int = _opt(50, "also keep {epoch}.tar every this many epochs", "train")
+    eval_freq: int = _opt(1, "validate every this many epochs", "train")
+    es_epoch: int = _opt(250, "early stopping: from this epoch on, stop if the best validation "
+                         "accuracy is still below es_threshold", "train")
+    es_threshold: float = _opt(0.0, "early stopping accuracy threshold in percent (0: never stop)",
+                               "train")
+
+    # --- MAML family ---------------------------------------------------------------------------
+    n_task: Optional[int] = _opt(None, "tasks per meta-update (default 4; 32 on omniglot and "
+                                 "cross_char, as the reference)", "model")
+    task_update_num: Optional[int] = _opt(None, "inner gradient steps (default 5; 1 on omniglot "
+                                          "and cross_char)", "model")
+    train_lr: Optional[float] = _opt(None, "inner learning rate (default 0.01; 0.1 on omniglot "
+                                     "and cross_char)", "model")
+    maml_adapt_classifier: bool = _opt(False, "adapt only the classifier in the inner loop",
+                                       "model")
+
+    # --- testing -------------------------------------------------------------------------------
+    split: str = _opt("novel", "split to test on", "test", choices=("base", "val", "novel"))
+    save_iter: int = _opt(-1, "test the checkpoint of this epoch instead of best_model.tar",
+                          "test")
+    repeat: int = _opt(5, "test repeats, with seeds seed .. seed+repeat-1", "test")
+    record_dir: str = _opt("./record", "where results.txt and results.jsonl are appended", "test")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def option_fields(scopes: Sequence[str]) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(Options) if f.metadata["scope"] in scopes]
+
+
+def build_parser(entry: str, method_names: Sequence[str]) -> argparse.ArgumentParser:
+    """The argparse parser of ``entry`` ("train" or "test"), built from :class:`Options`."""
+    scopes = ("run", "model", entry)
+    description = {"train": "Meta-train a few-shot method.",
+                   "test": "Test a meta-trained few-shot method on 600-episode repeats."}[entry]
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in option_fields(scopes):
+        kwargs = dict(f.metadata["argparse"])
+        if f.name == "method":
+            kwargs["choices"] = tuple(method_names)
+        if f.type in ("bool", bool):
+            # A bare flag means True; "--flag False" means False (the reference got this wrong).
+            kwargs.update(type=str2bool, nargs="?", const=True, metavar="BOOL")
+        elif "type" not in kwargs:
+            kwargs["type"] = _scalar_type(f)
+        if not kwargs.get("required"):
+            kwargs["default"] = f.default if f.default is not dataclasses.MISSING else None
+        parser.add_argument(f"--{f.name}", help=f.metadata["help"], **kwargs)
+    return parser
+
+
+def _scalar_type(f: dataclasses.Field):
+    name = str(f.type).replace("Optional[", "").rstrip("]")
+    return {"int": int, "float": float, "str": str}.get(name, str)
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
+    """Names of the options the user actually wrote on the command line."""
+    probe = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            probe.add_argument(*action.option_strings, dest=action.dest, nargs=action.nargs,
+                               const=action.const, type=action.type)
+    given, _ = probe.parse_known_args(argv)
+    return set(vars(given))
+
+
+def parse(entry: str, method_names: Sequence[str], argv: Optional[Sequence[str]] = None
+          ) -> tuple[Options, set[str]]:
+    """Parse ``argv`` for ``entry``; return the options and the names given explicitly."""
+    import sys
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(entry, method_names)
+    namespace = parser.parse_args(argv)
+    opts = Options(**vars(namespace))
+    return opts, explicit_options(parser, argv)
+
+
+def resolve(opts: Options, entry: str) -> Options:
+    """Fill the dataset- and method-dependent defaults and check the combination.
+
+    Only options left at ``None`` / ``-1`` are filled, each with the reference's value.
+    """
+    character = opts.dataset in CHARACTER_DATASETS
+    if opts.n_task is None:
+        opts.n_task = 32 if character else 4
+    if opts.task_update_num is None:
+        opts.task_update_num = 1 if character else 5
+    if opts.train_lr is None:
+        opts.train_lr = 0.1 if character else 0.01
+    if opts.n_episode is None:
+        opts.n_episode = 100 if entry == "train" else 600
+    if entry == "train" and opts.stop_epoch == -1:
+        opts.stop_epoch = 600 if opts.n_shot == 1 else 400
+    _check(opts, entry)
+    return opts
+
+
+def _check(opts: Options, entry: str) -> None:
+    positive = {"n_shot": opts.n_shot, "train_n_way": opts.train_n_way,
+                "test_n_way": opts.test_n_way, "n_episode": opts.n_episode,
+                "n_task": opts.n_task}
+    if entry == "train":
+        positive.update(stop_epoch=opts.stop_epoch, save_freq=opts.save_freq,
+                        eval_freq=opts.eval_freq, lr=opts.lr)
+    else:
+        positive.update(repeat=opts.repeat)
+    for name, value in positive.items():
+        if value <= 0:
+            raise UserError(f"--{name} must be positive, got {value}")
+    if opts.task_update_num < 0:
+        raise UserError(f"--task_update_num must be >= 0, got {opts.task_update_num}")
+    if opts.train_lr < 0:
+        raise UserError(f"--train_lr must be >= 0, got {opts.train_lr}")
+    if entry == "train" and opts.start_epoch < 0:
+        raise UserError(f"--start_epoch must be >= 0, got {opts.start_epoch}")
+    if entry == "train" and opts.n_episode < opts.n_task:
+        raise UserError(f"--n_episode {opts.n_episode} is smaller than n_task {opts.n_task}: "
+                        "an epoch would hold no meta-update")
+
+
+def adopt_saved(opts: Options, saved: dict, given: set[str], source: str) -> Options:
+    """Take the ``model``-scope options from a saved run; refuse conflicting explicit ones.
+
+    ``source`` names the checkpoint in the error message.
+    """
+    for f in option_fields(("model",)):
+        if f.name not in saved:
+            continue
+        mine, theirs = getattr(opts, f.name), saved[f.name]
+        if f.name in given and mine != theirs:
+            raise UserError(f"--{f.name} {mine} does not match {theirs} of the run in {source}")
+        setattr(opts, f.name, theirs)
+    return opts

@@ -1,0 +1,166 @@
+"""The decoded image store and the per-split class tables built from it.
+
+Every image of a prepared dataset folder is decoded and preprocessed once into a
+``uint8 [N, 28, 28]`` tensor, cached on disk beside the data, and rebuilt only when the
+images it came from change (their paths, sizes or modification times). A split is then a
+dense ``uint8 [classes, images_per_class, 28, 28]`` tensor, rotations applied in memory, that
+episodes index directly on the target device: no image is decoded per episode.
+
+Preprocessing follows the reference (SPEC section 2): grayscale, resized to 32x32
+(``int(1.15 * 28)``), centre crop 28x28, then normalised on the device with the first
+ImageNet channel's mean and std, which is the channel the reference's Omniglot backbone reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from errors import UserError
+
+IMAGE_SIZE = 28
+RESIZE_TO = 32  # int(1.15 * 28): the reference resizes to this, then centre-crops IMAGE_SIZE
+PIXEL_MEAN, PIXEL_STD = 0.485, 0.229
+STORE_VERSION = 1  # bump when the preprocessing changes, so old caches are rebuilt
+CACHE_NAME = f".store_{IMAGE_SIZE}px.pt"
+
+# (dataset folder, filelist) of each split of each benchmark (SPEC section 1).
+SPLIT_FILES = {
+    "omniglot": {"base": ("omniglot", "base.json"), "val": ("omniglot", "val.json"),
+                 "novel": ("omniglot", "novel.json")},
+    "cross_char": {"base": ("omniglot", "noLatin.json"), "val": ("emnist", "val.json"),
+                   "novel": ("emnist", "novel.json")},
+}
+_ROTATION = re.compile(r"/rot(\d{3})$")
+
+
+def load_image(path: Path) -> np.ndarray:
+    """Decode one image into the preprocessed ``uint8 [28, 28]`` array."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L").resize((RESIZE_TO, RESIZE_TO), Image.BILINEAR)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}; prepare the data again") from None
+    offset = (RESIZE_TO - IMAGE_SIZE) // 2
+    return np.asarray(im)[offset:offset + IMAGE_SIZE, offset:offset + IMAGE_SIZE].copy()
+
+
+def read_filelist(path: Path) -> dict:
+    try:
+        with open(path) as f:
+            filelist = json.load(f)
+        assert len(filelist["image_names"]) == len(filelist["image_labels"])
+        return filelist
+    except (OSError, ValueError, KeyError, AssertionError) as exc:
+        raise UserError(f"filelist {path} is missing or unreadable ({exc}); "
+                        "prepare the data again") from None
+
+
+class ImageStore:
+    """All images listed by the filelists of one dataset folder, decoded once."""
+
+    def __init__(self, folder: Path, paths: list[str], images: torch.Tensor):
+        self.folder = folder
+        self.index = {p: i for i, p in enumerate(paths)}
+        self.images = images
+
+    @classmethod
+    def open(cls, folder: Path, verbose: bool = True) -> "ImageStore":
+        """Load the cached store of ``folder``, building (or rebuilding) it if stale."""
+        folder = Path(folder)
+        paths = sorted({name for filelist in sorted(folder.glob("*.json"))
+                        for name in read_filelist(filelist)["image_names"]})
+        fingerprint = _fingerprint(folder, paths)
+        cache = folder / CACHE_NAME
+        if cache.exists():
+            try:
+                stored = torch.load(cache, weights_only=True)
+                if stored["fingerprint"] == fingerprint:
+                    return cls(folder, stored["paths"], stored["images"])
+            except Exception:  # an unreadable cache is simply rebuilt
+                pass
+        if verbose:
+            print(f"Decoding {len(paths):,} images of {folder} into {cache.name} (once) ...",
+                  flush=True)
+        images = torch.from_numpy(_decode_all([folder / p for p in paths]))
+        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
+        torch.save({"fingerprint": fingerprint, "paths": paths, "images": images}, tmp)
+        os.replace(tmp, cache)
+        return cls(folder, paths, images)
+
+
+def _fingerprint(folder: Path, paths: list[str]) -> str:
+    digest = hashlib.sha256(f"v{STORE_VERSION}".encode())
+    for p in paths:
+        try:
+            st = (folder / p).stat()
+        except OSError:
+            raise UserError(f"image {folder / p} listed in the filelists is missing; "
+                            "prepare the data again") from None
+        digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _decode_all(paths: list[Path]) -> np.ndarray:
+    out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    workers = min(os.cpu_count() or 1, 8)
+    if workers > 1 and len(paths) > 2000:
+        with ProcessPoolExecutor(workers) as pool:
+            for i, image in enumerate(pool.map(load_image, paths, chunksize=256)):
+                out[i] = image
+    else:
+        for i, path in enumerate(paths):
+            out[i] = load_image(path)
+    return out
+
+
+@dataclass
+class SplitImages:
+    """The classes of one split: ``images[c, i]`` is image i of class c (rotated if the class
+    is a rotation); ``counts[c]`` how many of ``images[c]`` are real (the rest is padding)."""
+    name: str
+    label_names: list[str]
+    images: torch.Tensor
+    counts: np.ndarray
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def min_count(self) -> int:
+        return int(self.counts.min())
+
+
+def load_split(data_dir: Path, dataset: str, split: str, verbose: bool = True) -> SplitImages:
+    """The class table of ``split`` of ``dataset`` from the prepared data in ``data_dir``."""
+    folder_name, filelist_name = SPLIT_FILES[dataset][split]
+    folder = Path(data_dir) / folder_name
+    store = ImageStore.open(folder, verbose)
+    filelist = read_filelist(folder / filelist_name)
+    per_class: list[list[int]] = [[] for _ in filelist["label_names"]]
+    for name, label in zip(filelist["image_names"], filelist["image_labels"]):
+        per_class[label].append(store.index[name])
+    counts = np.array([len(c) for c in per_class])
+    if counts.min() == 0:
+        raise UserError(f"{folder / filelist_name} has a class without images; "
+                        "prepare the data again")
+    images = torch.zeros((len(per_class), int(counts.max()), IMAGE_SIZE, IMAGE_SIZE),
+                         dtype=torch.uint8)
+    for c, (label, indices) in enumerate(zip(filelist["label_names"], per_class)):
+        class_images = store.images[indices]
+        rotation = _ROTATION.search(label)
+        if rotation:
+            # Counter-clockwise like the reference's PIL rotate; the centre crop of a square
+            # image commutes with a quarter turn, so rotating after preprocessing is exact.
+            class_images = torch.rot90(class_images, int(rotation.group(1)) // 90, dims=(1, 2))
+        images[c, :len(indices)] = class_images
+    return SplitImages(split, list(filelist["label_names"]), images, counts)

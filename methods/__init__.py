@@ -1,0 +1,14 @@
+"""The registry of methods, shared by train.py and test.py."""
+from backbones import BACKBONES
+from methods.maml import MAML, MAMLApprox
+
+METHODS = {
+    "maml": MAML,
+    "maml_approx": MAMLApprox,
+}
+
+
+def build_method(opts):
+    """The method named by ``opts.method`` with a fresh backbone ``opts.model``."""
+    backbone = BACKBONES[opts.model]()
+    return METHODS[opts.method].from_options(opts, backbone)

@@ -1,0 +1,73 @@
+"""MAML: Model-Agnostic Meta-Learning (Finn, Abbeel, Levine, ICML 2017, arXiv 1703.03400).
+
+Per task, the universal weights take ``inner_steps`` gradient steps of size ``inner_lr`` on the
+support loss; the adapted weights classify the query set. Second order differentiates through
+those steps; first order (``maml_approx``) treats each step's gradient as a constant, so the
+meta-gradient is the query gradient at the adapted weights.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from methods.meta_template import Episode, MetaTemplate, Params
+
+
+class MAML(MetaTemplate):
+    first_order = False
+
+    def __init__(self, backbone, n_way: int, inner_steps: int, inner_lr: float,
+                 adapt_classifier_only: bool = False):
+        super().__init__(backbone, n_way)
+        self.inner_steps = inner_steps
+        self.inner_lr = inner_lr
+        self.adapt_classifier_only = adapt_classifier_only
+
+    @classmethod
+    def from_options(cls, opts, backbone) -> "MAML":
+        return cls(backbone, opts.train_n_way, inner_steps=opts.task_update_num,
+                   inner_lr=opts.train_lr, adapt_classifier_only=opts.maml_adapt_classifier)
+
+    def adapted_names(self, params: Params) -> list[str]:
+        if self.adapt_classifier_only:
+            return ["classifier.weight", "classifier.bias"]
+        return list(params)
+
+    def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
+              create_graph: bool) -> Params:
+        """``inner_steps`` steps of gradient descent on the support loss; returns a new dict.
+
+        This one inner loop serves meta-training, validation and test. With
+        ``create_graph`` the steps stay differentiable (second-order MAML).
+        """
+        names = self.adapted_names(params)
+        # A fixed backbone gives the same support features at every step: compute them once.
+        support_features = self.features(support_x, params) if self.adapt_classifier_only else None
+        for _ in range(self.inner_steps):
+            features = (support_features if support_features is not None
+                        else self.features(support_x, params))
+            loss = F.cross_entropy(self.classify(features, params), support_y)
+            grads = torch.autograd.grad(loss, [params[n] for n in names],
+                                        create_graph=create_graph)
+            params = dict(params)
+            for name, grad in zip(names, grads):
+                params[name] = params[name] - self.inner_lr * grad
+        return params
+
+    def adapted_query_logits(self, episode: Episode, training: bool) -> torch.Tensor:
+        params = self.universal_params()
+        if not training:
+            # Evaluation needs gradients of the support loss only, not of the universal weights.
+            params = {k: v.detach().requires_grad_() for k, v in params.items()}
+        with torch.enable_grad():
+            fast = self.adapt(params, episode.support_x, episode.support_y,
+                              create_graph=training and not self.first_order)
+        if not training:
+            with torch.no_grad():
+                return self(episode.query_x, {k: v.detach() for k, v in fast.items()})
+        return self(episode.query_x, fast)
+
+
+class MAMLApprox(MAML):
+    """First-order MAML (``--method maml_approx``)."""
+    first_order = True

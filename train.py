@@ -1,0 +1,193 @@
+"""Meta-train a few-shot method: ``python train.py --dataset cross_char --method maml ...``.
+
+Option names and meanings follow the reference code, so its published commands run unchanged
+(see README.md and commands.sh). Checkpoints go to
+``{save_dir}/checkpoints/{dataset}/{model}_{method}_{n}way_{k}shot[_{suffix}]/``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+import config
+import data
+import engine
+import io_utils
+from data.episodes import TRAIN_QUERY
+from errors import UserError
+from methods import METHODS, build_method
+
+
+def make_optimizer(opts, model):
+    if opts.optim == "adam":
+        return torch.optim.Adam(model.parameters(), lr=opts.lr)
+    return torch.optim.SGD(model.parameters(), lr=opts.lr)
+
+
+def make_scheduler(opts, optimizer, total_epochs: int):
+    """``multisteplr``: lr x 0.3 at each milestone (default: every quarter of the run)."""
+    if opts.lr_scheduler == "none":
+        return None
+    milestones = opts.milestones or [total_epochs * q // 4 for q in (1, 2, 3)]
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.3)
+
+
+def total_epochs(opts) -> int:
+    """The reference multiplies ``--stop_epoch`` by n_task for the MAML family (SPEC 8)."""
+    return opts.stop_epoch * opts.n_task
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class MetricsLog:
+    """One JSON line per epoch in ``metrics.jsonl``; on resume, lines of epochs the checkpoint
+    does not contain (written after it, before an interruption) are dropped."""
+
+    def __init__(self, path, resume_after_epoch: int | None):
+        self.path = path
+        if resume_after_epoch is None:
+            io_utils.write_text(path, "")
+        elif path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line and json.loads(line)["epoch"] <= resume_after_epoch]
+            io_utils.write_text(path, "".join(line + "\n" for line in kept))
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def run(argv=None) -> int:
+    opts, given = config.parse("train", list(METHODS), argv)
+    folder = io_utils.checkpoint_dir(opts)
+    last_path = folder / "last_model.tar"
+    resume_state = None
+    if opts.resume:
+        resume_state = io_utils.load_checkpoint(last_path, opts.method)
+        saved = resume_state["config"]
+        config.adopt_saved(opts, saved, given, str(last_path))
+        # Options of the training schedule not given again continue as saved.
+        for f in config.option_fields(("train",)):
+            if f.name not in given and f.name != "resume":
+                setattr(opts, f.name, saved[f.name])
+    elif last_path.exists():
+        raise UserError(f"{folder} already holds a run; pass --resume to continue it, or "
+                        "--checkpoint_suffix NAME (or another --save_dir) to start another")
+    opts = config.resolve(opts, "train")
+    device = io_utils.resolve_device(opts.device)
+    io_utils.ensure_writable(folder)
+
+    data_dir = data.prepared_data_dir(opts)
+    train_sampler = data.split_sampler(opts, data_dir, "base", opts.train_n_way, TRAIN_QUERY,
+                                       opts.seed, device)
+    if opts.test_n_way != opts.train_n_way:
+        raise UserError(f"--test_n_way {opts.test_n_way} differs from --train_n_way "
+                        f"{opts.train_n_way}: the MAML family's classifier has train_n_way "
+                        "outputs, so validation must use the same number of classes")
+    val_sampler = data.split_sampler(opts, data_dir, "val", opts.test_n_way, TRAIN_QUERY,
+                                     opts.seed, device)
+
+    torch.manual_seed(opts.seed)
+    model = build_method(opts).to(device)
+    optimizer = make_optimizer(opts, model)
+    epochs = total_epochs(opts)
+    scheduler = make_scheduler(opts, optimizer, epochs)
+    start_epoch, best_acc, best_epoch = opts.start_epoch, -1.0, -1
+    if resume_state is not None:
+        io_utils.load_model_state(model, resume_state, last_path)
+        optimizer.load_state_dict(resume_state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(resume_state["scheduler"])
+        restore_rng(resume_state["rng"])
+        start_epoch = resume_state["epoch"] + 1
+        best_acc, best_epoch = resume_state["best_val_acc"], resume_state["best_epoch"]
+        print(f"Resuming {last_path} after epoch {resume_state['epoch']}")
+    io_utils.write_text(folder / "args.json", json.dumps(opts.to_dict(), indent=2) + "\n")
+    metrics = MetricsLog(folder / "metrics.jsonl",
+                         None if resume_state is None else resume_state["epoch"])
+
+    updates = engine.updates_per_epoch(opts.n_episode, opts.n_task)
+    print(f"{opts.method} on {opts.dataset}, {opts.train_n_way}-way {opts.n_shot}-shot, "
+          f"device {device}: --stop_epoch {opts.stop_epoch} x n_task {opts.n_task} = "
+          f"{epochs} epochs of {updates} meta-updates x {opts.n_task} tasks; "
+          f"inner loop {opts.task_update_num} step(s) of lr {opts.train_lr}; "
+          f"checkpoints in {folder}", flush=True)
+
+    for epoch in range(start_epoch, epochs):
+        started = time.time()
+        results = []
+        updates_iter = engine.train_epoch(model, optimizer, train_sampler, epoch,
+                                          opts.n_episode, opts.n_task)
+        bar = io_utils.progress(updates_iter, updates, f"epoch {epoch}/{epochs}")
+        for batch in bar:
+            results += batch
+            bar.set_postfix(loss=f"{np.mean([r.loss for r in results]):.4f}",
+                            acc=f"{np.mean([r.accuracy for r in results]):.2f}%")
+        if scheduler is not None:
+            scheduler.step()
+        record = {"epoch": epoch, "train_loss": float(np.mean([r.loss for r in results])),
+                  "train_acc": float(np.mean([r.accuracy for r in results])),
+                  "lr": optimizer.param_groups[0]["lr"]}
+        if (epoch + 1) % opts.eval_freq == 0 or epoch == epochs - 1:
+            val_iter = engine.evaluate(model, val_sampler, opts.n_episode)
+            val = [r.accuracy for r in io_utils.progress(val_iter, opts.n_episode, "validation")]
+            record["val_acc"], record["val_ci95"] = engine.mean_and_ci95(val)
+            if record["val_acc"] > best_acc:
+                best_acc, best_epoch = record["val_acc"], epoch
+                record["best"] = True
+        record["seconds"] = round(time.time() - started, 3)
+
+        state = {"config": opts.to_dict(), "epoch": epoch, "model": model.state_dict(),
+                 "optimizer": optimizer.state_dict(),
+                 "scheduler": None if scheduler is None else scheduler.state_dict(),
+                 "rng": rng_state(), "best_val_acc": best_acc, "best_epoch": best_epoch}
+        if record.get("best"):
+            io_utils.save_checkpoint(state, folder / "best_model.tar")
+        io_utils.save_checkpoint(state, last_path)
+        if epoch % opts.save_freq == 0 or epoch == epochs - 1:
+            io_utils.save_checkpoint(state, folder / f"{epoch}.tar")
+        metrics.append(record)
+        val_text = (f", val {record['val_acc']:.2f}% +- {record['val_ci95']:.2f}%"
+                    f" (best {best_acc:.2f}% at epoch {best_epoch})" if "val_acc" in record else "")
+        print(f"epoch {epoch}: loss {record['train_loss']:.4f}, train acc "
+              f"{record['train_acc']:.2f}%{val_text}, {record['seconds']:.1f}s", flush=True)
+
+        if opts.es_threshold > 0 and epoch >= opts.es_epoch and best_acc < opts.es_threshold:
+            print(f"Early stop at epoch {epoch}: best validation accuracy {best_acc:.2f}% is "
+                  f"below --es_threshold {opts.es_threshold}%")
+            break
+    print(f"Done. Best validation accuracy {best_acc:.2f}% at epoch {best_epoch}; "
+          f"checkpoints in {folder}")
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        return run(argv)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch is in last_model.tar; continue with "
+              "--resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
