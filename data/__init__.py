@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from errors import UserError
 
 
@@ -39,7 +37,7 @@ def prepared_data_dir(opts) -> Path:
 
 
 def split_sampler(opts, data_dir: Path, split: str, n_way: int, wanted_query: int, seed: int,
-                  device: torch.device, announce=print):
+                  device, announce=print):
     """An :class:`~data.episodes.EpisodeSampler` over ``split`` of ``opts.dataset``."""
     from data.episodes import EpisodeSampler, fitting_query_count
     from data.store import load_split

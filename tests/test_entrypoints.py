@@ -1,0 +1,259 @@
+"""train.py and test.py on the real data: an end-to-end cross_char run, exact resume after a
+real interruption, option parsing, and every bad input of the foundation issue."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+
+
+def load_entry(name: str):
+    """Load train.py / test.py by path (``test`` would otherwise be the standard library's)."""
+    spec = importlib.util.spec_from_file_location(f"entry_{name}", REPO_ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+TRAIN, TEST = load_entry("train"), load_entry("test")
+TINY = ["--dataset", "cross_char", "--method", "maml", "--n_shot", "1", "--n_task", "2",
+        "--n_episode", "4", "--stop_epoch", "1"]
+
+
+def run(entry, argv, capsys) -> tuple[int, str, str]:
+    code = entry.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, pattern):
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(data_dir, tmp_path_factory):
+    """A two-epoch MAML run on cross_char; returns its save_dir."""
+    save_dir = tmp_path_factory.mktemp("tiny")
+    code = TRAIN.main(TINY + ["--data_dir", str(data_dir), "--save_dir", str(save_dir)])
+    assert code == 0
+    return save_dir
+
+
+def run_folder(save_dir: Path, method="maml", way=5, shot=1) -> Path:
+    return save_dir / "checkpoints" / "cross_char" / f"Conv4_{method}_{way}way_{shot}shot"
+
+
+def test_short_cross_char_run_beats_chance_on_emnist_novel(data_dir, tmp_path, capsys):
+    """A ~1 minute MAML run on Omniglot (no Latin) generalises to EMNIST novel classes."""
+    common = ["--dataset", "cross_char", "--method", "maml", "--n_shot", "1",
+              "--data_dir", data_dir, "--save_dir", tmp_path / "save"]
+    code, out, _ = run(TRAIN, common + ["--n_task", "4", "--n_episode", "40", "--stop_epoch", "3",
+                                        "--eval_freq", "3"], capsys)
+    assert code == 0, out
+    assert "--stop_epoch 3 x n_task 4 = 12 epochs" in out
+    folder = run_folder(tmp_path / "save")
+    assert {"best_model.tar", "last_model.tar", "0.tar", "11.tar", "args.json",
+            "metrics.jsonl"} <= set(os.listdir(folder))
+    metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == list(range(12))
+    assert [m["epoch"] for m in metrics if "val_acc" in m] == [2, 5, 8, 11]
+
+    code, out, _ = run(TEST, common + ["--n_episode", "100", "--repeat", "2",
+                                       "--record_dir", tmp_path / "record"], capsys)
+    assert code == 0, out
+    repeats = re.findall(r"^100 Test Acc = (\d+\.\d\d)% \+- (\d+\.\d\d)%$", out, re.M)
+    assert len(repeats) == 2
+    for acc, ci in repeats:
+        assert float(acc) > 35.0, out  # chance is 20% in 5-way
+        assert 0 < float(ci) < 10
+    assert "Mean over 2 repeats" in out
+    record = json.loads((tmp_path / "record" / "results.jsonl").read_text().splitlines()[-1])
+    assert record["seeds"] == [0, 1] and record["split"] == "novel" and record["n_way"] == 5
+    assert record["acc_mean"] == pytest.approx(sum(float(a) for a, _ in repeats) / 2, abs=0.01)
+    assert "cross_char split=novel Conv4 maml 1shot 5way" in (
+        tmp_path / "record" / "results.txt").read_text()
+
+
+def train_command(data_dir, save_dir, *extra):
+    return [sys.executable, str(REPO_ROOT / "train.py"), *TINY[:-1], "5",
+            "--lr_scheduler", "multisteplr", "--milestones", "3", "6", "--eval_freq", "2",
+            "--data_dir", str(data_dir), "--save_dir", str(save_dir), *extra]
+
+
+def final_state(save_dir):
+    folder = run_folder(save_dir)
+    state = torch.load(folder / "last_model.tar", weights_only=False)
+    metrics = [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+               for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return state, metrics
+
+
+def test_resume_after_an_interruption_continues_the_exact_run(data_dir, tmp_path):
+    """10 epochs straight == interrupted (Ctrl-C) part-way, then --resume: identical weights,
+    optimizer state, learning-rate schedule and metrics."""
+    straight = tmp_path / "straight"
+    subprocess.run(train_command(data_dir, straight), check=True, capture_output=True,
+                   cwd=REPO_ROOT)
+
+    interrupted = tmp_path / "interrupted"
+    proc = subprocess.Popen(train_command(data_dir, interrupted), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.startswith("epoch 3:"):
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.communicate(timeout=120)
+    assert proc.returncode == 130, "the run ended before it could be interrupted"
+    stopped_at = torch.load(run_folder(interrupted) / "last_model.tar",
+                            weights_only=False)["epoch"]
+    assert 3 <= stopped_at < 9
+
+    resumed = subprocess.run(train_command(data_dir, interrupted, "--resume"),
+                             capture_output=True, text=True, cwd=REPO_ROOT)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming" in resumed.stdout and f"after epoch {stopped_at}" in resumed.stdout
+
+    a, metrics_a = final_state(straight)
+    b, metrics_b = final_state(interrupted)
+    assert a["epoch"] == b["epoch"] == 9
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for key, value in a["optimizer"]["state"].items():
+        for field in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(value[field], b["optimizer"]["state"][key][field])
+    assert a["scheduler"] == b["scheduler"] and a["best_epoch"] == b["best_epoch"]
+    assert metrics_a == metrics_b
+
+
+def test_boolean_options_accept_flags_and_values():
+    import config
+    for argv, expected in (([], False), (["--maml_adapt_classifier"], True),
+                           (["--maml_adapt_classifier", "True"], True),
+                           (["--maml_adapt_classifier", "False"], False),
+                           (["--maml_adapt_classifier", "0"], False)):
+        opts, given = config.parse("train", ["maml"],
+                                   ["--dataset", "omniglot", "--method", "maml", *argv])
+        assert opts.maml_adapt_classifier is expected, argv
+        assert ("maml_adapt_classifier" in given) == bool(argv)
+    with pytest.raises(SystemExit):
+        config.parse("train", ["maml"], ["--dataset", "omniglot", "--method", "maml",
+                                         "--maml_adapt_classifier", "maybe"])
+
+
+def test_reference_overrides_apply_only_to_unset_options():
+    import config
+    opts, _ = config.parse("train", ["maml"], ["--dataset", "cross_char", "--method", "maml",
+                                               "--n_shot", "1"])
+    opts = config.resolve(opts, "train")
+    assert (opts.n_task, opts.task_update_num, opts.train_lr, opts.stop_epoch) == (32, 1, 0.1, 600)
+    opts, _ = config.parse("train", ["maml"], ["--dataset", "cross_char", "--method", "maml",
+                                               "--task_update_num", "3", "--train_lr", "0.05"])
+    opts = config.resolve(opts, "train")
+    assert (opts.task_update_num, opts.train_lr, opts.stop_epoch) == (3, 0.05, 400)
+
+
+@pytest.mark.parametrize("argv", [["--dataset", "mini", "--method", "maml"],
+                                  ["--dataset", "cross_char", "--method", "protonet"],
+                                  ["--dataset", "cross_char"]])
+def test_unknown_dataset_or_method_is_an_argparse_error(argv, capsys):
+    for entry in (TRAIN, TEST):
+        with pytest.raises(SystemExit) as exc:
+            entry.main(argv)
+        assert exc.value.code == 2
+        assert "error:" in capsys.readouterr().err
+
+
+def test_bad_episode_shapes(data_dir, tmp_path, capsys):
+    common = TINY + ["--data_dir", data_dir, "--save_dir", tmp_path]
+    code, _, err = run(TRAIN, common + ["--n_shot", "20"], capsys)
+    assert_one_line_error(code, err, "n_shot 20 leaves no query image.*20 images")
+    code, _, err = run(TRAIN, common + ["--train_n_way", "40", "--test_n_way", "40"], capsys)
+    assert_one_line_error(code, err, "n_way 40 is larger than the 31 classes of the val split")
+    code, _, err = run(TRAIN, common + ["--seed", "-1"], capsys)
+    assert_one_line_error(code, err, "--seed must be >= 0")
+    assert not (tmp_path / "checkpoints" / "cross_char" / "Conv4_maml_5way_1shot" /
+                "last_model.tar").exists()
+
+
+def test_unprepared_data_with_no_download_names_the_script(tmp_path, capsys):
+    code, _, err = run(TRAIN, TINY + ["--data_dir", tmp_path / "empty", "--no_download",
+                                      "--save_dir", tmp_path], capsys)
+    assert_one_line_error(code, err, r"not prepared .*bash filelists/omniglot/download_omniglot.sh")
+
+
+def test_corrupt_image_is_one_clear_error(data_dir, tmp_path, capsys):
+    broken = tmp_path / "data"
+    broken.mkdir()
+    (broken / "omniglot").symlink_to(data_dir / "omniglot")
+    shutil.copytree(data_dir / "emnist", broken / "emnist")
+    (broken / "emnist" / ".store_28px.pt").unlink()
+    (broken / "emnist" / "3" / "0.png").write_bytes(b"\x89PNG garbage")
+    code, _, err = run(TRAIN, TINY + ["--data_dir", broken, "--no_download",
+                                      "--save_dir", tmp_path / "save"], capsys)
+    assert_one_line_error(code, err, r"cannot read image .*emnist/3/0.png")
+
+
+def test_missing_checkpoints(data_dir, tmp_path, capsys):
+    code, _, err = run(TEST, TINY[:4] + ["--data_dir", data_dir, "--save_dir", tmp_path], capsys)
+    assert_one_line_error(code, err, r"no checkpoint at .*best_model.tar; train first")
+    code, _, err = run(TRAIN, TINY + ["--resume", "--data_dir", data_dir,
+                                      "--save_dir", tmp_path], capsys)
+    assert_one_line_error(code, err, r"no checkpoint at .*last_model.tar")
+
+
+def test_checkpoint_of_another_method_or_shape(data_dir, tiny_run, tmp_path, capsys):
+    save = tmp_path / "save"
+    shutil.copytree(run_folder(tiny_run), run_folder(save, "maml_approx"))
+    base = ["--dataset", "cross_char", "--n_shot", "1", "--data_dir", data_dir,
+            "--save_dir", save, "--n_episode", "5", "--repeat", "1"]
+    code, _, err = run(TEST, base + ["--method", "maml_approx"], capsys)
+    assert_one_line_error(code, err, "holds a maml model, not maml_approx")
+
+    shutil.copytree(run_folder(tiny_run), run_folder(save, way=3))
+    code, _, err = run(TEST, base + ["--method", "maml", "--train_n_way", "3",
+                                     "--test_n_way", "3"], capsys)
+    assert_one_line_error(code, err, "--train_n_way 3 does not match 5")
+    # A checkpoint whose weights do not fit its own configuration.
+    path = run_folder(save, way=3) / "best_model.tar"
+    state = torch.load(path, weights_only=False)
+    state["config"]["train_n_way"] = 3
+    torch.save(state, path)
+    code, _, err = run(TEST, base + ["--method", "maml", "--train_n_way", "3",
+                                     "--test_n_way", "3"], capsys)
+    assert_one_line_error(code, err, "does not fit the requested model")
+    path.write_bytes(path.read_bytes()[:1000])
+    code, _, err = run(TEST, base + ["--method", "maml", "--train_n_way", "3",
+                                     "--test_n_way", "3"], capsys)
+    assert_one_line_error(code, err, "unreadable .*corrupt or truncated")
+
+
+def test_existing_run_is_never_overwritten(data_dir, tiny_run, capsys):
+    folder = run_folder(tiny_run)
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    code, _, err = run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", tiny_run], capsys)
+    assert_one_line_error(code, err, "already holds a run; pass --resume")
+    assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before
+
+
+def test_unwritable_save_folder(data_dir, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    code, _, err = run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", blocker], capsys)
+    assert_one_line_error(code, err, "cannot write to")
+    assert blocker.read_text() == "not a folder"

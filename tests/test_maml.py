@@ -1,0 +1,166 @@
+"""MAML's inner loop and meta-gradients on a tiny network in float64, checked against finite
+differences and against hand-built first-order gradients; transductive BatchNorm."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backbones import Conv4
+from data.episodes import Episode
+from methods import MAML, MAMLApprox
+
+N_WAY = 3
+
+
+def tiny_episode(seed: int = 0, n_shot: int = 2, n_query: int = 3) -> Episode:
+    g = torch.Generator().manual_seed(seed)
+    # 8x8 images through 3 blocks end at 1x1, so the feature is the block width.
+    return Episode(
+        support_x=torch.randn(N_WAY * n_shot, 1, 8, 8, generator=g, dtype=torch.float64),
+        support_y=torch.arange(N_WAY).repeat_interleave(n_shot),
+        query_x=torch.randn(N_WAY * n_query, 1, 8, 8, generator=g, dtype=torch.float64),
+        query_y=torch.arange(N_WAY).repeat_interleave(n_query))
+
+
+def tiny_maml(cls=MAML, inner_steps: int = 2, inner_lr: float = 0.4, **kwargs) -> MAML:
+    torch.manual_seed(0)
+    model = cls(Conv4(width=3, depth=3), N_WAY, inner_steps=inner_steps, inner_lr=inner_lr,
+                **kwargs).double()
+    with torch.no_grad():  # a non-zero classifier bias, so its gradient is exercised too
+        model.classifier.bias.normal_()
+    return model
+
+
+def meta_gradient(model: MAML, episode: Episode) -> list[torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model.accumulate_meta_gradient([episode])
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def query_loss(model: MAML, episode: Episode) -> float:
+    loss, _ = model.task_loss(episode, training=True)
+    return float(loss.detach())
+
+
+@pytest.mark.parametrize("adapt_classifier_only", [False, True])
+def test_second_order_meta_gradient_matches_finite_differences(adapt_classifier_only):
+    model = tiny_maml(adapt_classifier_only=adapt_classifier_only)
+    episode = tiny_episode()
+    analytic = meta_gradient(model, episode)
+    eps = 1e-6
+    for param, grad in zip(model.parameters(), analytic):
+        flat = param.data.view(-1)
+        numeric = torch.empty_like(flat)
+        for i in range(flat.numel()):
+            original = flat[i].item()
+            flat[i] = original + eps
+            plus = query_loss(model, episode)
+            flat[i] = original - eps
+            minus = query_loss(model, episode)
+            flat[i] = original
+            numeric[i] = (plus - minus) / (2 * eps)
+        torch.testing.assert_close(grad.view(-1), numeric, atol=1e-7, rtol=1e-5)
+
+
+def test_first_order_gradient_is_the_query_gradient_at_the_adapted_weights():
+    episode = tiny_episode(1)
+    first = tiny_maml(MAMLApprox)
+    second = tiny_maml(MAML)
+    first_grads = meta_gradient(first, episode)
+    second_grads = meta_gradient(second, episode)
+    # By hand: adapt without a graph, then differentiate the query loss at those weights.
+    params = {k: v.detach().requires_grad_() for k, v in first.universal_params().items()}
+    for _ in range(first.inner_steps):
+        loss = F.cross_entropy(first(episode.support_x, params), episode.support_y)
+        grads = torch.autograd.grad(loss, list(params.values()))
+        params = {k: (v - first.inner_lr * g).detach().requires_grad_()
+                  for (k, v), g in zip(params.items(), grads)}
+    F.cross_entropy(first(episode.query_x, params), episode.query_y).backward()
+    for grad, (name, adapted) in zip(first_grads, params.items()):
+        torch.testing.assert_close(grad, adapted.grad, msg=name)
+    # ... and it is not the second-order gradient.
+    difference = max((a - b).abs().max().item() for a, b in zip(first_grads, second_grads))
+    assert difference > 1e-4
+
+
+def test_zero_inner_steps_is_the_universal_model():
+    model = tiny_maml(inner_steps=0)
+    episode = tiny_episode()
+    logits = model.adapted_query_logits(episode, training=True)
+    torch.testing.assert_close(logits, model(episode.query_x))
+
+
+def test_one_inner_step_lowers_the_support_loss():
+    model = tiny_maml(inner_steps=1, inner_lr=0.05)
+    episode = tiny_episode(2)
+    params = model.universal_params()
+    before = F.cross_entropy(model(episode.support_x, params), episode.support_y)
+    fast = model.adapt(params, episode.support_x, episode.support_y, create_graph=False)
+    after = F.cross_entropy(model(episode.support_x, fast), episode.support_y)
+    assert after < before
+    # Adaptation returns new tensors; the universal weights are untouched values.
+    for name, p in model.named_parameters():
+        assert fast[name] is not p
+
+
+def test_adapting_the_classifier_only_keeps_the_backbone_fixed():
+    model = tiny_maml(adapt_classifier_only=True)
+    episode = tiny_episode()
+    params = model.universal_params()
+    fast = model.adapt(params, episode.support_x, episode.support_y, create_graph=True)
+    for name in params:
+        changed = not torch.equal(fast[name], params[name])
+        assert changed == name.startswith("classifier."), name
+
+
+@pytest.mark.parametrize("cls", [MAML, MAMLApprox])
+def test_every_meta_parameter_gets_a_gradient(cls):
+    model = tiny_maml(cls)
+    for name, grad in zip([n for n, _ in model.named_parameters()],
+                          meta_gradient(model, tiny_episode())):
+        assert grad.abs().sum() > 0, name
+
+
+def test_meta_gradient_of_a_batch_is_the_sum_over_tasks():
+    model = tiny_maml()
+    episodes = [tiny_episode(s) for s in range(3)]
+    model.zero_grad(set_to_none=True)
+    model.accumulate_meta_gradient(episodes)
+    together = [p.grad.clone() for p in model.parameters()]
+    separate = [meta_gradient(model, e) for e in episodes]
+    for i, grad in enumerate(together):
+        torch.testing.assert_close(grad, sum(s[i] for s in separate))
+
+
+def test_evaluation_adapts_like_training_without_a_meta_graph():
+    model = tiny_maml()
+    episode = tiny_episode(3)
+    trained_logits = model.adapted_query_logits(episode, training=True)
+    result = model.evaluate(episode)
+    eval_logits = model.adapted_query_logits(episode, training=False)
+    assert not eval_logits.requires_grad
+    torch.testing.assert_close(eval_logits, trained_logits.detach())
+    assert result.total == episode.query_y.numel()
+    assert result.correct == int((trained_logits.argmax(1) == episode.query_y).sum())
+
+
+def test_batchnorm_is_transductive():
+    """Every call normalises with its own batch's statistics, in train and eval mode alike."""
+    torch.manual_seed(0)
+    backbone = Conv4().double()
+    x = torch.randn(10, 1, 28, 28, dtype=torch.float64)
+    alone = backbone(x[:5])
+    with_others = backbone(torch.cat([x[:5], x[5:] * 3 + 1]))[:5]
+    assert not torch.allclose(alone, with_others)
+    backbone.eval()
+    torch.testing.assert_close(backbone(x[:5]), alone)
+    assert not any(name.endswith("running_mean") for name, _ in backbone.named_buffers())
+
+
+def test_conv4_shape_and_initialisation():
+    backbone = Conv4()
+    assert backbone(torch.randn(4, 1, 28, 28)).shape == (4, 64)
+    weights = torch.cat([b[0].weight.flatten() for b in backbone.blocks])
+    assert weights.std().item() == pytest.approx((2 / (9 * 64)) ** 0.5, rel=0.05)
+    assert all(b[1].weight.eq(1).all() and b[1].bias.eq(0).all() for b in backbone.blocks)
