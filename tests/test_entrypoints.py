@@ -257,3 +257,19 @@ def test_unwritable_save_folder(data_dir, tmp_path, capsys):
     code, _, err = run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", blocker], capsys)
     assert_one_line_error(code, err, "cannot write to")
     assert blocker.read_text() == "not a folder"
+
+
+def test_train_prepares_missing_data_from_the_offline_source(tmp_path, monkeypatch, capsys):
+    """On a fresh machine, train.py prepares what its benchmark needs by itself."""
+    from conftest import SHARED_DATA
+    if not SHARED_DATA.is_dir():
+        pytest.skip("no ../shared/data")
+    monkeypatch.setenv("FSL_DATA_SOURCE", str(SHARED_DATA))
+    fresh = tmp_path / "fresh"
+    code, out, _ = run(TRAIN, TINY + ["--n_episode", "2", "--data_dir", fresh,
+                                      "--save_dir", tmp_path / "save"], capsys)
+    assert code == 0
+    for name in ("omniglot", "emnist"):
+        assert f"Dataset {name} is not prepared in {fresh}: preparing it from" in out
+        assert (fresh / name / ".prepared").exists()
+    assert (run_folder(tmp_path / "save") / "best_model.tar").exists()
