@@ -104,6 +104,41 @@ class Options:
     maml_adapt_classifier: bool = _opt(False, "adapt only the classifier in the inner loop",
                                        "model")
 
+    # --- HyperMAML (SPEC section 6) ----------------------------------------------------------
+    hn_hidden_size: int = _opt(256, "hypernetwork hidden width", "model")
+    hn_head_len: int = _opt(2, "hypernetwork linear layers", "model")
+    hn_tn_depth: int = _opt(1, "linear layers of the adapted (target) classifier", "model")
+    hn_tn_hidden_size: int = _opt(120, "hidden width of a deeper target classifier (a multiple "
+                                  "of n_way with class-batch input)", "model")
+    hm_enhance_embeddings: bool = _opt(False, "append the universal classifier's softmax and the "
+                                       "label to each support embedding", "model")
+    hm_use_class_batch_input: bool = _opt(False, "one hypernetwork shared by the classes, reading "
+                                          "one row per class", "model")
+    hn_sup_aggregation: str = _opt("concat", "how a class row combines its shots", "model",
+                                   choices=("concat", "mean"))
+    hm_update_operator: str = _opt("minus", "adapted weight: W - delta, W + delta or W * delta",
+                                   "model", choices=("minus", "plus", "multiply"))
+    hm_lambda: float = _opt(0.0, "weight of the sum of squared updates in the loss", "model")
+    hm_detach_feature_net: bool = _opt(False, "train no backbone: detach all features", "model")
+    hm_detach_before_hyper_net: bool = _opt(False, "no gradient from the hypernetwork input into "
+                                            "the backbone", "model")
+    hm_support_set_loss: bool = _opt(False, "train on the support and query losses together",
+                                     "model")
+    hn_adaptation_strategy: Optional[str] = _opt(None, "increasing_alpha: scale the update by "
+                                                 "alpha, growing hn_alpha_step per epoch to 1",
+                                                 "model", choices=("increasing_alpha",))
+    hn_alpha_step: float = _opt(0.0, "alpha increment per epoch with increasing_alpha", "model")
+    hm_maml_warmup: bool = _opt(False, "begin with MAML steps on the classifier, then switch "
+                                "to the hypernetwork", "model")
+    hm_maml_warmup_epochs: int = _opt(100, "epochs of pure MAML warm-up (p = 1)", "model")
+    hm_maml_warmup_switch_epochs: int = _opt(1000, "epochs over which p falls from 1 to 0",
+                                             "model")
+    hm_set_forward_with_adaptation: bool = _opt(False, "at validation and test, fine-tune a copy "
+                                                "on the support set first")
+    hn_val_epochs: int = _opt(0, "fine-tuning steps of hm_set_forward_with_adaptation")
+    hn_val_lr: float = _opt(1e-4, "fine-tuning learning rate")
+    hn_val_optim: str = _opt("adam", "fine-tuning optimiser", choices=("adam", "sgd"))
+
     # --- testing -------------------------------------------------------------------------------
     split: str = _opt("novel", "split to test on", "test", choices=("base", "val", "novel"))
     save_iter: int = _opt(-1, "test the checkpoint of this epoch instead of best_model.tar",

@@ -29,6 +29,7 @@ def run(argv=None) -> int:
     state = io_utils.load_checkpoint(path, opts.method)
     config.adopt_saved(opts, state["config"], given, str(path))
     opts = config.resolve(opts, "test")
+    METHODS[opts.method].check_options(opts)
     if opts.test_n_way != opts.train_n_way:
         raise UserError(f"--test_n_way {opts.test_n_way} differs from the {opts.train_n_way} "
                         f"classes the model in {path} was trained for")

@@ -90,6 +90,7 @@ def run(argv=None) -> int:
         raise UserError(f"{folder} already holds a run; pass --resume to continue it, or "
                         "--checkpoint_suffix NAME (or another --save_dir) to start another")
     opts = config.resolve(opts, "train")
+    METHODS[opts.method].check_options(opts)
     device = io_utils.resolve_device(opts.device)
     io_utils.ensure_writable(folder)
 
@@ -131,6 +132,8 @@ def run(argv=None) -> int:
 
     for epoch in range(start_epoch, epochs):
         started = time.time()
+        model.set_epoch(epoch)
+        schedule = model.schedule_state()
         results = []
         updates_iter = engine.train_epoch(model, optimizer, train_sampler, epoch,
                                           opts.n_episode, opts.n_task)
@@ -138,12 +141,12 @@ def run(argv=None) -> int:
         for batch in bar:
             results += batch
             bar.set_postfix(loss=f"{np.mean([r.loss for r in results]):.4f}",
-                            acc=f"{np.mean([r.accuracy for r in results]):.2f}%")
+                            acc=f"{np.mean([r.accuracy for r in results]):.2f}%", **schedule)
         if scheduler is not None:
             scheduler.step()
         record = {"epoch": epoch, "train_loss": float(np.mean([r.loss for r in results])),
                   "train_acc": float(np.mean([r.accuracy for r in results])),
-                  "lr": optimizer.param_groups[0]["lr"]}
+                  "lr": optimizer.param_groups[0]["lr"], **schedule}
         if (epoch + 1) % opts.eval_freq == 0 or epoch == epochs - 1:
             val_iter = engine.evaluate(model, val_sampler, opts.n_episode)
             val = [r.accuracy for r in io_utils.progress(val_iter, opts.n_episode, "validation")]
@@ -165,8 +168,10 @@ def run(argv=None) -> int:
         metrics.append(record)
         val_text = (f", val {record['val_acc']:.2f}% +- {record['val_ci95']:.2f}%"
                     f" (best {best_acc:.2f}% at epoch {best_epoch})" if "val_acc" in record else "")
+        schedule_text = "".join(f", {k} {v}" for k, v in schedule.items())
         print(f"epoch {epoch}: loss {record['train_loss']:.4f}, train acc "
-              f"{record['train_acc']:.2f}%{val_text}, {record['seconds']:.1f}s", flush=True)
+              f"{record['train_acc']:.2f}%{val_text}{schedule_text}, {record['seconds']:.1f}s",
+              flush=True)
 
         if opts.es_threshold > 0 and epoch >= opts.es_epoch and best_acc < opts.es_threshold:
             print(f"Early stop at epoch {epoch}: best validation accuracy {best_acc:.2f}% is "

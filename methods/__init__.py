@@ -1,10 +1,12 @@
 """The registry of methods, shared by train.py and test.py."""
 from backbones import BACKBONES
+from methods.hypermaml import HyperMAML
 from methods.maml import MAML, MAMLApprox
 
 METHODS = {
     "maml": MAML,
     "maml_approx": MAMLApprox,
+    "hyper_maml": HyperMAML,
 }
 
 

@@ -7,6 +7,8 @@ meta-gradient is the query gradient at the adapted weights.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -17,8 +19,8 @@ class MAML(MetaTemplate):
     first_order = False
 
     def __init__(self, backbone, n_way: int, inner_steps: int, inner_lr: float,
-                 adapt_classifier_only: bool = False):
-        super().__init__(backbone, n_way)
+                 adapt_classifier_only: bool = False, **classifier_shape):
+        super().__init__(backbone, n_way, **classifier_shape)
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr
         self.adapt_classifier_only = adapt_classifier_only
@@ -28,11 +30,6 @@ class MAML(MetaTemplate):
         return cls(backbone, opts.train_n_way, inner_steps=opts.task_update_num,
                    inner_lr=opts.train_lr, adapt_classifier_only=opts.maml_adapt_classifier)
 
-    def adapted_names(self, params: Params) -> list[str]:
-        if self.adapt_classifier_only:
-            return ["classifier.weight", "classifier.bias"]
-        return list(params)
-
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
               create_graph: bool) -> Params:
         """``inner_steps`` steps of gradient descent on the support loss; returns a new dict.
@@ -40,19 +37,16 @@ class MAML(MetaTemplate):
         This one inner loop serves meta-training, validation and test. With
         ``create_graph`` the steps stay differentiable (second-order MAML).
         """
-        names = self.adapted_names(params)
-        # A fixed backbone gives the same support features at every step: compute them once.
-        support_features = self.features(support_x, params) if self.adapt_classifier_only else None
-        for _ in range(self.inner_steps):
-            features = (support_features if support_features is not None
-                        else self.features(support_x, params))
-            loss = F.cross_entropy(self.classify(features, params), support_y)
-            grads = torch.autograd.grad(loss, [params[n] for n in names],
-                                        create_graph=create_graph)
-            params = dict(params)
-            for name, grad in zip(names, grads):
-                params[name] = params[name] - self.inner_lr * grad
-        return params
+        if self.adapt_classifier_only:
+            # A fixed backbone gives the same support features at every step: compute them once.
+            features = self.features(support_x, params)
+            names = [n for n in params if n.startswith("classifier.")]
+            support_loss = lambda fast: F.cross_entropy(self.classify(features, fast), support_y)
+        else:
+            names = list(params)
+            support_loss = lambda fast: F.cross_entropy(self(support_x, fast), support_y)
+        return gradient_steps(support_loss, params, names, self.inner_steps, self.inner_lr,
+                              create_graph)
 
     def adapted_query_logits(self, episode: Episode, training: bool) -> torch.Tensor:
         params = self.universal_params()
@@ -71,3 +65,24 @@ class MAML(MetaTemplate):
 class MAMLApprox(MAML):
     """First-order MAML (``--method maml_approx``)."""
     first_order = True
+
+
+def gradient_steps(loss_of: Callable[[Params], torch.Tensor], params: Params, names: list[str],
+                   steps: int, lr: float, create_graph: bool, grad_weight: float = 1.0,
+                   constant: Params | None = None) -> Params:
+    """The inner loop: ``steps`` times, ``fast[n] -= grad_weight * lr * d loss_of(fast) / d fast[n]``
+    (``+ constant[n]``) for each name ``n`` in ``names``; the other entries stay as they are.
+
+    MAML uses the plain gradient step; HyperMAML's warm-up mixes it with the hypernetwork's
+    update through ``grad_weight`` and ``constant``. Always returns new dicts.
+    """
+    for _ in range(steps):
+        grads = torch.autograd.grad(loss_of(params), [params[n] for n in names],
+                                    create_graph=create_graph)
+        params = dict(params)
+        for name, grad in zip(names, grads):
+            update = grad_weight * lr * grad
+            if constant is not None:
+                update = update + constant[name]
+            params[name] = params[name] - update
+    return params

@@ -40,11 +40,12 @@ class TaskResult:
 class MetaTemplate(nn.Module):
     """Backbone + linear classifier with a functional forward over a parameter dict."""
 
-    def __init__(self, backbone: nn.Module, n_way: int):
+    def __init__(self, backbone: nn.Module, n_way: int, classifier_depth: int = 1,
+                 classifier_hidden: int | None = None):
         super().__init__()
         self.feature = backbone
-        self.classifier = nn.Linear(backbone.feature_dim, n_way)
-        nn.init.zeros_(self.classifier.bias)
+        self.classifier = make_classifier(backbone.feature_dim, n_way, classifier_depth,
+                                          classifier_hidden)
         self.n_way = n_way
 
     # --- functional forward -------------------------------------------------------------------
@@ -53,16 +54,26 @@ class MetaTemplate(nn.Module):
         return dict(self.named_parameters())
 
     def features(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        backbone = {k[len("feature."):]: v for k, v in params.items() if k.startswith("feature.")}
-        return functional_call(self.feature, backbone, (x,))
+        return functional_call(self.feature, _strip("feature.", params), (x,))
 
-    @staticmethod
-    def classify(features: torch.Tensor, params: Params) -> torch.Tensor:
-        return F.linear(features, params["classifier.weight"], params["classifier.bias"])
+    def classify(self, features: torch.Tensor, params: Params) -> torch.Tensor:
+        return functional_call(self.classifier, _strip("classifier.", params), (features,))
 
     def forward(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         params = self.universal_params() if params is None else params
         return self.classify(self.features(x, params), params)
+
+    @classmethod
+    def check_options(cls, opts) -> None:
+        """Refuse option combinations this method cannot run, before any work starts."""
+
+    def set_epoch(self, epoch: int | None) -> None:
+        """Tell a method with an epoch-dependent schedule where training is (None: not
+        training, evaluate as at test time)."""
+
+    def schedule_state(self) -> dict:
+        """The schedule values of the current epoch, for the progress bar and metrics log."""
+        return {}
 
     # --- what a method defines ------------------------------------------------------------------
     def adapted_query_logits(self, episode: Episode, training: bool) -> torch.Tensor:
@@ -85,15 +96,33 @@ class MetaTemplate(nn.Module):
         for episode in episodes:
             loss, logits = self.task_loss(episode, training=True)
             loss.backward()
-            results.append(_result(loss, logits, episode.query_y))
+            results.append(task_result(loss, logits, episode.query_y))
         return results
 
     def evaluate(self, episode: Episode) -> TaskResult:
         """Adapt to the support set and score the query set, building no meta-graph."""
         loss, logits = self.task_loss(episode, training=False)
-        return _result(loss, logits, episode.query_y)
+        return task_result(loss, logits, episode.query_y)
 
 
-def _result(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> TaskResult:
+def make_classifier(feature_dim: int, n_way: int, depth: int = 1,
+                    hidden: int | None = None) -> nn.Sequential:
+    """The classifier: ``depth`` linear layers (ReLU between), biases initialised to 0."""
+    widths = [feature_dim] + [hidden] * (depth - 1) + [n_way]
+    layers: list[nn.Module] = []
+    for i, (width_in, width_out) in enumerate(zip(widths[:-1], widths[1:])):
+        if i:
+            layers.append(nn.ReLU())
+        linear = nn.Linear(width_in, width_out)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+    return nn.Sequential(*layers)
+
+
+def _strip(prefix: str, params: Params) -> Params:
+    return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
+
+
+def task_result(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> TaskResult:
     correct = int((logits.argmax(dim=1) == labels).sum())
     return TaskResult(loss=float(loss.detach()), correct=correct, total=int(labels.numel()))

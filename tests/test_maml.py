@@ -28,7 +28,7 @@ def tiny_maml(cls=MAML, inner_steps: int = 2, inner_lr: float = 0.4, **kwargs) -
     model = cls(Conv4(width=3, depth=3), N_WAY, inner_steps=inner_steps, inner_lr=inner_lr,
                 **kwargs).double()
     with torch.no_grad():  # a non-zero classifier bias, so its gradient is exercised too
-        model.classifier.bias.normal_()
+        model.classifier[0].bias.normal_()
     return model
 
 

@@ -1,0 +1,276 @@
+"""HyperMAML: a hypernetwork writes the classifier's task update from the support set
+(Przewięźlikowski, Przybysz, Tabor, Zięba, Spurek, "HyperMAML: Few-Shot Adaptation of Deep
+Models with Hypernetworks", arXiv 2205.15745). SPEC section 6.
+
+The backbone is not adapted per task. The support embeddings (optionally enhanced with the
+universal classifier's softmax and the label) go through a hypernetwork that outputs an
+update ``delta`` for every classifier parameter; the adapted classifier ``W - delta`` scores
+the query set. With class-batch input one hypernetwork, shared across classes, reads one row
+per class (its shots concatenated or averaged) and writes that class's rows of every
+classifier layer, so the update is equivariant to the order of the classes.
+
+A MAML warm-up eases training in: for ``hm_maml_warmup_epochs`` the classifier is adapted by
+plain gradient steps on the support embeddings (p = 1), then over
+``hm_maml_warmup_switch_epochs`` each step mixes ``p * lr * grad + (1 - p) * delta`` with p
+falling linearly to 0, after which the hypernetwork alone adapts. Validation and test always
+use the hypernetwork (p = 0).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from data.episodes import Episode
+from errors import UserError
+from methods.maml import MAML, gradient_steps
+from methods.meta_template import Params, TaskResult, task_result
+
+UPDATE_OPERATORS = ("minus", "plus", "multiply")
+
+
+@dataclass(frozen=True)
+class HyperSettings:
+    """The HyperMAML options (names as on the command line; see config.Options for help)."""
+    hn_hidden_size: int = 256
+    hn_head_len: int = 2
+    hn_tn_depth: int = 1
+    hn_tn_hidden_size: int = 120
+    hm_enhance_embeddings: bool = False
+    hm_use_class_batch_input: bool = False
+    hn_sup_aggregation: str = "concat"
+    hm_update_operator: str = "minus"
+    hm_lambda: float = 0.0
+    hm_detach_feature_net: bool = False
+    hm_detach_before_hyper_net: bool = False
+    hm_support_set_loss: bool = False
+    hn_adaptation_strategy: str | None = None
+    hn_alpha_step: float = 0.0
+    hm_maml_warmup: bool = False
+    hm_maml_warmup_epochs: int = 100
+    hm_maml_warmup_switch_epochs: int = 1000
+    hm_set_forward_with_adaptation: bool = False
+    hn_val_epochs: int = 0
+    hn_val_lr: float = 1e-4
+    hn_val_optim: str = "adam"
+
+    @classmethod
+    def from_options(cls, opts) -> "HyperSettings":
+        return cls(**{f.name: getattr(opts, f.name) for f in fields(cls)})
+
+    def check(self, n_way: int) -> None:
+        """Refuse combinations that cannot work, each with one clear line."""
+        if self.hn_head_len < 1 or self.hn_hidden_size < 1:
+            raise UserError("--hn_head_len and --hn_hidden_size must be at least 1")
+        if self.hn_tn_depth < 1:
+            raise UserError(f"--hn_tn_depth must be at least 1, got {self.hn_tn_depth}")
+        if (self.hn_tn_depth > 1 and self.hm_use_class_batch_input
+                and (self.hn_tn_hidden_size < 1 or self.hn_tn_hidden_size % n_way)):
+            raise UserError(f"--hn_tn_hidden_size {self.hn_tn_hidden_size} must be a positive "
+                            f"multiple of n_way {n_way}: with class-batch input each class "
+                            "writes an equal share of every hidden layer")
+        if self.hn_adaptation_strategy == "increasing_alpha" and self.hn_alpha_step <= 0:
+            raise UserError(f"--hn_alpha_step must be positive with increasing_alpha, got "
+                            f"{self.hn_alpha_step}")
+        if self.hm_maml_warmup and self.hm_update_operator != "minus":
+            raise UserError("--hm_maml_warmup mixes gradient steps with the update W - delta, "
+                            f"so it needs --hm_update_operator minus, not "
+                            f"{self.hm_update_operator}")
+        if self.hm_maml_warmup_epochs < 0 or self.hm_maml_warmup_switch_epochs < 0:
+            raise UserError("--hm_maml_warmup_epochs and --hm_maml_warmup_switch_epochs must "
+                            "be >= 0")
+        if self.hm_lambda < 0:
+            raise UserError(f"--hm_lambda must be >= 0, got {self.hm_lambda}")
+        if self.hn_val_epochs < 0 or self.hn_val_lr <= 0:
+            raise UserError("--hn_val_epochs must be >= 0 and --hn_val_lr positive")
+
+    def warmup_p(self, epoch: int | None) -> float:
+        """Weight of the gradient step in the update (SPEC 6.6); 0 outside training."""
+        if epoch is None or not self.hm_maml_warmup:
+            return 0.0
+        warm, switch = self.hm_maml_warmup_epochs, self.hm_maml_warmup_switch_epochs
+        if epoch < warm:
+            return 1.0
+        if epoch < warm + switch:
+            return (switch + warm - epoch) / (switch + 1)
+        return 0.0
+
+    def alpha(self, epoch: int | None) -> float:
+        """Scale of the hypernetwork's update: with increasing_alpha it grows by hn_alpha_step
+        each epoch up to 1 (after training, the final value 1)."""
+        if self.hn_adaptation_strategy != "increasing_alpha" or epoch is None:
+            return 1.0
+        return min(1.0, (epoch + 1) * self.hn_alpha_step)
+
+
+def mlp(width_in: int, hidden: int, width_out: int, n_layers: int) -> nn.Sequential:
+    """``n_layers`` linear layers with ReLU between: in -> hidden -> ... -> hidden -> out."""
+    widths = [width_in] + [hidden] * (n_layers - 1) + [width_out]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        if i:
+            layers.append(nn.ReLU())
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+class HyperMAML(MAML):
+    def __init__(self, backbone, n_way: int, n_shot: int, inner_steps: int, inner_lr: float,
+                 settings: HyperSettings):
+        settings.check(n_way)
+        super().__init__(backbone, n_way, inner_steps, inner_lr, adapt_classifier_only=True,
+                         classifier_depth=settings.hn_tn_depth,
+                         classifier_hidden=settings.hn_tn_hidden_size)
+        self.n_shot = n_shot
+        self.settings = settings
+        self.epoch: int | None = None
+        # (name, shape) of every classifier parameter, in the order the hypernetwork writes.
+        self.target_shapes = [(f"classifier.{n}", p.shape)
+                              for n, p in self.classifier.named_parameters()]
+        self.hypernet = self._make_hypernet(self.embedding_width() * self._rows_per_input())
+
+    @classmethod
+    def check_options(cls, opts) -> None:
+        HyperSettings.from_options(opts).check(opts.train_n_way)
+
+    @classmethod
+    def from_options(cls, opts, backbone) -> "HyperMAML":
+        return cls(backbone, opts.train_n_way, opts.n_shot, opts.task_update_num, opts.train_lr,
+                   HyperSettings.from_options(opts))
+
+    # --- the hypernetwork ---------------------------------------------------------------------
+    def embedding_width(self) -> int:
+        extra = self.n_way + 1 if self.settings.hm_enhance_embeddings else 0
+        return self.feature.feature_dim + extra
+
+    def _rows_per_input(self) -> int:
+        """Support embeddings in one hypernetwork input row."""
+        if not self.settings.hm_use_class_batch_input:
+            return self.n_way * self.n_shot
+        return 1 if self.settings.hn_sup_aggregation == "mean" else self.n_shot
+
+    def _make_hypernet(self, width_in: int) -> nn.Module:
+        s = self.settings
+        if s.hm_use_class_batch_input:
+            # One row per class in, that class's share of every classifier layer out.
+            per_class = sum(shape.numel() for _, shape in self.target_shapes) // self.n_way
+            return mlp(width_in, s.hn_hidden_size, per_class, s.hn_head_len)
+        return nn.ModuleDict({
+            name.replace(".", "_"): mlp(width_in, s.hn_hidden_size, shape.numel(), s.hn_head_len)
+            for name, shape in self.target_shapes})
+
+    def hypernet_input(self, support_features: torch.Tensor, support_y: torch.Tensor,
+                       universal: Params) -> torch.Tensor:
+        """The hypernetwork's input rows from the (class-major) support embeddings."""
+        s = self.settings
+        embeddings = support_features.detach() if s.hm_detach_before_hyper_net else support_features
+        if s.hm_enhance_embeddings:
+            # The universal classifier's view of each shot (no gradient), plus its label.
+            with torch.no_grad():
+                probs = F.softmax(self.classify(support_features, universal), dim=1)
+            embeddings = torch.cat([embeddings, probs, support_y[:, None].to(probs.dtype)], 1)
+        if not s.hm_use_class_batch_input:
+            return embeddings.reshape(1, -1)
+        per_class = embeddings.reshape(self.n_way, self.n_shot, -1)
+        if s.hn_sup_aggregation == "mean":
+            return per_class.mean(dim=1)
+        return per_class.reshape(self.n_way, -1)
+
+    def deltas(self, rows: torch.Tensor) -> Params:
+        """The hypernetwork's update of every classifier parameter."""
+        if not self.settings.hm_use_class_batch_input:
+            return {name: self.hypernet[name.replace(".", "_")](rows).reshape(shape)
+                    for name, shape in self.target_shapes}
+        out = self.hypernet(rows)  # [n_way, per-class share of all classifier parameters]
+        deltas, offset = {}, 0
+        for name, shape in self.target_shapes:
+            share = shape.numel() // self.n_way
+            # Class c writes rows c*r .. (c+1)*r - 1 of each layer (r = rows per class).
+            deltas[name] = out[:, offset:offset + share].reshape(shape)
+            offset += share
+        return deltas
+
+    # --- adaptation ---------------------------------------------------------------------------
+    def set_epoch(self, epoch: int | None) -> None:
+        self.epoch = epoch
+
+    def schedule_state(self) -> dict:
+        p = self.settings.warmup_p(self.epoch)
+        phase = "maml-warmup" if p == 1 else "switch" if p > 0 else "hypernet"
+        state = {"phase": phase, "p": round(p, 6)}
+        if self.settings.hn_adaptation_strategy == "increasing_alpha":
+            state["alpha"] = self.settings.alpha(self.epoch)
+        return state
+
+    def adapted_classifier(self, universal: Params, support_features: torch.Tensor,
+                           support_y: torch.Tensor, training: bool) -> tuple[Params, Params]:
+        """The task's classifier parameters and the hypernetwork's deltas."""
+        s = self.settings
+        classifier = {n: v for n, v in universal.items() if n.startswith("classifier.")}
+        p = s.warmup_p(self.epoch) if training else 0.0
+        deltas = {}
+        if p < 1:
+            alpha = s.alpha(self.epoch if training else None)
+            deltas = {n: alpha * d for n, d in
+                      self.deltas(self.hypernet_input(support_features, support_y,
+                                                      universal)).items()}
+        if p == 0:
+            return {n: _apply(s.hm_update_operator, w, deltas[n])
+                    for n, w in classifier.items()}, deltas
+        # MAML warm-up on the fixed support embeddings, gradient at the current fast weights.
+        support_loss = lambda fast: F.cross_entropy(self.classify(support_features, fast),
+                                                    support_y)
+        mixed = {n: (1 - p) * d for n, d in deltas.items()} if deltas else None
+        fast = gradient_steps(support_loss, classifier, list(classifier), self.inner_steps,
+                              self.inner_lr, create_graph=training, grad_weight=p,
+                              constant=mixed)
+        return fast, deltas
+
+    def task_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.settings
+        universal = self.universal_params()
+        with torch.set_grad_enabled(training):
+            support_features = self.features(episode.support_x, universal)
+            query_features = self.features(episode.query_x, universal)
+            if s.hm_detach_feature_net:
+                support_features, query_features = support_features.detach(), query_features.detach()
+            classifier, deltas = self.adapted_classifier(universal, support_features,
+                                                         episode.support_y, training)
+            logits = self.classify(query_features, classifier)
+            if training and s.hm_support_set_loss:
+                scored = torch.cat([self.classify(support_features, classifier), logits])
+                loss = F.cross_entropy(scored, torch.cat([episode.support_y, episode.query_y]))
+            else:
+                loss = F.cross_entropy(logits, episode.query_y)
+            if s.hm_lambda > 0 and deltas:
+                loss = loss + s.hm_lambda * sum(d.pow(2).sum() for d in deltas.values())
+        return loss, logits
+
+    def evaluate(self, episode: Episode) -> TaskResult:
+        """Optionally fine-tune a copy on the support set first (hm_set_forward_with_adaptation)."""
+        s = self.settings
+        if not (s.hm_set_forward_with_adaptation and s.hn_val_epochs > 0):
+            return super().evaluate(episode)
+        tuned = copy.deepcopy(self)
+        tuned.set_epoch(None)
+        optimizer_cls = torch.optim.Adam if s.hn_val_optim == "adam" else torch.optim.SGD
+        optimizer = optimizer_cls(tuned.parameters(), lr=s.hn_val_lr)
+        support_task = Episode(episode.support_x, episode.support_y, episode.support_x,
+                               episode.support_y)
+        for _ in range(s.hn_val_epochs):
+            optimizer.zero_grad(set_to_none=True)
+            tuned.task_loss(support_task, training=True)[0].backward()
+            optimizer.step()
+        loss, logits = tuned.task_loss(episode, training=False)
+        return task_result(loss, logits, episode.query_y)
+
+
+def _apply(operator: str, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    if operator == "minus":
+        return weight - delta
+    if operator == "plus":
+        return weight + delta
+    return weight * delta

@@ -1,0 +1,247 @@
+"""HyperMAML on tiny float64 models: class equivariance, the warm-up schedule and its two
+ends (pure MAML on the classifier, pure hypernetwork), gradient flow and options."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from backbones import Conv4
+from data.episodes import Episode
+from errors import UserError
+from methods import MAML
+from methods.hypermaml import HyperMAML, HyperSettings
+
+N_WAY, N_SHOT, N_QUERY = 3, 2, 4
+
+
+def episode(seed=0, n_shot=N_SHOT) -> Episode:
+    g = torch.Generator().manual_seed(seed)
+    return Episode(torch.randn(N_WAY * n_shot, 1, 8, 8, generator=g, dtype=torch.float64),
+                   torch.arange(N_WAY).repeat_interleave(n_shot),
+                   torch.randn(N_WAY * N_QUERY, 1, 8, 8, generator=g, dtype=torch.float64),
+                   torch.arange(N_WAY).repeat_interleave(N_QUERY))
+
+
+def hypermaml(n_shot=N_SHOT, inner_steps=2, **settings) -> HyperMAML:
+    torch.manual_seed(0)
+    defaults = dict(hn_hidden_size=16, hn_tn_hidden_size=6, hm_use_class_batch_input=True)
+    model = HyperMAML(Conv4(width=4, depth=3), N_WAY, n_shot, inner_steps, 0.3,
+                      HyperSettings(**{**defaults, **settings})).double()
+    with torch.no_grad():
+        for p in model.classifier.parameters():  # non-zero biases, so every path is exercised
+            p.normal_()
+    return model
+
+
+def permuted(ep: Episode, order: list[int], n_shot=N_SHOT) -> Episode:
+    """The same task with class ``order[k]`` relabelled k."""
+    def take(x, per_class):
+        return x.reshape(N_WAY, per_class, *x.shape[1:])[order].reshape(x.shape)
+    return Episode(take(ep.support_x, n_shot), ep.support_y, take(ep.query_x, N_QUERY),
+                   ep.query_y)
+
+
+@pytest.mark.parametrize("aggregation", ["concat", "mean"])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_class_batch_hypernetwork_is_equivariant_to_class_order(aggregation, depth):
+    model = hypermaml(hn_sup_aggregation=aggregation, hn_tn_depth=depth)
+    with torch.no_grad():  # the universal rows belong to label positions, not to classes:
+        for p in model.classifier.parameters():  # zero them so the classifier is -delta alone
+            p.zero_()
+    ep, order = episode(), [2, 0, 1]
+    universal = model.universal_params()
+
+    def deltas_and_logits(task):
+        support = model.features(task.support_x, universal)
+        rows = model.hypernet_input(support, task.support_y, universal)
+        _, logits = model.task_loss(task, training=False)
+        return model.deltas(rows), logits
+
+    deltas, logits = deltas_and_logits(ep)
+    deltas_p, logits_p = deltas_and_logits(permuted(ep, order))
+    last = f"classifier.{2 * (depth - 1)}"
+    torch.testing.assert_close(deltas_p[f"{last}.weight"], deltas[f"{last}.weight"][order])
+    torch.testing.assert_close(deltas_p[f"{last}.bias"], deltas[f"{last}.bias"][order])
+    if depth == 1:
+        # Query images of class order[k] now come k-th, and are scored in column k. (With a
+        # hidden target layer, each class's output row reads hidden units by position, and the
+        # permutation moves the units the classes wrote, so only the rows are equivariant.)
+        query_order = [c * N_QUERY + q for c in order for q in range(N_QUERY)]
+        torch.testing.assert_close(logits_p, logits[query_order][:, order])
+
+
+def test_warmup_p_schedule_boundaries():
+    s = HyperSettings(hm_maml_warmup=True, hm_maml_warmup_epochs=50,
+                      hm_maml_warmup_switch_epochs=500)
+    assert s.warmup_p(0) == 1 and s.warmup_p(49) == 1
+    assert s.warmup_p(50) == pytest.approx(500 / 501)
+    assert s.warmup_p(549) == pytest.approx(1 / 501)
+    assert s.warmup_p(550) == 0 and s.warmup_p(2047) == 0
+    assert s.warmup_p(None) == 0  # validation and test use the hypernetwork
+    assert HyperSettings().warmup_p(0) == 0  # no warm-up asked for
+    ramp = HyperSettings(hn_adaptation_strategy="increasing_alpha", hn_alpha_step=0.25)
+    assert [ramp.alpha(e) for e in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert ramp.alpha(None) == 1.0
+
+
+def test_p1_is_maml_on_the_classifier_with_the_same_embeddings():
+    model = hypermaml(hm_maml_warmup=True, hm_maml_warmup_epochs=10, hm_enhance_embeddings=True)
+    model.set_epoch(3)
+    maml = MAML(Conv4(width=4, depth=3), N_WAY, 2, 0.3, adapt_classifier_only=True,
+                classifier_depth=1).double()
+    maml.load_state_dict({k: v for k, v in model.state_dict().items()
+                          if not k.startswith("hypernet.")})
+    ep = episode(1)
+    universal = model.universal_params()
+    support = model.features(ep.support_x, universal)
+    adapted, deltas = model.adapted_classifier(universal, support, ep.support_y, training=True)
+    expected = maml.adapt(maml.universal_params(), ep.support_x, ep.support_y, create_graph=False)
+    assert deltas == {}  # the hypernetwork is not even run while p = 1
+    for name, value in adapted.items():
+        torch.testing.assert_close(value, expected[name])
+
+
+@pytest.mark.parametrize("operator,combine", [("minus", torch.sub), ("plus", torch.add),
+                                              ("multiply", torch.mul)])
+def test_p0_is_the_universal_classifier_updated_by_the_hypernetwork(operator, combine):
+    model = hypermaml(hm_update_operator=operator, hm_enhance_embeddings=True)
+    ep = episode(2)
+    universal = model.universal_params()
+    support = model.features(ep.support_x, universal)
+    adapted, deltas = model.adapted_classifier(universal, support, ep.support_y, training=True)
+    out = model.hypernet(model.hypernet_input(support, ep.support_y, universal))
+    assert out.shape == (N_WAY, 64 // 16 + 1)  # each class writes its weight row and bias
+    torch.testing.assert_close(adapted["classifier.0.weight"],
+                               combine(universal["classifier.0.weight"], out[:, :4]))
+    torch.testing.assert_close(adapted["classifier.0.bias"],
+                               combine(universal["classifier.0.bias"], out[:, 4]))
+
+
+def test_switch_phase_mixes_gradient_step_and_hypernetwork_update():
+    model = hypermaml(inner_steps=1, hm_maml_warmup=True, hm_maml_warmup_epochs=2,
+                      hm_maml_warmup_switch_epochs=3)
+    model.set_epoch(3)
+    p = model.settings.warmup_p(3)
+    assert 0 < p < 1
+    ep = episode(3)
+    universal = model.universal_params()
+    support = model.features(ep.support_x, universal)
+    adapted, deltas = model.adapted_classifier(universal, support, ep.support_y, training=True)
+    classifier = {n: v for n, v in universal.items() if n.startswith("classifier.")}
+    loss = F.cross_entropy(model.classify(support, classifier), ep.support_y)
+    grads = dict(zip(classifier, torch.autograd.grad(loss, list(classifier.values()))))
+    for name, w in classifier.items():
+        torch.testing.assert_close(adapted[name],
+                                   w - (p * 0.3 * grads[name] + (1 - p) * deltas[name]))
+
+
+def test_enhancement_uses_the_universal_classifier():
+    model = hypermaml(hm_enhance_embeddings=True)
+    ep, other = episode(4), episode(5)
+    universal = model.universal_params()
+    support = model.features(ep.support_x, universal)
+    rows_before = model.hypernet_input(support, ep.support_y, universal)
+    model.task_loss(other, training=True)[0].backward()  # another task in between
+    rows = model.hypernet_input(support, ep.support_y, universal)
+    torch.testing.assert_close(rows, rows_before)
+    per_shot = rows.reshape(N_WAY * N_SHOT, -1)
+    probs = F.softmax(model.classify(support, universal), dim=1)
+    torch.testing.assert_close(per_shot[:, 4:4 + N_WAY], probs)
+    torch.testing.assert_close(per_shot[:, -1], ep.support_y.double())
+
+
+def grads_after_one_task(model, epoch=None, task=None):
+    model.set_epoch(epoch)
+    model.zero_grad(set_to_none=True)
+    model.accumulate_meta_gradient([task or episode(6)])
+    return {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_gradients_reach_backbone_and_hypernetwork():
+    grads = grads_after_one_task(hypermaml(hm_enhance_embeddings=True))
+    for name, grad in grads.items():
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_detach_options_cut_the_right_paths():
+    frozen = grads_after_one_task(hypermaml(hm_detach_feature_net=True))
+    assert all(g is None for n, g in frozen.items() if n.startswith("feature."))
+    assert all(g.abs().sum() > 0 for n, g in frozen.items() if n.startswith("hypernet."))
+    full = grads_after_one_task(hypermaml())
+    query_only = grads_after_one_task(hypermaml(hm_detach_before_hyper_net=True))
+    first_conv = "feature.blocks.0.0.weight"
+    assert query_only[first_conv].abs().sum() > 0
+    assert not torch.allclose(query_only[first_conv], full[first_conv])
+
+
+def test_meta_gradient_matches_finite_differences_in_the_switch_phase():
+    # No enhancement here: its softmax column is computed without gradient by design, which
+    # finite differences would see.
+    model = hypermaml(inner_steps=1, hm_maml_warmup=True, hm_maml_warmup_epochs=1,
+                      hm_maml_warmup_switch_epochs=2, hm_lambda=0.01, hn_hidden_size=4)
+    model.set_epoch(1)
+    ep = episode(7)
+    analytic = grads_after_one_task(model, epoch=1, task=ep)
+    eps = 1e-6
+    for name, param in list(model.named_parameters())[-8:]:  # last BN, classifier, hypernet
+        flat = param.data.view(-1)
+        for i in range(0, flat.numel(), max(1, flat.numel() // 6)):
+            original = flat[i].item()
+            flat[i] = original + eps
+            plus = float(model.task_loss(ep, training=True)[0].detach())
+            flat[i] = original - eps
+            minus = float(model.task_loss(ep, training=True)[0].detach())
+            flat[i] = original
+            assert analytic[name].view(-1)[i].item() == pytest.approx(
+                (plus - minus) / (2 * eps), rel=1e-5, abs=1e-8), (name, i)
+
+
+def test_support_set_loss_and_lambda_change_the_loss():
+    ep = episode(8)
+    base, _ = hypermaml().task_loss(ep, training=True)
+    with_support, _ = hypermaml(hm_support_set_loss=True).task_loss(ep, training=True)
+    model = hypermaml(hm_lambda=0.5)
+    with_lambda, _ = model.task_loss(ep, training=True)
+    universal = model.universal_params()
+    support = model.features(ep.support_x, universal)
+    _, deltas = model.adapted_classifier(universal, support, ep.support_y, training=True)
+    penalty = sum(d.pow(2).sum() for d in deltas.values())
+    torch.testing.assert_close(with_lambda, base + 0.5 * penalty)
+    assert not torch.allclose(with_support, base)
+
+
+def test_non_class_batch_hypernetworks_write_whole_parameters():
+    model = hypermaml(hm_use_class_batch_input=False, hn_tn_depth=2, hn_tn_hidden_size=5)
+    assert set(model.hypernet.keys()) == {"classifier_0_weight", "classifier_0_bias",
+                                          "classifier_2_weight", "classifier_2_bias"}
+    grads = grads_after_one_task(model)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values())
+
+
+def test_test_time_fine_tuning_changes_only_a_copy():
+    model = hypermaml(hm_set_forward_with_adaptation=True, hn_val_epochs=3, hn_val_lr=1e-2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tuned = model.evaluate(episode(9))
+    plain = hypermaml().evaluate(episode(9))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert tuned.loss != pytest.approx(plain.loss)
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(hn_tn_depth=2, hn_tn_hidden_size=7), "multiple of n_way"),
+    (dict(hn_adaptation_strategy="increasing_alpha", hn_alpha_step=-0.1), "hn_alpha_step"),
+    (dict(hm_maml_warmup=True, hm_update_operator="multiply"), "minus"),
+    (dict(hm_lambda=-1.0), "hm_lambda"),
+])
+def test_impossible_combinations_are_refused(settings, message):
+    with pytest.raises(UserError, match=message):
+        hypermaml(**settings)
+
+
+def test_settings_mirror_the_command_line_options():
+    import config
+    names = {f.name for f in dataclasses.fields(config.Options)}
+    assert {f.name for f in dataclasses.fields(HyperSettings)} <= names
