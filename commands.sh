@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# The published MAML experiments of the reference code (CloserLookFewShot protocol, Conv4,
-# 5-way), plus a smoke run. Usage: bash commands.sh EXPERIMENT [extra options...]
+# The published experiments of the reference code (CloserLookFewShot protocol, Conv4, 5-way):
+# MAML and HyperMAML, plus smoke runs. Usage: bash commands.sh EXPERIMENT [extra options...]
 # e.g. `bash commands.sh smoke`, `bash commands.sh maml_cross_char_1shot --device cuda`.
-# Extra options go to both train.py and test.py, so give only shared ones (--data_dir,
-# --device, --save_dir, --seed, --data_source).
-# The full schedules are long: --stop_epoch 600 (1-shot) / 400 (5-shot) times n_task 32 are
-# 19,200 / 12,800 epochs of 100 episodes.
+# Extra options go to both train.py and test.py (each accepts the other's options and
+# ignores them, so one command line serves both, as in the reference).
+# The full schedules are long: MAML's --stop_epoch 600 (1-shot) / 400 (5-shot) times n_task 32
+# are 19,200 / 12,800 epochs of 100 episodes; HyperMAML's --stop_epoch 64 is 2,048 epochs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-experiment=${1:?usage: bash commands.sh smoke|maml_cross_char_1shot|maml_cross_char_5shot|maml_omniglot_1shot|maml_omniglot_5shot|maml_approx_cross_char_1shot [options]}
+experiment=${1:?usage: bash commands.sh EXPERIMENT [options]; see the case list in this file}
 shift
+
+# The published HyperMAML options (SPEC section 8).
+hyper_maml=(--stop_epoch 64 --lr 1e-2 --lr_scheduler multisteplr --milestones 51 550
+            --hm_maml_warmup --hm_maml_warmup_epochs 50 --hm_maml_warmup_switch_epochs 500
+            --hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True
+            --hm_use_class_batch_input)
 
 train_and_test() {
   python train.py "$@"
@@ -23,6 +29,28 @@ case "$experiment" in
     smoke=(--dataset cross_char --method maml --n_shot 1 --n_task 4 --checkpoint_suffix smoke)
     python train.py "${smoke[@]}" --n_episode 40 --stop_epoch 3 --eval_freq 3 "$@"
     python test.py "${smoke[@]}" --n_episode 100 --repeat 1 "$@" ;;
+  # HyperMAML, about a minute: a short warm-up, switch and hypernetwork phase.
+  smoke_hyper_maml)
+    smoke=(--dataset cross_char --method hyper_maml --n_shot 1 --n_task 4 --checkpoint_suffix smoke
+           --hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True
+           --hm_use_class_batch_input --hm_maml_warmup --hm_maml_warmup_epochs 2
+           --hm_maml_warmup_switch_epochs 4)
+    python train.py "${smoke[@]}" --n_episode 40 --stop_epoch 3 --eval_freq 3 "$@"
+    python test.py "${smoke[@]}" --n_episode 100 --repeat 1 "$@" ;;
+  # HyperMAML, the published cross_char commands (5-shot adds --hn_sup_aggregation mean).
+  hyper_maml_cross_char_1shot)
+    train_and_test --dataset cross_char --model Conv4 --method hyper_maml --n_shot 1 \
+      "${hyper_maml[@]}" "$@" ;;
+  hyper_maml_cross_char_5shot)
+    train_and_test --dataset cross_char --model Conv4 --method hyper_maml --n_shot 5 \
+      --hn_sup_aggregation mean "${hyper_maml[@]}" "$@" ;;
+  # The same options on Omniglot.
+  hyper_maml_omniglot_1shot)
+    train_and_test --dataset omniglot --model Conv4 --method hyper_maml --n_shot 1 \
+      "${hyper_maml[@]}" "$@" ;;
+  hyper_maml_omniglot_5shot)
+    train_and_test --dataset omniglot --model Conv4 --method hyper_maml --n_shot 5 \
+      --hn_sup_aggregation mean "${hyper_maml[@]}" "$@" ;;
   # Omniglot -> EMNIST (cross_char): reference defaults, n_task 32, 1 inner step of lr 0.1.
   maml_cross_char_1shot)
     train_and_test --dataset cross_char --model Conv4 --method maml --n_shot 1 "$@" ;;

@@ -155,13 +155,17 @@ def option_fields(scopes: Sequence[str]) -> list[dataclasses.Field]:
 
 
 def build_parser(entry: str, method_names: Sequence[str]) -> argparse.ArgumentParser:
-    """The argparse parser of ``entry`` ("train" or "test"), built from :class:`Options`."""
-    scopes = ("run", "model", entry)
+    """The argparse parser of ``entry`` ("train" or "test"), built from :class:`Options`.
+
+    Both entry points accept every option, so one command line serves train.py and test.py
+    as in the reference's published commands; an option of the other entry point is
+    accepted and ignored, and its help says so.
+    """
     description = {"train": "Meta-train a few-shot method.",
                    "test": "Test a meta-trained few-shot method on 600-episode repeats."}[entry]
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in option_fields(scopes):
+    for f in dataclasses.fields(Options):
         kwargs = dict(f.metadata["argparse"])
         if f.name == "method":
             kwargs["choices"] = tuple(method_names)
@@ -172,7 +176,10 @@ def build_parser(entry: str, method_names: Sequence[str]) -> argparse.ArgumentPa
             kwargs["type"] = _scalar_type(f)
         if not kwargs.get("required"):
             kwargs["default"] = f.default if f.default is not dataclasses.MISSING else None
-        parser.add_argument(f"--{f.name}", help=f.metadata["help"], **kwargs)
+        help_text = f.metadata["help"]
+        if f.metadata["scope"] not in ("run", "model", entry):
+            help_text += f" ({f.metadata['scope']}.py only; ignored here)"
+        parser.add_argument(f"--{f.name}", help=help_text, **kwargs)
     return parser
 
 

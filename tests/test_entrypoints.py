@@ -58,15 +58,26 @@ def run_folder(save_dir: Path, method="maml", way=5, shot=1) -> Path:
     return save_dir / "checkpoints" / "cross_char" / f"Conv4_{method}_{way}way_{shot}shot"
 
 
-def test_short_cross_char_run_beats_chance_on_emnist_novel(data_dir, tmp_path, capsys):
-    """A ~1 minute MAML run on Omniglot (no Latin) generalises to EMNIST novel classes."""
-    common = ["--dataset", "cross_char", "--method", "maml", "--n_shot", "1",
+# The published HyperMAML cross_char options (SPEC section 8), with a short warm-up.
+HYPERMAML_PUBLISHED = ["--hm_maml_warmup", "--hn_head_len", "3", "--hn_hidden_size", "512",
+                       "--hm_enhance_embeddings", "True", "--hm_use_class_batch_input"]
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("maml", []),
+    ("hyper_maml", HYPERMAML_PUBLISHED + ["--hm_maml_warmup_epochs", "2",
+                                         "--hm_maml_warmup_switch_epochs", "4"]),
+])
+def test_short_cross_char_run_beats_chance_on_emnist_novel(method, extra, data_dir, tmp_path,
+                                                           capsys):
+    """A ~1 minute run on Omniglot (no Latin) generalises to EMNIST novel classes."""
+    common = ["--dataset", "cross_char", "--method", method, "--n_shot", "1",
               "--data_dir", data_dir, "--save_dir", tmp_path / "save"]
-    code, out, _ = run(TRAIN, common + ["--n_task", "4", "--n_episode", "40", "--stop_epoch", "3",
-                                        "--eval_freq", "3"], capsys)
+    code, out, _ = run(TRAIN, common + extra + ["--n_task", "4", "--n_episode", "40",
+                                                "--stop_epoch", "3", "--eval_freq", "3"], capsys)
     assert code == 0, out
     assert "--stop_epoch 3 x n_task 4 = 12 epochs" in out
-    folder = run_folder(tmp_path / "save")
+    folder = run_folder(tmp_path / "save", method)
     assert {"best_model.tar", "last_model.tar", "0.tar", "11.tar", "args.json",
             "metrics.jsonl"} <= set(os.listdir(folder))
     metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
@@ -85,33 +96,42 @@ def test_short_cross_char_run_beats_chance_on_emnist_novel(data_dir, tmp_path, c
     record = json.loads((tmp_path / "record" / "results.jsonl").read_text().splitlines()[-1])
     assert record["seeds"] == [0, 1] and record["split"] == "novel" and record["n_way"] == 5
     assert record["acc_mean"] == pytest.approx(sum(float(a) for a, _ in repeats) / 2, abs=0.01)
-    assert "cross_char split=novel Conv4 maml 1shot 5way" in (
+    assert f"cross_char split=novel Conv4 {method} 1shot 5way" in (
         tmp_path / "record" / "results.txt").read_text()
 
 
-def train_command(data_dir, save_dir, *extra):
-    return [sys.executable, str(REPO_ROOT / "train.py"), *TINY[:-1], "5",
+def train_command(data_dir, save_dir, method, *extra):
+    return [sys.executable, str(REPO_ROOT / "train.py"), *TINY[:2], "--method", method,
+            *TINY[4:-1], "5",
             "--lr_scheduler", "multisteplr", "--milestones", "3", "6", "--eval_freq", "2",
             "--data_dir", str(data_dir), "--save_dir", str(save_dir), *extra]
 
 
-def final_state(save_dir):
-    folder = run_folder(save_dir)
+def final_state(save_dir, method):
+    folder = run_folder(save_dir, method)
     state = torch.load(folder / "last_model.tar", weights_only=False)
     metrics = [{k: v for k, v in json.loads(line).items() if k != "seconds"}
                for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return state, metrics
 
 
-def test_resume_after_an_interruption_continues_the_exact_run(data_dir, tmp_path):
+@pytest.mark.parametrize("method,extra", [
+    ("maml", []),
+    # Warm-up 0-1, switch 2-4, hypernetwork from 5: the interruption lands in the switch.
+    ("hyper_maml", ["--hm_maml_warmup", "--hm_maml_warmup_epochs", "2",
+                    "--hm_maml_warmup_switch_epochs", "3", "--hm_enhance_embeddings",
+                    "--hm_use_class_batch_input", "--hn_hidden_size", "32"]),
+])
+def test_resume_after_an_interruption_continues_the_exact_run(method, extra, data_dir, tmp_path):
     """10 epochs straight == interrupted (Ctrl-C) part-way, then --resume: identical weights,
-    optimizer state, learning-rate schedule and metrics."""
+    optimizer state, learning-rate and warm-up schedules, and metrics."""
     straight = tmp_path / "straight"
-    subprocess.run(train_command(data_dir, straight), check=True, capture_output=True,
-                   cwd=REPO_ROOT)
+    subprocess.run(train_command(data_dir, straight, method, *extra), check=True,
+                   capture_output=True, cwd=REPO_ROOT)
 
     interrupted = tmp_path / "interrupted"
-    proc = subprocess.Popen(train_command(data_dir, interrupted), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(train_command(data_dir, interrupted, method, *extra),
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     for line in proc.stdout:
@@ -120,17 +140,17 @@ def test_resume_after_an_interruption_continues_the_exact_run(data_dir, tmp_path
             break
     proc.communicate(timeout=120)
     assert proc.returncode == 130, "the run ended before it could be interrupted"
-    stopped_at = torch.load(run_folder(interrupted) / "last_model.tar",
+    stopped_at = torch.load(run_folder(interrupted, method) / "last_model.tar",
                             weights_only=False)["epoch"]
     assert 3 <= stopped_at < 9
 
-    resumed = subprocess.run(train_command(data_dir, interrupted, "--resume"),
+    resumed = subprocess.run(train_command(data_dir, interrupted, method, "--resume"),
                              capture_output=True, text=True, cwd=REPO_ROOT)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"Resuming" in resumed.stdout and f"after epoch {stopped_at}" in resumed.stdout
+    assert "Resuming" in resumed.stdout and f"after epoch {stopped_at}" in resumed.stdout
 
-    a, metrics_a = final_state(straight)
-    b, metrics_b = final_state(interrupted)
+    a, metrics_a = final_state(straight, method)
+    b, metrics_b = final_state(interrupted, method)
     assert a["epoch"] == b["epoch"] == 9
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
@@ -139,6 +159,9 @@ def test_resume_after_an_interruption_continues_the_exact_run(data_dir, tmp_path
             assert torch.equal(value[field], b["optimizer"]["state"][key][field])
     assert a["scheduler"] == b["scheduler"] and a["best_epoch"] == b["best_epoch"]
     assert metrics_a == metrics_b
+    if method == "hyper_maml":
+        assert [m["phase"] for m in metrics_b][1:6] == ["maml-warmup"] + ["switch"] * 3 + [
+            "hypernet"]
 
 
 def test_boolean_options_accept_flags_and_values():
@@ -273,3 +296,60 @@ def test_train_prepares_missing_data_from_the_offline_source(tmp_path, monkeypat
         assert f"Dataset {name} is not prepared in {fresh}: preparing it from" in out
         assert (fresh / name / ".prepared").exists()
     assert (run_folder(tmp_path / "save") / "best_model.tar").exists()
+
+
+@pytest.mark.parametrize("shot_options", [["--n_shot", "1"],
+                                          ["--n_shot", "5", "--hn_sup_aggregation", "mean"]])
+def test_published_hypermaml_commands_parse_unchanged(shot_options):
+    """SPEC section 8's cross_char commands: 2,048 epochs, the warm-up and milestones in them."""
+    import config
+    from methods import METHODS, build_method
+    argv = ["--dataset", "cross_char", "--model", "Conv4", "--method", "hyper_maml",
+            "--train_n_way", "5", "--test_n_way", "5", *shot_options,
+            "--stop_epoch", "64", "--lr", "1e-2", "--lr_scheduler", "multisteplr",
+            "--milestones", "51", "550", "--hm_maml_warmup", "--hm_maml_warmup_epochs", "50",
+            "--hm_maml_warmup_switch_epochs", "500", *HYPERMAML_PUBLISHED]
+    opts, _ = config.parse("train", list(METHODS), argv)
+    opts = config.resolve(opts, "train")
+    assert TRAIN.total_epochs(opts) == 2048 and opts.milestones == [51, 550]
+    assert opts.hm_enhance_embeddings is True and opts.hm_use_class_batch_input is True
+    model = build_method(opts)
+    model.set_epoch(49)
+    assert model.schedule_state() == {"phase": "maml-warmup", "p": 1.0}
+    model.set_epoch(550)
+    assert model.schedule_state() == {"phase": "hypernet", "p": 0.0}
+    width = (64 + 5 + 1) * (1 if opts.hn_sup_aggregation == "mean" else opts.n_shot)
+    assert model.hypernet[0].in_features == width and model.hypernet[-1].out_features == 65
+
+
+def test_hypermaml_bad_combinations_fail_at_start(data_dir, tmp_path, capsys):
+    base = ["--dataset", "cross_char", "--method", "hyper_maml", "--data_dir", tmp_path / "none",
+            "--no_download", "--save_dir", tmp_path]
+    # Checked before the data (here: none) is even looked at.
+    code, _, err = run(TRAIN, base + ["--hm_use_class_batch_input", "--hn_tn_depth", "2",
+                                      "--hn_tn_hidden_size", "7"], capsys)
+    assert_one_line_error(code, err, "hn_tn_hidden_size 7 must be a positive multiple of n_way 5")
+    code, _, err = run(TRAIN, base + ["--hn_adaptation_strategy", "increasing_alpha",
+                                      "--hn_alpha_step", "-0.1"], capsys)
+    assert_one_line_error(code, err, "hn_alpha_step must be positive")
+    with pytest.raises(SystemExit) as exc:
+        TRAIN.main([str(a) for a in base + ["--hn_sup_aggregation", "sum"]])
+    assert exc.value.code == 2
+
+
+def test_test_options_must_match_the_checkpoint(data_dir, tmp_path, capsys):
+    save = tmp_path / "save"
+    common = ["--dataset", "cross_char", "--method", "hyper_maml", "--n_shot", "1",
+              "--data_dir", data_dir, "--save_dir", save]
+    code, out, _ = run(TRAIN, common + ["--n_task", "2", "--n_episode", "2", "--stop_epoch", "1",
+                                        "--hm_use_class_batch_input", "--hn_hidden_size", "32"],
+                       capsys)
+    assert code == 0, out
+    code, _, err = run(TEST, common + ["--hn_hidden_size", "64"], capsys)
+    assert_one_line_error(code, err, "--hn_hidden_size 64 does not match 32")
+    code, _, err = run(TEST, common + ["--hm_use_class_batch_input", "False"], capsys)
+    assert_one_line_error(code, err, "--hm_use_class_batch_input False does not match True")
+    # Options not given are taken from the checkpoint: the model is rebuilt as trained.
+    code, out, _ = run(TEST, common + ["--n_episode", "3", "--repeat", "1",
+                                       "--record_dir", tmp_path / "record"], capsys)
+    assert code == 0 and "3 Test Acc = " in out
