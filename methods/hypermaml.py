@@ -106,15 +106,33 @@ class HyperSettings:
         return min(1.0, (epoch + 1) * self.hn_alpha_step)
 
 
-def mlp(width_in: int, hidden: int, width_out: int, n_layers: int) -> nn.Sequential:
-    """``n_layers`` linear layers with ReLU between: in -> hidden -> ... -> hidden -> out."""
-    widths = [width_in] + [hidden] * (n_layers - 1) + [width_out]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        if i:
-            layers.append(nn.ReLU())
-        layers.append(nn.Linear(a, b))
-    return nn.Sequential(*layers)
+class HyperNetwork(nn.Module):
+    """A trunk of ``n_layers - 1`` linear layers with ReLU, then one linear output head per
+    name in ``heads``: with the single head "delta" it is the plain MLP of SPEC 6.4,
+    in -> hidden -> ... -> out; BayesHMAML adds a "logvar" head on the same trunk."""
+
+    def __init__(self, width_in: int, hidden: int, width_out: int, n_layers: int,
+                 heads: tuple[str, ...] = ("delta",)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(n_layers - 1):
+            layers += [nn.Linear(width_in if i == 0 else hidden, hidden), nn.ReLU()]
+        self.trunk = nn.Sequential(*layers)
+        trunk_width = hidden if n_layers > 1 else width_in
+        self.heads = nn.ModuleDict({name: nn.Linear(trunk_width, width_out) for name in heads})
+
+    def forward(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        hidden = self.trunk(rows)
+        return {name: head(hidden) for name, head in self.heads.items()}
+
+
+@dataclass
+class AdaptedClassifier:
+    """A task's classifier: its parameters (for BayesHMAML the mean), the hypernetwork's
+    update (empty while the warm-up is pure MAML) and, for BayesHMAML, the log-variance."""
+    params: Params
+    deltas: Params
+    logvar: Params | None = None
 
 
 class HyperMAML(MAML):
@@ -152,14 +170,17 @@ class HyperMAML(MAML):
             return self.n_way * self.n_shot
         return 1 if self.settings.hn_sup_aggregation == "mean" else self.n_shot
 
+    heads: tuple[str, ...] = ("delta",)
+
     def _make_hypernet(self, width_in: int) -> nn.Module:
         s = self.settings
         if s.hm_use_class_batch_input:
             # One row per class in, that class's share of every classifier layer out.
             per_class = sum(shape.numel() for _, shape in self.target_shapes) // self.n_way
-            return mlp(width_in, s.hn_hidden_size, per_class, s.hn_head_len)
+            return HyperNetwork(width_in, s.hn_hidden_size, per_class, s.hn_head_len, self.heads)
         return nn.ModuleDict({
-            name.replace(".", "_"): mlp(width_in, s.hn_hidden_size, shape.numel(), s.hn_head_len)
+            name.replace(".", "_"): HyperNetwork(width_in, s.hn_hidden_size, shape.numel(),
+                                                 s.hn_head_len, self.heads)
             for name, shape in self.target_shapes})
 
     def hypernet_input(self, support_features: torch.Tensor, support_y: torch.Tensor,
@@ -179,19 +200,24 @@ class HyperMAML(MAML):
             return per_class.mean(dim=1)
         return per_class.reshape(self.n_way, -1)
 
-    def deltas(self, rows: torch.Tensor) -> Params:
-        """The hypernetwork's update of every classifier parameter."""
+    def hypernet_outputs(self, rows: torch.Tensor) -> dict[str, Params]:
+        """For each head ("delta", and "logvar" for BayesHMAML), a value per classifier
+        parameter."""
         if not self.settings.hm_use_class_batch_input:
-            return {name: self.hypernet[name.replace(".", "_")](rows).reshape(shape)
-                    for name, shape in self.target_shapes}
-        out = self.hypernet(rows)  # [n_way, per-class share of all classifier parameters]
-        deltas, offset = {}, 0
-        for name, shape in self.target_shapes:
-            share = shape.numel() // self.n_way
-            # Class c writes rows c*r .. (c+1)*r - 1 of each layer (r = rows per class).
-            deltas[name] = out[:, offset:offset + share].reshape(shape)
-            offset += share
-        return deltas
+            per_name = {name: self.hypernet[name.replace(".", "_")](rows)
+                        for name, _ in self.target_shapes}
+            return {head: {name: per_name[name][head].reshape(shape)
+                           for name, shape in self.target_shapes} for head in self.heads}
+        outputs = {}
+        for head, out in self.hypernet(rows).items():  # [n_way, per-class share of all params]
+            values, offset = {}, 0
+            for name, shape in self.target_shapes:
+                share = shape.numel() // self.n_way
+                # Class c writes rows c*r .. (c+1)*r - 1 of each layer (r = rows per class).
+                values[name] = out[:, offset:offset + share].reshape(shape)
+                offset += share
+            outputs[head] = values
+        return outputs
 
     # --- adaptation ---------------------------------------------------------------------------
     def set_epoch(self, epoch: int | None) -> None:
@@ -206,28 +232,40 @@ class HyperMAML(MAML):
         return state
 
     def adapted_classifier(self, universal: Params, support_features: torch.Tensor,
-                           support_y: torch.Tensor, training: bool) -> tuple[Params, Params]:
-        """The task's classifier parameters and the hypernetwork's deltas."""
+                           support_y: torch.Tensor, training: bool) -> AdaptedClassifier:
         s = self.settings
         classifier = {n: v for n, v in universal.items() if n.startswith("classifier.")}
         p = s.warmup_p(self.epoch) if training else 0.0
-        deltas = {}
-        if p < 1:
+        if p == 1:
+            outputs = {}
+            deltas: Params = {}
+        else:
+            outputs = self.hypernet_outputs(
+                self.hypernet_input(support_features, support_y, universal))
             alpha = s.alpha(self.epoch if training else None)
-            deltas = {n: alpha * d for n, d in
-                      self.deltas(self.hypernet_input(support_features, support_y,
-                                                      universal)).items()}
+            deltas = {n: alpha * d for n, d in outputs["delta"].items()}
         if p == 0:
-            return {n: _apply(s.hm_update_operator, w, deltas[n])
-                    for n, w in classifier.items()}, deltas
-        # MAML warm-up on the fixed support embeddings, gradient at the current fast weights.
-        support_loss = lambda fast: F.cross_entropy(self.classify(support_features, fast),
-                                                    support_y)
-        mixed = {n: (1 - p) * d for n, d in deltas.items()} if deltas else None
-        fast = gradient_steps(support_loss, classifier, list(classifier), self.inner_steps,
-                              self.inner_lr, create_graph=training, grad_weight=p,
-                              constant=mixed)
-        return fast, deltas
+            adapted = {n: _apply(s.hm_update_operator, w, deltas[n]) for n, w in classifier.items()}
+        else:
+            # MAML warm-up on the fixed support embeddings, gradient at the current fast weights.
+            support_loss = lambda fast: F.cross_entropy(self.classify(support_features, fast),
+                                                        support_y)
+            mixed = {n: (1 - p) * d for n, d in deltas.items()} if deltas else None
+            adapted = gradient_steps(support_loss, classifier, list(classifier),
+                                     self.inner_steps, self.inner_lr, create_graph=training,
+                                     grad_weight=p, constant=mixed)
+        return AdaptedClassifier(adapted, deltas, outputs.get("logvar"))
+
+    def predict(self, features: torch.Tensor, adapted: AdaptedClassifier,
+                training: bool) -> torch.Tensor:
+        """Logits of ``features`` under the task's classifier."""
+        return self.classify(features, adapted.params)
+
+    def penalty(self, adapted: AdaptedClassifier) -> torch.Tensor | float:
+        """Terms added to the task loss: ``hm_lambda`` times the squared update."""
+        if self.settings.hm_lambda > 0 and adapted.deltas:
+            return self.settings.hm_lambda * sum(d.pow(2).sum() for d in adapted.deltas.values())
+        return 0.0
 
     def task_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.settings
@@ -237,16 +275,15 @@ class HyperMAML(MAML):
             query_features = self.features(episode.query_x, universal)
             if s.hm_detach_feature_net:
                 support_features, query_features = support_features.detach(), query_features.detach()
-            classifier, deltas = self.adapted_classifier(universal, support_features,
-                                                         episode.support_y, training)
-            logits = self.classify(query_features, classifier)
+            adapted = self.adapted_classifier(universal, support_features, episode.support_y,
+                                              training)
+            logits = self.predict(query_features, adapted, training)
             if training and s.hm_support_set_loss:
-                scored = torch.cat([self.classify(support_features, classifier), logits])
+                scored = torch.cat([self.predict(support_features, adapted, training), logits])
                 loss = F.cross_entropy(scored, torch.cat([episode.support_y, episode.query_y]))
             else:
                 loss = F.cross_entropy(logits, episode.query_y)
-            if s.hm_lambda > 0 and deltas:
-                loss = loss + s.hm_lambda * sum(d.pow(2).sum() for d in deltas.values())
+            loss = loss + self.penalty(adapted)
         return loss, logits
 
     def evaluate(self, episode: Episode) -> TaskResult:

@@ -319,7 +319,9 @@ def test_published_hypermaml_commands_parse_unchanged(shot_options):
     model.set_epoch(550)
     assert model.schedule_state() == {"phase": "hypernet", "p": 0.0}
     width = (64 + 5 + 1) * (1 if opts.hn_sup_aggregation == "mean" else opts.n_shot)
-    assert model.hypernet[0].in_features == width and model.hypernet[-1].out_features == 65
+    assert model.hypernet.trunk[0].in_features == width
+    assert model.hypernet.heads["delta"].out_features == 65
+    assert len(model.hypernet.trunk) == 4  # hn_head_len 3: two hidden layers, then the head
 
 
 def test_hypermaml_bad_combinations_fail_at_start(data_dir, tmp_path, capsys):

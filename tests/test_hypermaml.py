@@ -58,7 +58,7 @@ def test_class_batch_hypernetwork_is_equivariant_to_class_order(aggregation, dep
         support = model.features(task.support_x, universal)
         rows = model.hypernet_input(support, task.support_y, universal)
         _, logits = model.task_loss(task, training=False)
-        return model.deltas(rows), logits
+        return model.hypernet_outputs(rows)["delta"], logits
 
     deltas, logits = deltas_and_logits(ep)
     deltas_p, logits_p = deltas_and_logits(permuted(ep, order))
@@ -97,7 +97,8 @@ def test_p1_is_maml_on_the_classifier_with_the_same_embeddings():
     ep = episode(1)
     universal = model.universal_params()
     support = model.features(ep.support_x, universal)
-    adapted, deltas = model.adapted_classifier(universal, support, ep.support_y, training=True)
+    result = model.adapted_classifier(universal, support, ep.support_y, training=True)
+    adapted, deltas = result.params, result.deltas
     expected = maml.adapt(maml.universal_params(), ep.support_x, ep.support_y, create_graph=False)
     assert deltas == {}  # the hypernetwork is not even run while p = 1
     for name, value in adapted.items():
@@ -111,8 +112,9 @@ def test_p0_is_the_universal_classifier_updated_by_the_hypernetwork(operator, co
     ep = episode(2)
     universal = model.universal_params()
     support = model.features(ep.support_x, universal)
-    adapted, deltas = model.adapted_classifier(universal, support, ep.support_y, training=True)
-    out = model.hypernet(model.hypernet_input(support, ep.support_y, universal))
+    result = model.adapted_classifier(universal, support, ep.support_y, training=True)
+    adapted, deltas = result.params, result.deltas
+    out = model.hypernet(model.hypernet_input(support, ep.support_y, universal))["delta"]
     assert out.shape == (N_WAY, 64 // 16 + 1)  # each class writes its weight row and bias
     torch.testing.assert_close(adapted["classifier.0.weight"],
                                combine(universal["classifier.0.weight"], out[:, :4]))
@@ -129,7 +131,8 @@ def test_switch_phase_mixes_gradient_step_and_hypernetwork_update():
     ep = episode(3)
     universal = model.universal_params()
     support = model.features(ep.support_x, universal)
-    adapted, deltas = model.adapted_classifier(universal, support, ep.support_y, training=True)
+    result = model.adapted_classifier(universal, support, ep.support_y, training=True)
+    adapted, deltas = result.params, result.deltas
     classifier = {n: v for n, v in universal.items() if n.startswith("classifier.")}
     loss = F.cross_entropy(model.classify(support, classifier), ep.support_y)
     grads = dict(zip(classifier, torch.autograd.grad(loss, list(classifier.values()))))
@@ -207,7 +210,7 @@ def test_support_set_loss_and_lambda_change_the_loss():
     with_lambda, _ = model.task_loss(ep, training=True)
     universal = model.universal_params()
     support = model.features(ep.support_x, universal)
-    _, deltas = model.adapted_classifier(universal, support, ep.support_y, training=True)
+    deltas = model.adapted_classifier(universal, support, ep.support_y, training=True).deltas
     penalty = sum(d.pow(2).sum() for d in deltas.values())
     torch.testing.assert_close(with_lambda, base + 0.5 * penalty)
     assert not torch.allclose(with_support, base)
