@@ -139,6 +139,21 @@ class Options:
     hn_val_lr: float = _opt(1e-4, "fine-tuning learning rate")
     hn_val_optim: str = _opt("adam", "fine-tuning optimiser", choices=("adam", "sgd"))
 
+    # --- BayesHMAML (SPEC section 7) ---------------------------------------------------------
+    hm_weight_set_num_train: int = _opt(1, "sampled classifiers whose logits are averaged in "
+                                        "training", "model")
+    hm_weight_set_num_test: int = _opt(20, "sampled classifiers at validation and test (0: use "
+                                       "the mean)")
+    kl_scale: float = _opt(1e-24, "KL weight at the first epoch", "model")
+    kl_stop_val: float = _opt(1e-3, "KL weight reached at the end of the run (geometric growth)",
+                              "model")
+
+    # --- calibration and plots (test.py) -------------------------------------------------------
+    temperature_scaling: bool = _opt(False, "fit a softmax temperature on the val split and "
+                                     "report calibration before and after", "test")
+    plot: bool = _opt(False, "save a reliability diagram PNG next to the results (matplotlib)",
+                      "test")
+
     # --- testing -------------------------------------------------------------------------------
     split: str = _opt("novel", "split to test on", "test", choices=("base", "val", "novel"))
     save_iter: int = _opt(-1, "test the checkpoint of this epoch instead of best_model.tar",

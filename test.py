@@ -11,14 +11,28 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+import calibration
 import config
 import data
 import engine
 import io_utils
+import plots
 from data.episodes import TEST_QUERY
 from errors import UserError
 from methods import METHODS, build_method
+
+
+def evaluate_split(opts, model, data_dir, split: str, seed: int, device, desc: str):
+    """Accuracy per episode, and all query logits and labels, of ``opts.n_episode`` episodes."""
+    sampler = data.split_sampler(opts, data_dir, split, opts.test_n_way, TEST_QUERY, seed, device)
+    # Sampled classifiers (BayesHMAML) draw from the global generator: seed it per repeat.
+    torch.manual_seed(seed)
+    results = list(io_utils.progress(engine.evaluate(model, sampler, opts.n_episode),
+                                     opts.n_episode, desc))
+    return ([r.accuracy for r in results], torch.cat([r.logits for r in results]),
+            torch.cat([r.labels for r in results]))
 
 
 def run(argv=None) -> int:
@@ -33,8 +47,11 @@ def run(argv=None) -> int:
     if opts.test_n_way != opts.train_n_way:
         raise UserError(f"--test_n_way {opts.test_n_way} differs from the {opts.train_n_way} "
                         f"classes the model in {path} was trained for")
+    if opts.plot:
+        plots.require_matplotlib()
     device = io_utils.resolve_device(opts.device)
-    io_utils.ensure_writable(Path(opts.record_dir))
+    record_dir = Path(opts.record_dir)
+    io_utils.ensure_writable(record_dir)
 
     model = build_method(opts).to(device)
     io_utils.load_model_state(model, state, path)
@@ -43,31 +60,67 @@ def run(argv=None) -> int:
           f"on {opts.dataset} {opts.split}, {opts.test_n_way}-way {opts.n_shot}-shot, "
           f"{opts.repeat} x {opts.n_episode} episodes, device {device}", flush=True)
 
-    repeat_means = []
+    temperature = None
+    if opts.temperature_scaling:
+        _, val_logits, val_labels = evaluate_split(opts, model, data_dir, "val", opts.seed,
+                                                   device, "val (temperature)")
+        temperature = calibration.fit_temperature(val_logits, val_labels)
+        print(f"Temperature fitted on {opts.n_episode} val episodes: T = {temperature:.4f}")
+
+    repeats, all_logits, all_labels = [], [], []
     for r in range(opts.repeat):
-        sampler = data.split_sampler(opts, data_dir, opts.split, opts.test_n_way, TEST_QUERY,
-                                     opts.seed + r, device)
-        episodes = engine.evaluate(model, sampler, opts.n_episode)
-        accuracies = [res.accuracy for res in
-                      io_utils.progress(episodes, opts.n_episode, f"repeat {r + 1}/{opts.repeat}")]
+        accuracies, logits, labels = evaluate_split(opts, model, data_dir, opts.split,
+                                                    opts.seed + r, device,
+                                                    f"repeat {r + 1}/{opts.repeat}")
         mean, ci95 = engine.mean_and_ci95(accuracies)
-        repeat_means.append(mean)
-        print(f"{opts.n_episode} Test Acc = {mean:.2f}% +- {ci95:.2f}%", flush=True)
-    overall, spread = float(np.mean(repeat_means)), float(np.std(repeat_means))
+        report = calibration.calibration_report(logits, labels)
+        entry = {"seed": opts.seed + r, "acc": mean, "ci95": ci95, **report.as_dict()}
+        text = f"{opts.n_episode} Test Acc = {mean:.2f}% +- {ci95:.2f}%; {report}"
+        if temperature is not None:
+            scaled = calibration.calibration_report(logits, labels, temperature)
+            entry["temperature_scaled"] = scaled.as_dict()
+            text += f"; after temperature scaling {scaled}"
+        print(text, flush=True)
+        repeats.append(entry)
+        all_logits.append(logits)
+        all_labels.append(labels)
+
+    means = [e["acc"] for e in repeats]
+    overall, spread = float(np.mean(means)), float(np.std(means))
+    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    pooled = calibration.calibration_report(logits, labels)
     print(f"Mean over {opts.repeat} repeats: {overall:.2f}%, std {spread:.2f}%")
+    print(f"Calibration over all {len(labels):,} test queries: {pooled}")
+    record = {"calibration": pooled.as_dict()}
+    panels = {"uncalibrated": calibration.reliability_bins(logits, labels)}
+    if temperature is not None:
+        scaled = calibration.calibration_report(logits, labels, temperature)
+        print(f"After temperature scaling (T = {temperature:.4f}): {scaled}")
+        record.update(temperature=temperature, calibration_temperature_scaled=scaled.as_dict())
+        panels[f"temperature T = {temperature:.2f}"] = calibration.reliability_bins(
+            logits / temperature, labels)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_name = f"{opts.dataset}_{opts.model}_{opts.method}_{opts.test_n_way}way_{opts.n_shot}shot"
+    if opts.plot:
+        figure = plots.reliability_diagram(
+            panels, record_dir / f"reliability_{run_name}_{stamp}.png",
+            f"{opts.method} on {opts.dataset} {opts.split}, {opts.test_n_way}-way "
+            f"{opts.n_shot}-shot (ECE {pooled.ece:.3f})")
+        record["reliability_diagram"] = str(figure)
+        print(f"Reliability diagram: {figure}")
+
     line = (f"{stamp} {opts.dataset} split={opts.split} {opts.model} {opts.method} "
             f"{opts.n_shot}shot {opts.test_n_way}way checkpoint={path}: "
             f"{opts.n_episode} Test Acc = {overall:.2f}% (std over {opts.repeat} repeats "
-            f"{spread:.2f}%; repeats {', '.join(f'{m:.2f}' for m in repeat_means)})")
-    record = {"time": stamp, "dataset": opts.dataset, "split": opts.split, "model": opts.model,
-              "method": opts.method, "n_shot": opts.n_shot, "n_way": opts.test_n_way,
-              "checkpoint": str(path), "epoch": state["epoch"], "n_episode": opts.n_episode,
-              "seeds": [opts.seed + r for r in range(opts.repeat)],
-              "repeat_acc": repeat_means, "acc_mean": overall, "acc_std": spread,
-              "config": opts.to_dict()}
-    io_utils.append_result(Path(opts.record_dir), line, record)
+            f"{spread:.2f}%; repeats {', '.join(f'{m:.2f}' for m in means)}); {pooled}")
+    record.update({"time": stamp, "dataset": opts.dataset, "split": opts.split,
+                   "model": opts.model, "method": opts.method, "n_shot": opts.n_shot,
+                   "n_way": opts.test_n_way, "checkpoint": str(path), "epoch": state["epoch"],
+                   "n_episode": opts.n_episode, "seeds": [e["seed"] for e in repeats],
+                   "repeats": repeats, "repeat_acc": means, "acc_mean": overall,
+                   "acc_std": spread, "config": opts.to_dict()})
+    io_utils.append_result(record_dir, line, record)
     return 0
 
 

@@ -82,9 +82,10 @@ def run(argv=None) -> int:
         resume_state = io_utils.load_checkpoint(last_path, opts.method)
         saved = resume_state["config"]
         config.adopt_saved(opts, saved, given, str(last_path))
-        # Options of the training schedule not given again continue as saved.
-        for f in config.option_fields(("train",)):
-            if f.name not in given and f.name != "resume":
+        # Every other option not given again (seed, schedule, evaluation settings) continues
+        # as saved; save_dir is where the run was just found.
+        for f in config.option_fields(("run", "train")):
+            if f.name not in given and f.name not in ("resume", "save_dir"):
                 setattr(opts, f.name, saved[f.name])
     elif last_path.exists():
         raise UserError(f"{folder} already holds a run; pass --resume to continue it, or "
@@ -132,7 +133,7 @@ def run(argv=None) -> int:
 
     for epoch in range(start_epoch, epochs):
         started = time.time()
-        model.set_epoch(epoch)
+        model.set_epoch(epoch, epochs)
         schedule = model.schedule_state()
         results = []
         updates_iter = engine.train_epoch(model, optimizer, train_sampler, epoch,
@@ -159,7 +160,8 @@ def run(argv=None) -> int:
         state = {"config": opts.to_dict(), "epoch": epoch, "model": model.state_dict(),
                  "optimizer": optimizer.state_dict(),
                  "scheduler": None if scheduler is None else scheduler.state_dict(),
-                 "rng": rng_state(), "best_val_acc": best_acc, "best_epoch": best_epoch}
+                 "rng": rng_state(), "best_val_acc": best_acc, "best_epoch": best_epoch,
+                 "schedule": schedule}
         if record.get("best"):
             io_utils.save_checkpoint(state, folder / "best_model.tar")
         io_utils.save_checkpoint(state, last_path)

@@ -1,5 +1,6 @@
 """The registry of methods, shared by train.py and test.py."""
 from backbones import BACKBONES
+from methods.bayes_hmaml import BayesHMAML
 from methods.hypermaml import HyperMAML
 from methods.maml import MAML, MAMLApprox
 
@@ -7,6 +8,7 @@ METHODS = {
     "maml": MAML,
     "maml_approx": MAMLApprox,
     "hyper_maml": HyperMAML,
+    "bayes_hmaml": BayesHMAML,
 }
 
 

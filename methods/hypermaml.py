@@ -220,7 +220,7 @@ class HyperMAML(MAML):
         return outputs
 
     # --- adaptation ---------------------------------------------------------------------------
-    def set_epoch(self, epoch: int | None) -> None:
+    def set_epoch(self, epoch: int | None, total_epochs: int | None = None) -> None:
         self.epoch = epoch
 
     def schedule_state(self) -> dict:
@@ -302,7 +302,7 @@ class HyperMAML(MAML):
             tuned.task_loss(support_task, training=True)[0].backward()
             optimizer.step()
         loss, logits = tuned.task_loss(episode, training=False)
-        return task_result(loss, logits, episode.query_y)
+        return task_result(loss, logits, episode.query_y, keep_logits=True)
 
 
 def _apply(operator: str, weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,9 @@ class TaskResult:
     loss: float
     correct: int
     total: int
+    # Query logits and labels, kept by evaluation for the calibration metrics.
+    logits: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
 
     @property
     def accuracy(self) -> float:
@@ -67,9 +70,9 @@ class MetaTemplate(nn.Module):
     def check_options(cls, opts) -> None:
         """Refuse option combinations this method cannot run, before any work starts."""
 
-    def set_epoch(self, epoch: int | None) -> None:
-        """Tell a method with an epoch-dependent schedule where training is (None: not
-        training, evaluate as at test time)."""
+    def set_epoch(self, epoch: int | None, total_epochs: int | None = None) -> None:
+        """Tell a method with an epoch-dependent schedule where training is, out of how many
+        epochs (None: not training, evaluate as at test time)."""
 
     def schedule_state(self) -> dict:
         """The schedule values of the current epoch, for the progress bar and metrics log."""
@@ -102,7 +105,7 @@ class MetaTemplate(nn.Module):
     def evaluate(self, episode: Episode) -> TaskResult:
         """Adapt to the support set and score the query set, building no meta-graph."""
         loss, logits = self.task_loss(episode, training=False)
-        return task_result(loss, logits, episode.query_y)
+        return task_result(loss, logits, episode.query_y, keep_logits=True)
 
 
 def make_classifier(feature_dim: int, n_way: int, depth: int = 1,
@@ -123,6 +126,10 @@ def _strip(prefix: str, params: Params) -> Params:
     return {k[len(prefix):]: v for k, v in params.items() if k.startswith(prefix)}
 
 
-def task_result(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> TaskResult:
+def task_result(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                keep_logits: bool = False) -> TaskResult:
     correct = int((logits.argmax(dim=1) == labels).sum())
-    return TaskResult(loss=float(loss.detach()), correct=correct, total=int(labels.numel()))
+    result = TaskResult(loss=float(loss.detach()), correct=correct, total=int(labels.numel()))
+    if keep_logits:
+        result.logits, result.labels = logits.detach().float().cpu(), labels.cpu()
+    return result

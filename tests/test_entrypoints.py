@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import REPO_ROOT
 
@@ -67,6 +68,11 @@ HYPERMAML_PUBLISHED = ["--hm_maml_warmup", "--hn_head_len", "3", "--hn_hidden_si
     ("maml", []),
     ("hyper_maml", HYPERMAML_PUBLISHED + ["--hm_maml_warmup_epochs", "2",
                                          "--hm_maml_warmup_switch_epochs", "4"]),
+    ("bayes_hmaml", HYPERMAML_PUBLISHED + ["--hm_maml_warmup_epochs", "2",
+                                          "--hm_maml_warmup_switch_epochs", "4",
+                                          "--kl_scale", "1e-24", "--kl_stop_val", "0.001",
+                                          "--hm_weight_set_num_train", "5",
+                                          "--hm_weight_set_num_test", "0"]),
 ])
 def test_short_cross_char_run_beats_chance_on_emnist_novel(method, extra, data_dir, tmp_path,
                                                            capsys):
@@ -84,16 +90,24 @@ def test_short_cross_char_run_beats_chance_on_emnist_novel(method, extra, data_d
     assert [m["epoch"] for m in metrics] == list(range(12))
     assert [m["epoch"] for m in metrics if "val_acc" in m] == [2, 5, 8, 11]
 
-    code, out, _ = run(TEST, common + ["--n_episode", "100", "--repeat", "2",
+    code, out, _ = run(TEST, common + ["--n_episode", "100", "--repeat", "2", "--plot",
+                                       "--temperature_scaling",
                                        "--record_dir", tmp_path / "record"], capsys)
     assert code == 0, out
-    repeats = re.findall(r"^100 Test Acc = (\d+\.\d\d)% \+- (\d+\.\d\d)%$", out, re.M)
+    repeats = re.findall(r"^100 Test Acc = (\d+\.\d\d)% \+- (\d+\.\d\d)%; ECE ", out, re.M)
     assert len(repeats) == 2
     for acc, ci in repeats:
         assert float(acc) > 35.0, out  # chance is 20% in 5-way
         assert 0 < float(ci) < 10
     assert "Mean over 2 repeats" in out
+    assert re.search(r"^Calibration over all 15,000 test queries: ECE 0\.\d+, MCE", out, re.M)
+    assert re.search(r"^After temperature scaling \(T = \d+\.\d+\): ECE", out, re.M)
     record = json.loads((tmp_path / "record" / "results.jsonl").read_text().splitlines()[-1])
+    assert set(record["calibration"]) == {"accuracy", "ece", "mce", "nll", "brier"}
+    assert record["calibration"]["mce"] >= record["calibration"]["ece"]
+    assert record["calibration_temperature_scaled"]["nll"] <= record["calibration"]["nll"] + 0.05
+    with Image.open(record["reliability_diagram"]) as im:
+        assert im.format == "PNG"
     assert record["seeds"] == [0, 1] and record["split"] == "novel" and record["n_way"] == 5
     assert record["acc_mean"] == pytest.approx(sum(float(a) for a, _ in repeats) / 2, abs=0.01)
     assert f"cross_char split=novel Conv4 {method} 1shot 5way" in (
@@ -120,11 +134,17 @@ def final_state(save_dir, method):
     # Warm-up 0-1, switch 2-4, hypernetwork from 5: the interruption lands in the switch.
     ("hyper_maml", ["--hm_maml_warmup", "--hm_maml_warmup_epochs", "2",
                     "--hm_maml_warmup_switch_epochs", "3", "--hm_enhance_embeddings",
-                    "--hm_use_class_batch_input", "--hn_hidden_size", "32"]),
+                    "--hm_use_class_batch_input", "--hn_hidden_size", "32", "--seed", "3"]),
+    # Sampled classifiers draw from the global RNG, which the checkpoint must restore.
+    ("bayes_hmaml", ["--hm_maml_warmup", "--hm_maml_warmup_epochs", "2",
+                     "--hm_maml_warmup_switch_epochs", "3", "--hm_use_class_batch_input",
+                     "--hn_hidden_size", "32", "--hm_weight_set_num_train", "3",
+                     "--hm_weight_set_num_test", "2"]),
 ])
 def test_resume_after_an_interruption_continues_the_exact_run(method, extra, data_dir, tmp_path):
-    """10 epochs straight == interrupted (Ctrl-C) part-way, then --resume: identical weights,
-    optimizer state, learning-rate and warm-up schedules, and metrics."""
+    """10 epochs straight == interrupted (Ctrl-C) part-way, then a plain --resume (the saved
+    options, seed included, continue): identical weights, optimizer state, learning-rate,
+    warm-up and KL schedules, and metrics."""
     straight = tmp_path / "straight"
     subprocess.run(train_command(data_dir, straight, method, *extra), check=True,
                    capture_output=True, cwd=REPO_ROOT)
@@ -151,6 +171,7 @@ def test_resume_after_an_interruption_continues_the_exact_run(method, extra, dat
 
     a, metrics_a = final_state(straight, method)
     b, metrics_b = final_state(interrupted, method)
+    assert metrics_a == metrics_b, (stopped_at, resumed.stdout)
     assert a["epoch"] == b["epoch"] == 9
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
@@ -159,9 +180,11 @@ def test_resume_after_an_interruption_continues_the_exact_run(method, extra, dat
             assert torch.equal(value[field], b["optimizer"]["state"][key][field])
     assert a["scheduler"] == b["scheduler"] and a["best_epoch"] == b["best_epoch"]
     assert metrics_a == metrics_b
-    if method == "hyper_maml":
+    if method != "maml":
         assert [m["phase"] for m in metrics_b][1:6] == ["maml-warmup"] + ["switch"] * 3 + [
             "hypernet"]
+    if method == "bayes_hmaml":
+        assert a["schedule"]["kl_scale"] == pytest.approx(1e-24 * (1e-3 / 1e-24) ** (9 / 10))
 
 
 def test_boolean_options_accept_flags_and_values():
@@ -355,3 +378,23 @@ def test_test_options_must_match_the_checkpoint(data_dir, tmp_path, capsys):
     code, out, _ = run(TEST, common + ["--n_episode", "3", "--repeat", "1",
                                        "--record_dir", tmp_path / "record"], capsys)
     assert code == 0 and "3 Test Acc = " in out
+
+
+def test_bayes_bad_inputs_and_plotting_without_matplotlib(tiny_run, data_dir, tmp_path, capsys,
+                                                        monkeypatch):
+    base = ["--dataset", "cross_char", "--method", "bayes_hmaml", "--data_dir", tmp_path / "no",
+            "--no_download", "--save_dir", tmp_path]
+    code, _, err = run(TRAIN, base + ["--kl_scale", "1e-3", "--kl_stop_val", "1e-5"], capsys)
+    assert_one_line_error(code, err, "--kl_stop_val 1e-05 must be at least --kl_scale 0.001")
+    code, _, err = run(TRAIN, base + ["--hm_weight_set_num_test", "-1"], capsys)
+    assert_one_line_error(code, err, "hm_weight_set_num_test must be >= 0")
+
+    record = tmp_path / "record"
+    common = TINY[:6] + ["--data_dir", data_dir, "--save_dir", tiny_run, "--record_dir", record,
+                         "--n_episode", "3", "--repeat", "1"]
+    assert run(TEST, common, capsys)[0] == 0
+    before = (record / "results.txt").read_text()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, _, err = run(TEST, common + ["--plot"], capsys)
+    assert_one_line_error(code, err, "plotting needs matplotlib")
+    assert (record / "results.txt").read_text() == before

@@ -1,0 +1,93 @@
+"""Calibration of predictive probabilities: ECE, MCE, NLL, Brier score, reliability bins and
+temperature scaling.
+
+Definitions follow Guo, Pleiss, Sun, Weinberger, "On Calibration of Modern Neural Networks"
+(ICML 2017): predictions are grouped by confidence (the largest probability) into equal-width
+bins ((m-1)/M, m/M]; ECE is the count-weighted mean of |accuracy - confidence| over the bins,
+MCE its maximum over non-empty bins. The Brier score is the mean over predictions of the
+squared distance between the probability vector and the one-hot label (Brier 1950). All take
+logits, so that a temperature can divide them first.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+N_BINS = 15
+
+
+@dataclass
+class ReliabilityBins:
+    edges: list[float]        # N_BINS + 1 bin edges from 0 to 1
+    counts: list[int]         # predictions per bin
+    accuracy: list[float]     # fraction correct per bin (0 where empty)
+    confidence: list[float]   # mean confidence per bin (0 where empty)
+
+
+def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = N_BINS
+                     ) -> ReliabilityBins:
+    probs = F.softmax(logits.double(), dim=1)
+    confidence, predicted = probs.max(dim=1)
+    correct = (predicted == labels).double()
+    # Bin m holds confidences in ((m-1)/M, m/M]; a confidence of exactly 0 cannot occur.
+    index = (torch.ceil(confidence * n_bins).long() - 1).clamp(0, n_bins - 1)
+    counts = torch.bincount(index, minlength=n_bins)
+    safe = counts.clamp(min=1).double()
+    accuracy = torch.bincount(index, weights=correct, minlength=n_bins) / safe
+    mean_confidence = torch.bincount(index, weights=confidence, minlength=n_bins) / safe
+    edges = torch.linspace(0, 1, n_bins + 1)
+    return ReliabilityBins(edges.tolist(), counts.tolist(), accuracy.tolist(),
+                           mean_confidence.tolist())
+
+
+@dataclass
+class CalibrationReport:
+    accuracy: float  # fraction correct
+    ece: float
+    mce: float
+    nll: float
+    brier: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return (f"ECE {self.ece:.4f}, MCE {self.mce:.4f}, NLL {self.nll:.4f}, "
+                f"Brier {self.brier:.4f}")
+
+
+def calibration_report(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
+                       n_bins: int = N_BINS) -> CalibrationReport:
+    """Accuracy, ECE, MCE, NLL and Brier score of ``softmax(logits / temperature)``."""
+    logits = logits.double() / temperature
+    bins = reliability_bins(logits, labels, n_bins)
+    total = sum(bins.counts)
+    gaps = [abs(a - c) for a, c in zip(bins.accuracy, bins.confidence)]
+    ece = sum(n / total * gap for n, gap in zip(bins.counts, gaps))
+    mce = max(gap for n, gap in zip(bins.counts, gaps) if n > 0)
+    probs = F.softmax(logits, dim=1)
+    one_hot = F.one_hot(labels, logits.shape[1]).double()
+    return CalibrationReport(
+        accuracy=float((probs.argmax(1) == labels).double().mean()),
+        ece=float(ece), mce=float(mce),
+        nll=float(F.cross_entropy(logits, labels)),
+        brier=float((probs - one_hot).pow(2).sum(1).mean()))
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T > 0 minimising the NLL of ``softmax(logits / T)`` (fitted on a
+    held-out split, then applied to the test predictions)."""
+    logits = logits.double()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp())
