@@ -18,6 +18,10 @@ hyper_maml=(--stop_epoch 64 --lr 1e-2 --lr_scheduler multisteplr --milestones 51
             --hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True
             --hm_use_class_batch_input)
 
+# The published BayesHMAML additions.
+bayes=(--kl_scale 1e-24 --kl_stop_val 0.001 --hm_weight_set_num_train 5
+       --hm_weight_set_num_test 0)
+
 train_and_test() {
   python train.py "$@"
   python test.py "$@"
@@ -51,6 +55,20 @@ case "$experiment" in
   hyper_maml_omniglot_5shot)
     train_and_test --dataset omniglot --model Conv4 --method hyper_maml --n_shot 5 \
       --hn_sup_aggregation mean "${hyper_maml[@]}" "$@" ;;
+  # BayesHMAML: HyperMAML's options plus the KL schedule and sample counts.
+  smoke_bayes_hmaml)
+    smoke=(--dataset cross_char --method bayes_hmaml --n_shot 1 --n_task 4 --checkpoint_suffix smoke
+           --hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True
+           --hm_use_class_batch_input --hm_maml_warmup --hm_maml_warmup_epochs 2
+           --hm_maml_warmup_switch_epochs 4 "${bayes[@]}")
+    python train.py "${smoke[@]}" --n_episode 40 --stop_epoch 3 --eval_freq 3 "$@"
+    python test.py "${smoke[@]}" --n_episode 100 --repeat 1 --plot "$@" ;;
+  bayes_hmaml_cross_char_1shot)
+    train_and_test --dataset cross_char --model Conv4 --method bayes_hmaml --n_shot 1 \
+      "${hyper_maml[@]}" "${bayes[@]}" "$@" ;;
+  bayes_hmaml_cross_char_5shot)
+    train_and_test --dataset cross_char --model Conv4 --method bayes_hmaml --n_shot 5 \
+      --hn_sup_aggregation mean "${hyper_maml[@]}" "${bayes[@]}" "$@" ;;
   # Omniglot -> EMNIST (cross_char): reference defaults, n_task 32, 1 inner step of lr 0.1.
   maml_cross_char_1shot)
     train_and_test --dataset cross_char --model Conv4 --method maml --n_shot 1 "$@" ;;
