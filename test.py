@@ -75,7 +75,9 @@ def run(argv=None) -> int:
         mean, ci95 = engine.mean_and_ci95(accuracies)
         report = calibration.calibration_report(logits, labels)
         entry = {"seed": opts.seed + r, "acc": mean, "ci95": ci95, **report.as_dict()}
-        text = f"{opts.n_episode} Test Acc = {mean:.2f}% +- {ci95:.2f}%; {report}"
+        # The accuracy line exactly as the reference prints it; calibration on the next.
+        print(f"{opts.n_episode} Test Acc = {mean:.2f}% +- {ci95:.2f}%")
+        text = f"  calibration: {report}"
         if temperature is not None:
             scaled = calibration.calibration_report(logits, labels, temperature)
             entry["temperature_scaled"] = scaled.as_dict()

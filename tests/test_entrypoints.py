@@ -94,7 +94,9 @@ def test_short_cross_char_run_beats_chance_on_emnist_novel(method, extra, data_d
                                        "--temperature_scaling",
                                        "--record_dir", tmp_path / "record"], capsys)
     assert code == 0, out
-    repeats = re.findall(r"^100 Test Acc = (\d+\.\d\d)% \+- (\d+\.\d\d)%; ECE ", out, re.M)
+    repeats = re.findall(r"^100 Test Acc = (\d+\.\d\d)% \+- (\d+\.\d\d)%\n  calibration: ECE 0\.\d+, "
+                         r"MCE 0\.\d+, NLL \d+\.\d+, Brier \d\.\d+; after temperature scaling ECE",
+                         out, re.M)
     assert len(repeats) == 2
     for acc, ci in repeats:
         assert float(acc) > 35.0, out  # chance is 20% in 5-way
@@ -321,13 +323,18 @@ def test_train_prepares_missing_data_from_the_offline_source(tmp_path, monkeypat
     assert (run_folder(tmp_path / "save") / "best_model.tar").exists()
 
 
+BAYES_PUBLISHED = ["--kl_scale", "1e-24", "--kl_stop_val", "0.001",
+                   "--hm_weight_set_num_train", "5", "--hm_weight_set_num_test", "0"]
+
+
+@pytest.mark.parametrize("method,extra", [("hyper_maml", []), ("bayes_hmaml", BAYES_PUBLISHED)])
 @pytest.mark.parametrize("shot_options", [["--n_shot", "1"],
                                           ["--n_shot", "5", "--hn_sup_aggregation", "mean"]])
-def test_published_hypermaml_commands_parse_unchanged(shot_options):
+def test_published_hypermaml_commands_parse_unchanged(method, extra, shot_options):
     """SPEC section 8's cross_char commands: 2,048 epochs, the warm-up and milestones in them."""
     import config
     from methods import METHODS, build_method
-    argv = ["--dataset", "cross_char", "--model", "Conv4", "--method", "hyper_maml",
+    argv = ["--dataset", "cross_char", "--model", "Conv4", "--method", method, *extra,
             "--train_n_way", "5", "--test_n_way", "5", *shot_options,
             "--stop_epoch", "64", "--lr", "1e-2", "--lr_scheduler", "multisteplr",
             "--milestones", "51", "550", "--hm_maml_warmup", "--hm_maml_warmup_epochs", "50",
@@ -337,13 +344,17 @@ def test_published_hypermaml_commands_parse_unchanged(shot_options):
     assert TRAIN.total_epochs(opts) == 2048 and opts.milestones == [51, 550]
     assert opts.hm_enhance_embeddings is True and opts.hm_use_class_batch_input is True
     model = build_method(opts)
-    model.set_epoch(49)
-    assert model.schedule_state() == {"phase": "maml-warmup", "p": 1.0}
-    model.set_epoch(550)
-    assert model.schedule_state() == {"phase": "hypernet", "p": 0.0}
+    model.set_epoch(49, 2048)
+    assert model.schedule_state()["phase"] == "maml-warmup"
+    model.set_epoch(550, 2048)
+    assert {k: model.schedule_state()[k] for k in ("phase", "p")} == {"phase": "hypernet",
+                                                                     "p": 0.0}
+    if method == "bayes_hmaml":
+        assert model.bayes.hm_weight_set_num_test == 0 and model.bayes.kl_stop_val == 1e-3
+        assert set(model.hypernet.heads) == {"delta", "logvar"}
     width = (64 + 5 + 1) * (1 if opts.hn_sup_aggregation == "mean" else opts.n_shot)
     assert model.hypernet.trunk[0].in_features == width
-    assert model.hypernet.heads["delta"].out_features == 65
+    assert all(head.out_features == 65 for head in model.hypernet.heads.values())
     assert len(model.hypernet.trunk) == 4  # hn_head_len 3: two hidden layers, then the head
 
 
