@@ -22,25 +22,34 @@ hyper_maml=(--stop_epoch 64 --lr 1e-2 --lr_scheduler multisteplr --milestones 51
 bayes=(--kl_scale 1e-24 --kl_stop_val 0.001 --hm_weight_set_num_train 5
        --hm_weight_set_num_test 0)
 
+# HyperMAML's published architecture with a short warm-up and switch, for the smoke runs.
+smoke_hypernet=(--hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True
+                --hm_use_class_batch_input --hm_maml_warmup --hm_maml_warmup_epochs 2
+                --hm_maml_warmup_switch_epochs 4)
+user_options=("$@")
+
 train_and_test() {
   python train.py "$@"
   python test.py "$@"
 }
 
+# 12 short epochs of 40 tasks on cross_char, then 100 test episodes with a reliability diagram.
+smoke() {
+  local common=(--dataset cross_char --n_shot 1 --n_task 4 --checkpoint_suffix smoke "$@")
+  python train.py "${common[@]}" --n_episode 40 --stop_epoch 3 --eval_freq 3 \
+    ${user_options[@]+"${user_options[@]}"}
+  python test.py "${common[@]}" --n_episode 100 --repeat 1 --plot \
+    ${user_options[@]+"${user_options[@]}"}
+}
+
 case "$experiment" in
-  # About a minute on a laptop CPU: checks that data, training, checkpoints and test work.
+  # About a minute each on a laptop CPU: data, training, checkpoints and test all work.
   smoke)
-    smoke=(--dataset cross_char --method maml --n_shot 1 --n_task 4 --checkpoint_suffix smoke)
-    python train.py "${smoke[@]}" --n_episode 40 --stop_epoch 3 --eval_freq 3 "$@"
-    python test.py "${smoke[@]}" --n_episode 100 --repeat 1 "$@" ;;
-  # HyperMAML, about a minute: a short warm-up, switch and hypernetwork phase.
+    smoke --method maml ;;
   smoke_hyper_maml)
-    smoke=(--dataset cross_char --method hyper_maml --n_shot 1 --n_task 4 --checkpoint_suffix smoke
-           --hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True
-           --hm_use_class_batch_input --hm_maml_warmup --hm_maml_warmup_epochs 2
-           --hm_maml_warmup_switch_epochs 4)
-    python train.py "${smoke[@]}" --n_episode 40 --stop_epoch 3 --eval_freq 3 "$@"
-    python test.py "${smoke[@]}" --n_episode 100 --repeat 1 "$@" ;;
+    smoke --method hyper_maml "${smoke_hypernet[@]}" ;;
+  smoke_bayes_hmaml)
+    smoke --method bayes_hmaml "${smoke_hypernet[@]}" "${bayes[@]}" ;;
   # HyperMAML, the published cross_char commands (5-shot adds --hn_sup_aggregation mean).
   hyper_maml_cross_char_1shot)
     train_and_test --dataset cross_char --model Conv4 --method hyper_maml --n_shot 1 \
@@ -56,13 +65,6 @@ case "$experiment" in
     train_and_test --dataset omniglot --model Conv4 --method hyper_maml --n_shot 5 \
       --hn_sup_aggregation mean "${hyper_maml[@]}" "$@" ;;
   # BayesHMAML: HyperMAML's options plus the KL schedule and sample counts.
-  smoke_bayes_hmaml)
-    smoke=(--dataset cross_char --method bayes_hmaml --n_shot 1 --n_task 4 --checkpoint_suffix smoke
-           --hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True
-           --hm_use_class_batch_input --hm_maml_warmup --hm_maml_warmup_epochs 2
-           --hm_maml_warmup_switch_epochs 4 "${bayes[@]}")
-    python train.py "${smoke[@]}" --n_episode 40 --stop_epoch 3 --eval_freq 3 "$@"
-    python test.py "${smoke[@]}" --n_episode 100 --repeat 1 --plot "$@" ;;
   bayes_hmaml_cross_char_1shot)
     train_and_test --dataset cross_char --model Conv4 --method bayes_hmaml --n_shot 1 \
       "${hyper_maml[@]}" "${bayes[@]}" "$@" ;;

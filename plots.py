@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from calibration import ReliabilityBins
-from errors import UserError
+from errors import UserError, run_cli
 
 
 def require_matplotlib():
@@ -95,12 +95,12 @@ def main(argv=None) -> int:
                         help="checkpoint folders or metrics.jsonl files")
     curves.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
     args = parser.parse_args(argv)
-    try:
+
+    def draw() -> int:
         print(f"wrote {training_curves(args.runs, args.out)}")
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_cli(draw)
 
 
 if __name__ == "__main__":

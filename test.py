@@ -20,7 +20,7 @@ import engine
 import io_utils
 import plots
 from data.episodes import TEST_QUERY
-from errors import UserError
+from errors import UserError, run_cli
 from methods import METHODS, build_method
 
 
@@ -127,11 +127,7 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        return run(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return run_cli(lambda: run(argv))
 
 
 if __name__ == "__main__":

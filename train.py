@@ -18,7 +18,7 @@ import data
 import engine
 import io_utils
 from data.episodes import TRAIN_QUERY
-from errors import UserError
+from errors import UserError, run_cli
 from methods import METHODS, build_method
 
 
@@ -186,10 +186,7 @@ def run(argv=None) -> int:
 
 def main(argv=None) -> int:
     try:
-        return run(argv)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return run_cli(lambda: run(argv))
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch is in last_model.tar; continue with "
               "--resume", file=sys.stderr)

@@ -42,7 +42,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from errors import UserError
+from errors import UserError, run_cli
 
 DATASET_FOLDERS = {"omniglot": "omniglot", "emnist": "emnist"}
 # The prepared datasets each benchmark (the `--dataset` of train.py / test.py) reads from.
@@ -562,12 +562,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    try:
+
+    def prepare_from_arguments() -> int:
         prepare(args.name, args.data_dir, args.source)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_cli(prepare_from_arguments)
 
 
 if __name__ == "__main__":
