@@ -1,0 +1,172 @@
+"""Throughput benchmark on the real cross_char data: training, validation and test tasks per
+second, the wall time of one epoch (100 training + 100 validation episodes), the episode
+sampling rate alone, and peak memory, for each method and phase.
+
+    python bench/throughput.py                       # all methods, 1 and 5 shots, this machine
+    python bench/throughput.py --method hyper_maml --n_shot 1 --device cuda --json out.json
+
+Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
+allocated on CUDA) belongs to that configuration alone. The options are the published ones
+(n_task 32, one inner step of 0.1, the HyperMAML/BayesHMAML architecture); the HyperMAML
+phases are taken at an epoch inside the warm-up (p = 1) and after it (p = 0).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+HYPERNET = ["--hn_head_len", "3", "--hn_hidden_size", "512", "--hm_enhance_embeddings", "True",
+            "--hm_use_class_batch_input", "--hm_maml_warmup", "--hm_maml_warmup_epochs", "50",
+            "--hm_maml_warmup_switch_epochs", "500"]
+BAYES = ["--kl_scale", "1e-24", "--kl_stop_val", "0.001", "--hm_weight_set_num_train", "5",
+         "--hm_weight_set_num_test", "0"]
+# (method, phase) -> (options, epoch at which the phase is measured)
+CONFIGS = {
+    ("maml", "-"): ([], 0),
+    ("hyper_maml", "warm-up"): (HYPERNET, 0),
+    ("hyper_maml", "hypernet"): (HYPERNET, 1000),
+    ("bayes_hmaml", "warm-up"): (HYPERNET + BAYES, 0),
+    ("bayes_hmaml", "hypernet"): (HYPERNET + BAYES, 1000),
+}
+
+
+def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: str | None,
+            updates: int, eval_episodes: int) -> dict:
+    """Run one configuration in this process and return its measurements."""
+    import torch
+
+    import config
+    import data
+    import engine
+    import io_utils
+    from data.episodes import TEST_QUERY, TRAIN_QUERY
+    from methods import METHODS, build_method
+
+    options, epoch = CONFIGS[(method, phase)]
+    argv = ["--dataset", "cross_char", "--method", method, "--n_shot", str(n_shot),
+            "--device", device_name, *options]
+    if n_shot > 1 and method != "maml":
+        argv += ["--hn_sup_aggregation", "mean"]
+    if data_dir:
+        argv += ["--data_dir", data_dir]
+    opts, _ = config.parse("train", list(METHODS), argv)
+    opts = config.resolve(opts, "train")
+    device = io_utils.resolve_device(opts.device)
+    root = data.prepared_data_dir(opts)
+    quiet = lambda *_: None
+    train = data.split_sampler(opts, root, "base", 5, TRAIN_QUERY, 0, device, quiet)
+    val = data.split_sampler(opts, root, "val", 5, TRAIN_QUERY, 0, device, quiet)
+    test = data.split_sampler(opts, root, "novel", 5, TEST_QUERY, 0, device, quiet)
+    torch.manual_seed(0)
+    model = build_method(opts).to(device)
+    model.set_epoch(epoch, 2048)
+    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
+
+    def timed(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def train_updates(count: int, first_epoch: int) -> None:
+        # n_episode = n_task: each engine epoch is exactly one meta-update.
+        for e in range(first_epoch, first_epoch + count):
+            for _ in engine.train_epoch(model, optimizer, train, e, opts.n_task, opts.n_task):
+                pass
+
+    def evaluate(sampler, n: int) -> None:
+        for _ in engine.evaluate(model, sampler, n):
+            pass
+
+    train_updates(1, 10_000)  # warm-up: allocator, caches, lazy initialisation
+    evaluate(val, 5)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    sampling = timed(lambda: [train.episode(i) for i in range(200)])
+    train_time = timed(lambda: train_updates(updates, 0))
+    val_time = timed(lambda: evaluate(val, eval_episodes))
+    test_time = timed(lambda: evaluate(test, eval_episodes))
+    per_epoch = engine.updates_per_epoch(100, opts.n_task)
+    epoch_time = timed(lambda: (train_updates(per_epoch, 20_000), evaluate(val, 100)))
+    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {"method": method, "phase": phase, "n_shot": n_shot, "device": str(device),
+            "threads": torch.get_num_threads(),
+            "train_tasks_per_s": updates * opts.n_task / train_time,
+            "val_tasks_per_s": eval_episodes / val_time,
+            "test_tasks_per_s": eval_episodes / test_time,
+            "epoch_s": epoch_time, "episodes_per_epoch": per_epoch * opts.n_task + 100,
+            "sampling_episodes_per_s": 200 / sampling,
+            "peak_memory_mb": peak / 2**20,
+            "memory_kind": "cuda peak allocated" if device.type == "cuda" else "peak RSS"}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--method", default="maml,hyper_maml,bayes_hmaml",
+                        help="comma-separated methods")
+    parser.add_argument("--n_shot", default="1,5", help="comma-separated shot counts")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--engine", default="loop", choices=("loop",),
+                        help="task engine (the per-task loop; a batched engine is planned)")
+    parser.add_argument("--data_dir", default=None, help="prepared data root (default filelists/)")
+    parser.add_argument("--updates", type=int, default=3, help="meta-updates of 32 tasks timed")
+    parser.add_argument("--eval_episodes", type=int, default=100, help="val/test episodes timed")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--worker", nargs=3, metavar=("METHOD", "PHASE", "SHOTS"),
+                        help=argparse.SUPPRESS)  # one configuration, in a child process
+    args = parser.parse_args()
+
+    if args.worker:
+        method, phase, shots = args.worker
+        print(json.dumps(measure(method, phase, int(shots), args.device, args.data_dir,
+                                 args.updates, args.eval_episodes)))
+        return 0
+
+    rows = []
+    header = (f"{'method':<12}{'phase':<10}{'shot':>4}{'train t/s':>11}{'val t/s':>9}"
+              f"{'test t/s':>10}{'epoch s':>9}{'sample e/s':>12}{'peak MB':>9}")
+    print(header)
+    for method in args.method.split(","):
+        for (name, phase) in CONFIGS:
+            if name != method:
+                continue
+            for shots in args.n_shot.split(","):
+                command = [sys.executable, __file__, "--worker", method, phase, shots,
+                           "--device", args.device, "--updates", str(args.updates),
+                           "--eval_episodes", str(args.eval_episodes)]
+                if args.data_dir:
+                    command += ["--data_dir", args.data_dir]
+                done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+                if done.returncode:
+                    print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
+                    return 1
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                print(f"{method:<12}{phase:<10}{shots:>4}{row['train_tasks_per_s']:>11.1f}"
+                      f"{row['val_tasks_per_s']:>9.1f}{row['test_tasks_per_s']:>10.1f}"
+                      f"{row['epoch_s']:>9.2f}{row['sampling_episodes_per_s']:>12.0f}"
+                      f"{row['peak_memory_mb']:>9.0f}", flush=True)
+    if rows:
+        print(f"device {rows[0]['device']}, {rows[0]['threads']} threads; epoch = "
+              f"{rows[0]['episodes_per_epoch'] - 100} training + 100 validation episodes; "
+              f"peak memory is {rows[0]['memory_kind']}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
