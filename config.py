@@ -59,6 +59,11 @@ class Options:
     device: str = _opt("auto", "where to compute: auto picks cuda, then mps, then cpu",
                        choices=("auto", "cpu", "cuda", "mps"))
 
+    engine: str = _opt("auto", "task engine: loop (one task at a time) or batched (the backbone "
+                       "sees all tasks of a meta-batch at once; hypernetwork methods); auto: "
+                       "batched on CUDA where the method has it, else loop",
+                       choices=("auto", "loop", "batched"))
+
     # --- data --------------------------------------------------------------------------------
     data_dir: Optional[str] = _opt(None, "root holding omniglot/ and emnist/ (default filelists/)")
     data_source: Optional[str] = _opt(None, "offline copy of the raw files (a folder laid out "

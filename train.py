@@ -106,7 +106,7 @@ def run(argv=None) -> int:
                                      opts.seed, device)
 
     torch.manual_seed(opts.seed)
-    model = build_method(opts).to(device)
+    model = build_method(opts, device).to(device)
     optimizer = make_optimizer(opts, model)
     epochs = total_epochs(opts)
     scheduler = make_scheduler(opts, optimizer, epochs)
@@ -129,6 +129,7 @@ def run(argv=None) -> int:
           f"device {device}: --stop_epoch {opts.stop_epoch} x n_task {opts.n_task} = "
           f"{epochs} epochs of {updates} meta-updates x {opts.n_task} tasks; "
           f"inner loop {opts.task_update_num} step(s) of lr {opts.train_lr}; "
+          f"{model.engine} engine; "
           f"checkpoints in {folder}", flush=True)
 
     for epoch in range(start_epoch, epochs):

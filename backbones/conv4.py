@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -36,5 +37,19 @@ class Conv4(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.feature_dim = width
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x).flatten(1)
+    def forward(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """Features of ``x``; with ``groups`` > 1, ``x`` is that many equal consecutive sets
+        (the support or query sets of several tasks), each normalised by its own BatchNorm
+        statistics, exactly as if each went through alone."""
+        if groups == 1:
+            return self.blocks(x).flatten(1)
+        for conv, norm, relu, pool in self.blocks:
+            x = conv(x)
+            n, (c, h, w) = x.shape[0] // groups, x.shape[1:]
+            # Channels of every set side by side: batch_norm's per-channel statistics are then
+            # per (set, channel), in one fused call.
+            side_by_side = x.view(groups, n, c, h, w).transpose(0, 1).reshape(n, groups * c, h, w)
+            normed = F.batch_norm(side_by_side, None, None, norm.weight.repeat(groups),
+                                  norm.bias.repeat(groups), training=True, eps=norm.eps)
+            x = pool(relu(normed.view(n, groups, c, h, w).transpose(0, 1).reshape(-1, c, h, w)))
+        return x.flatten(1)

@@ -5,7 +5,8 @@ sampling rate alone, and peak memory, for each method and phase.
     python bench/throughput.py                       # all methods, 1 and 5 shots, this machine
     python bench/throughput.py --method hyper_maml --n_shot 1 --device cuda --json out.json
 
-Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
+With ``--engine loop,batched`` both task engines are timed on the same episodes in the same
+process (MAML has the loop only). Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
 allocated on CUDA) belongs to that configuration alone. The options are the published ones
 (n_task 32, one inner step of 0.1, the HyperMAML/BayesHMAML architecture); the HyperMAML
 phases are taken at an epoch inside the warm-up (p = 1) and after it (p = 0).
@@ -40,7 +41,7 @@ CONFIGS = {
 
 
 def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: str | None,
-            updates: int, eval_episodes: int) -> dict:
+            updates: int, eval_episodes: int, engines: list[str]) -> dict:
     """Run one configuration in this process and return its measurements."""
     import torch
 
@@ -67,7 +68,7 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     val = data.split_sampler(opts, root, "val", 5, TRAIN_QUERY, 0, device, quiet)
     test = data.split_sampler(opts, root, "novel", 5, TEST_QUERY, 0, device, quiet)
     torch.manual_seed(0)
-    model = build_method(opts).to(device)
+    model = build_method(opts, device).to(device)
     model.set_epoch(epoch, 2048)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
 
@@ -95,7 +96,12 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sampling = timed(lambda: [train.episode(i) for i in range(200)])
-    train_time = timed(lambda: train_updates(updates, 0))
+    train_rates = {}
+    for name in engines:  # side by side in one process, same episodes
+        model.engine = name
+        train_updates(1, 30_000)  # warm-up of this engine
+        train_rates[name] = updates * opts.n_task / timed(lambda: train_updates(updates, 0))
+    model.engine = engines[0]
     val_time = timed(lambda: evaluate(val, eval_episodes))
     test_time = timed(lambda: evaluate(test, eval_episodes))
     per_epoch = engine.updates_per_epoch(100, opts.n_task)
@@ -104,7 +110,8 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"method": method, "phase": phase, "n_shot": n_shot, "device": str(device),
             "threads": torch.get_num_threads(),
-            "train_tasks_per_s": updates * opts.n_task / train_time,
+            "engine": engines[0], "train_tasks_per_s": train_rates[engines[0]],
+            "train_tasks_per_s_by_engine": train_rates,
             "val_tasks_per_s": eval_episodes / val_time,
             "test_tasks_per_s": eval_episodes / test_time,
             "epoch_s": epoch_time, "episodes_per_epoch": per_epoch * opts.n_task + 100,
@@ -113,14 +120,23 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
             "memory_kind": "cuda peak allocated" if device.type == "cuda" else "peak RSS"}
 
 
+def engine_text(row: dict) -> str:
+    rates = row["train_tasks_per_s_by_engine"]
+    text = ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
+    if {"loop", "batched"} <= set(rates):
+        text += f" (batched/loop {rates['batched'] / rates['loop']:.2f}x)"
+    return text
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", default="maml,hyper_maml,bayes_hmaml",
                         help="comma-separated methods")
     parser.add_argument("--n_shot", default="1,5", help="comma-separated shot counts")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--engine", default="loop", choices=("loop",),
-                        help="task engine (the per-task loop; a batched engine is planned)")
+    parser.add_argument("--engine", default="loop",
+                        help="comma-separated task engines (loop, batched); with two, both are "
+                             "timed in the same process and their training ratio printed")
     parser.add_argument("--data_dir", default=None, help="prepared data root (default filelists/)")
     parser.add_argument("--updates", type=int, default=3, help="meta-updates of 32 tasks timed")
     parser.add_argument("--eval_episodes", type=int, default=100, help="val/test episodes timed")
@@ -131,13 +147,16 @@ def main() -> int:
 
     if args.worker:
         method, phase, shots = args.worker
+        engines = [e for e in args.engine.split(",")
+                   if e == "loop" or (e == "batched" and method != "maml")]
         print(json.dumps(measure(method, phase, int(shots), args.device, args.data_dir,
-                                 args.updates, args.eval_episodes)))
+                                 args.updates, args.eval_episodes, engines)))
         return 0
 
     rows = []
     header = (f"{'method':<12}{'phase':<10}{'shot':>4}{'train t/s':>11}{'val t/s':>9}"
-              f"{'test t/s':>10}{'epoch s':>9}{'sample e/s':>12}{'peak MB':>9}")
+              f"{'test t/s':>10}{'epoch s':>9}{'sample e/s':>12}{'peak MB':>9}"
+              f"{'  train t/s by engine':<}")
     print(header)
     for method in args.method.split(","):
         for (name, phase) in CONFIGS:
@@ -146,7 +165,7 @@ def main() -> int:
             for shots in args.n_shot.split(","):
                 command = [sys.executable, __file__, "--worker", method, phase, shots,
                            "--device", args.device, "--updates", str(args.updates),
-                           "--eval_episodes", str(args.eval_episodes)]
+                           "--eval_episodes", str(args.eval_episodes), "--engine", args.engine]
                 if args.data_dir:
                     command += ["--data_dir", args.data_dir]
                 done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
@@ -158,7 +177,7 @@ def main() -> int:
                 print(f"{method:<12}{phase:<10}{shots:>4}{row['train_tasks_per_s']:>11.1f}"
                       f"{row['val_tasks_per_s']:>9.1f}{row['test_tasks_per_s']:>10.1f}"
                       f"{row['epoch_s']:>9.2f}{row['sampling_episodes_per_s']:>12.0f}"
-                      f"{row['peak_memory_mb']:>9.0f}", flush=True)
+                      f"{row['peak_memory_mb']:>9.0f}  {engine_text(row)}", flush=True)
     if rows:
         print(f"device {rows[0]['device']}, {rows[0]['threads']} threads; epoch = "
               f"{rows[0]['episodes_per_epoch'] - 100} training + 100 validation episodes; "

@@ -12,7 +12,25 @@ METHODS = {
 }
 
 
-def build_method(opts):
-    """The method named by ``opts.method`` with a fresh backbone ``opts.model``."""
+from errors import UserError
+
+
+def build_method(opts, device=None):
+    """The method named by ``opts.method`` with a fresh backbone ``opts.model``, its task
+    engine chosen for ``device``."""
     backbone = BACKBONES[opts.model]()
-    return METHODS[opts.method].from_options(opts, backbone)
+    model = METHODS[opts.method].from_options(opts, backbone)
+    model.engine = choose_engine(opts, device)
+    return model
+
+
+def choose_engine(opts, device) -> str:
+    """``--engine auto`` is batched on CUDA where the method has it (on a CPU the per-task
+    loop is faster: the batch's activations leave the cache); an explicit choice must exist."""
+    batched = METHODS[opts.method].supports_batched_engine
+    if opts.engine == "batched" and not batched:
+        raise UserError(f"--engine batched is not available for {opts.method}; use loop")
+    if opts.engine == "auto":
+        on_gpu = device is not None and getattr(device, "type", str(device)) == "cuda"
+        return "batched" if batched and on_gpu else "loop"
+    return opts.engine

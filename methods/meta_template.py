@@ -50,14 +50,18 @@ class MetaTemplate(nn.Module):
         self.classifier = make_classifier(backbone.feature_dim, n_way, classifier_depth,
                                           classifier_hidden)
         self.n_way = n_way
+        self.engine = "loop"
 
     # --- functional forward -------------------------------------------------------------------
     def universal_params(self) -> Params:
         """The meta-learned weights, by name; adaptation returns new dicts, never edits these."""
         return dict(self.named_parameters())
 
-    def features(self, x: torch.Tensor, params: Params) -> torch.Tensor:
-        return functional_call(self.feature, _strip("feature.", params), (x,))
+    def features(self, x: torch.Tensor, params: Params, groups: int = 1) -> torch.Tensor:
+        """Backbone features; ``groups`` > 1 passes that many equal sets through at once, each
+        with its own BatchNorm statistics (the batched engine)."""
+        kwargs = {"groups": groups} if groups > 1 else {}
+        return functional_call(self.feature, _strip("feature.", params), (x,), kwargs)
 
     def classify(self, features: torch.Tensor, params: Params) -> torch.Tensor:
         return functional_call(self.classifier, _strip("classifier.", params), (features,))
@@ -65,6 +69,9 @@ class MetaTemplate(nn.Module):
     def forward(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         params = self.universal_params() if params is None else params
         return self.classify(self.features(x, params), params)
+
+    # Whether accumulate_meta_gradient has a batched engine (one backbone pass for all tasks).
+    supports_batched_engine = False
 
     @classmethod
     def check_options(cls, opts) -> None:
