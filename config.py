@@ -59,9 +59,9 @@ class Options:
     device: str = _opt("auto", "where to compute: auto picks cuda, then mps, then cpu",
                        choices=("auto", "cpu", "cuda", "mps"))
 
-    engine: str = _opt("auto", "task engine: loop (one task at a time) or batched (the backbone "
-                       "sees all tasks of a meta-batch at once; hypernetwork methods); auto: "
-                       "batched on CUDA where the method has it, else loop",
+    engine: str = _opt("auto", "task engine: loop (one task at a time) or batched (all tasks "
+                       "of a meta-batch through the backbone at once); auto: batched on CUDA, "
+                       "the loop on a CPU (faster there)",
                        choices=("auto", "loop", "batched"))
 
     # --- data --------------------------------------------------------------------------------

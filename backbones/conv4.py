@@ -53,3 +53,22 @@ class Conv4(nn.Module):
                                   norm.bias.repeat(groups), training=True, eps=norm.eps)
             x = pool(relu(normed.view(n, groups, c, h, w).transpose(0, 1).reshape(-1, c, h, w)))
         return x.flatten(1)
+
+    def forward_tasks(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Features of T tasks' image sets ``x [T, n, C, H, W]``, each task with its own
+        weights ``params[name] [T, *shape]`` (MAML's per-task fast weights): one grouped
+        convolution per layer, one group per task, and BatchNorm statistics per task.
+        Returns ``[T, n, feature_dim]``, equal to running each task alone."""
+        tasks, n = x.shape[:2]
+        # [n, T * C, H, W]: the channels of task t are group t of every grouped call below.
+        h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
+        for i, (conv, norm, _, _) in enumerate(self.blocks):
+            weight = params[f"blocks.{i}.0.weight"]
+            h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]),
+                         params[f"blocks.{i}.0.bias"].reshape(-1), stride=conv.stride,
+                         padding=conv.padding, groups=tasks)
+            h = F.batch_norm(h, None, None, params[f"blocks.{i}.1.weight"].reshape(-1),
+                             params[f"blocks.{i}.1.bias"].reshape(-1), training=True,
+                             eps=norm.eps)
+            h = F.max_pool2d(F.relu(h), 2)
+        return h.reshape(n, tasks, -1).transpose(0, 1)

@@ -6,7 +6,7 @@ sampling rate alone, and peak memory, for each method and phase.
     python bench/throughput.py --method hyper_maml --n_shot 1 --device cuda --json out.json
 
 With ``--engine loop,batched`` both task engines are timed on the same episodes in the same
-process (MAML has the loop only). Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
+process. Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
 allocated on CUDA) belongs to that configuration alone. The options are the published ones
 (n_task 32, one inner step of 0.1, the HyperMAML/BayesHMAML architecture); the HyperMAML
 phases are taken at an epoch inside the warm-up (p = 1) and after it (p = 0).
@@ -147,8 +147,7 @@ def main() -> int:
 
     if args.worker:
         method, phase, shots = args.worker
-        engines = [e for e in args.engine.split(",")
-                   if e == "loop" or (e == "batched" and method != "maml")]
+        engines = args.engine.split(",")
         print(json.dumps(measure(method, phase, int(shots), args.device, args.data_dir,
                                  args.updates, args.eval_episodes, engines)))
         return 0

@@ -66,6 +66,21 @@ class MetaTemplate(nn.Module):
     def classify(self, features: torch.Tensor, params: Params) -> torch.Tensor:
         return functional_call(self.classifier, _strip("classifier.", params), (features,))
 
+    def task_logits(self, x: torch.Tensor, stacked: Params, features: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """Logits ``[T, n, n_way]`` of T tasks' sets ``x [T, n, ...]`` under per-task weights
+        ``stacked[name] [T, *shape]`` (or of given per-task ``features [T, n, D]``)."""
+        if features is None:
+            features = self.feature.forward_tasks(x, _strip("feature.", stacked))
+        h = features
+        for i, layer in enumerate(self.classifier):
+            if isinstance(layer, nn.Linear):
+                weight, bias = stacked[f"classifier.{i}.weight"], stacked[f"classifier.{i}.bias"]
+                h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+            else:
+                h = layer(h)
+        return h
+
     def forward(self, x: torch.Tensor, params: Params | None = None) -> torch.Tensor:
         params = self.universal_params() if params is None else params
         return self.classify(self.features(x, params), params)
