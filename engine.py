@@ -35,12 +35,15 @@ def train_epoch(model: MetaTemplate, optimizer: torch.optim.Optimizer, sampler: 
         yield results
 
 
-def evaluate(model: MetaTemplate, sampler: EpisodeSampler, n_episode: int
-             ) -> Iterator[TaskResult]:
-    """Episodes 0..n_episode-1 of ``sampler``: the same tasks at every call."""
+def evaluate(model: MetaTemplate, sampler: EpisodeSampler, n_episode: int,
+             batch_size: int = 1) -> Iterator[TaskResult]:
+    """Episodes 0..n_episode-1 of ``sampler``: the same tasks at every call. The batched
+    engine evaluates ``batch_size`` episodes at a time."""
     model.eval()
-    for index in range(n_episode):
-        yield model.evaluate(sampler.episode(index))
+    step = batch_size if model.engine == "batched" else 1
+    for first in range(0, n_episode, step):
+        indices = range(first, min(first + step, n_episode))
+        yield from model.evaluate_batch([sampler.episode(i) for i in indices])
 
 
 def mean_and_ci95(accuracies: list[float]) -> tuple[float, float]:

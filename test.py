@@ -29,8 +29,8 @@ def evaluate_split(opts, model, data_dir, split: str, seed: int, device, desc: s
     sampler = data.split_sampler(opts, data_dir, split, opts.test_n_way, TEST_QUERY, seed, device)
     # Sampled classifiers (BayesHMAML) draw from the global generator: seed it per repeat.
     torch.manual_seed(seed)
-    results = list(io_utils.progress(engine.evaluate(model, sampler, opts.n_episode),
-                                     opts.n_episode, desc))
+    episodes = engine.evaluate(model, sampler, opts.n_episode, opts.n_task)
+    results = list(io_utils.progress(episodes, opts.n_episode, desc))
     return ([r.accuracy for r in results], torch.cat([r.logits for r in results]),
             torch.cat([r.labels for r in results]))
 
@@ -53,7 +53,7 @@ def run(argv=None) -> int:
     record_dir = Path(opts.record_dir)
     io_utils.ensure_writable(record_dir)
 
-    model = build_method(opts).to(device)
+    model = build_method(opts, device).to(device)
     io_utils.load_model_state(model, state, path)
     data_dir = data.prepared_data_dir(opts)
     print(f"Testing {path} (epoch {state['epoch']}, validation {state['best_val_acc']:.2f}%) "

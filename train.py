@@ -150,7 +150,7 @@ def run(argv=None) -> int:
                   "train_acc": float(np.mean([r.accuracy for r in results])),
                   "lr": optimizer.param_groups[0]["lr"], **schedule}
         if (epoch + 1) % opts.eval_freq == 0 or epoch == epochs - 1:
-            val_iter = engine.evaluate(model, val_sampler, opts.n_episode)
+            val_iter = engine.evaluate(model, val_sampler, opts.n_episode, opts.n_task)
             val = [r.accuracy for r in io_utils.progress(val_iter, opts.n_episode, "validation")]
             record["val_acc"], record["val_ci95"] = engine.mean_and_ci95(val)
             if record["val_acc"] > best_acc:

@@ -87,7 +87,7 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
                 pass
 
     def evaluate(sampler, n: int) -> None:
-        for _ in engine.evaluate(model, sampler, n):
+        for _ in engine.evaluate(model, sampler, n, opts.n_task):
             pass
 
     train_updates(1, 10_000)  # warm-up: allocator, caches, lazy initialisation

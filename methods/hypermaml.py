@@ -297,6 +297,21 @@ class HyperMAML(MAML):
         total.backward()
         return results
 
+    def evaluate_batch(self, episodes: list[Episode]) -> list[TaskResult]:
+        s = self.settings
+        if self.engine != "batched" or (s.hm_set_forward_with_adaptation and s.hn_val_epochs):
+            return super().evaluate_batch(episodes)
+        universal = self.universal_params()
+        with torch.no_grad():
+            n_tasks = len(episodes)
+            support = self.features(torch.cat([e.support_x for e in episodes]), universal,
+                                    n_tasks)
+            query = self.features(torch.cat([e.query_x for e in episodes]), universal, n_tasks)
+            return [task_result(*self.loss_from_features(e, s_f, q_f, universal, False),
+                                e.query_y, keep_logits=True)
+                    for e, s_f, q_f in zip(episodes, support.chunk(n_tasks),
+                                           query.chunk(n_tasks))]
+
     def loss_from_features(self, episode: Episode, support_features: torch.Tensor,
                            query_features: torch.Tensor, universal: Params,
                            training: bool) -> tuple[torch.Tensor, torch.Tensor]:

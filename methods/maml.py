@@ -57,37 +57,59 @@ class MAML(MetaTemplate):
         if self.engine != "batched":
             return super().accumulate_meta_gradient(episodes)
         episodes = list(episodes)
+        losses, logits = self._batched_query_losses(episodes, training=True)
+        losses.sum().backward()
+        return [task_result(loss, task_logits, episode.query_y)
+                for loss, task_logits, episode in zip(losses, logits, episodes)]
+
+    def evaluate_batch(self, episodes: list[Episode]) -> list[TaskResult]:
+        if self.engine != "batched":
+            return super().evaluate_batch(episodes)
+        losses, logits = self._batched_query_losses(episodes, training=False)
+        return [task_result(loss, task_logits, episode.query_y, keep_logits=True)
+                for loss, task_logits, episode in zip(losses, logits, episodes)]
+
+    def _batched_query_losses(self, episodes: list[Episode], training: bool
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Query losses ``[T]`` and logits ``[T, n_query, n_way]`` of T tasks adapted at once."""
         tasks = len(episodes)
         support_x = torch.stack([e.support_x for e in episodes])
         support_y = torch.stack([e.support_y for e in episodes])
         query_x = torch.stack([e.query_x for e in episodes])
         query_y = torch.stack([e.query_y for e in episodes])
+        universal = self.universal_params()
+        if not training:
+            # Evaluation needs gradients of the support loss only, not of the universal weights.
+            universal = {k: v.detach().requires_grad_() for k, v in universal.items()}
         # Every task starts from the universal weights; gradients through the expansion sum
         # over the tasks, as the sum of the task losses asks.
-        stacked = {n: p.expand(tasks, *p.shape) for n, p in self.universal_params().items()}
-        features = None
-        if self.adapt_classifier_only:
-            features = self.feature.forward_tasks(support_x, {
-                k[len("feature."):]: v for k, v in stacked.items() if k.startswith("feature.")})
-            names = [n for n in stacked if n.startswith("classifier.")]
-        else:
-            names = list(stacked)
+        stacked = {n: p.expand(tasks, *p.shape) for n, p in universal.items()}
+        with torch.enable_grad():
+            features = None
+            if self.adapt_classifier_only:
+                features = self.feature.forward_tasks(support_x, {
+                    k[len("feature."):]: v for k, v in stacked.items()
+                    if k.startswith("feature.")})
+                names = [n for n in stacked if n.startswith("classifier.")]
+            else:
+                names = list(stacked)
 
-        def support_loss(fast: Params) -> torch.Tensor:
-            # Sum over tasks of each task's mean loss: its gradient w.r.t. task t's fast
-            # weights is task t's own gradient.
-            logits = self.task_logits(support_x, fast, features)
-            return F.cross_entropy(logits.flatten(0, 1), support_y.flatten(),
-                                   reduction="sum") / support_y.shape[1]
+            def support_loss(fast: Params) -> torch.Tensor:
+                # Sum over tasks of each task's mean loss: its gradient w.r.t. task t's fast
+                # weights is task t's own gradient.
+                logits = self.task_logits(support_x, fast, features)
+                return F.cross_entropy(logits.flatten(0, 1), support_y.flatten(),
+                                       reduction="sum") / support_y.shape[1]
 
-        fast = gradient_steps(support_loss, stacked, names, self.inner_steps, self.inner_lr,
-                              create_graph=not self.first_order)
-        logits = self.task_logits(query_x, fast)
-        losses = F.cross_entropy(logits.flatten(0, 1), query_y.flatten(),
-                                 reduction="none").view(tasks, -1).mean(1)
-        losses.sum().backward()
-        return [task_result(loss, task_logits, labels)
-                for loss, task_logits, labels in zip(losses, logits, query_y)]
+            fast = gradient_steps(support_loss, stacked, names, self.inner_steps,
+                                  self.inner_lr, create_graph=training and not self.first_order)
+        with torch.set_grad_enabled(training):
+            if not training:
+                fast = {k: v.detach() for k, v in fast.items()}
+            logits = self.task_logits(query_x, fast)
+            losses = F.cross_entropy(logits.flatten(0, 1), query_y.flatten(),
+                                     reduction="none").view(tasks, -1).mean(1)
+        return losses, logits
 
     def adapted_query_logits(self, episode: Episode, training: bool) -> torch.Tensor:
         params = self.universal_params()

@@ -129,6 +129,10 @@ class MetaTemplate(nn.Module):
         loss, logits = self.task_loss(episode, training=False)
         return task_result(loss, logits, episode.query_y, keep_logits=True)
 
+    def evaluate_batch(self, episodes: list[Episode]) -> list[TaskResult]:
+        """:meth:`evaluate` of several episodes; the batched engine shares backbone calls."""
+        return [self.evaluate(episode) for episode in episodes]
+
 
 def make_classifier(feature_dim: int, n_way: int, depth: int = 1,
                     hidden: int | None = None) -> nn.Sequential:

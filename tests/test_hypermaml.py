@@ -266,15 +266,16 @@ def test_batched_engine_equals_the_loop(method, n_shot, epoch):
     """Losses, logits and meta-gradients of the two engines agree in float64."""
     from methods.bayes_hmaml import BayesHMAML, BayesSettings
     episodes = batched_episodes(n_shot)
-    runs = {}
+    runs, evaluations = {}, {}
     for engine in ("loop", "batched"):
         torch.manual_seed(0)
         settings = HyperSettings(hn_hidden_size=16, hm_use_class_batch_input=True,
                                  hm_enhance_embeddings=True, hm_maml_warmup=True,
                                  hm_maml_warmup_epochs=1, hm_maml_warmup_switch_epochs=2,
                                  hn_sup_aggregation="mean" if n_shot > 1 else "concat")
+        # Bayes evaluates with 2 samples, so evaluation draws random numbers too.
         backbone = Conv4(width=4, depth=3)
-        model = (BayesHMAML(backbone, N_WAY, n_shot, 1, 0.3, settings, BayesSettings(3, 0))
+        model = (BayesHMAML(backbone, N_WAY, n_shot, 1, 0.3, settings, BayesSettings(3, 2))
                  if method == "bayes_hmaml"
                  else HyperMAML(backbone, N_WAY, n_shot, 1, 0.3, settings)).double()
         model.engine = engine
@@ -282,6 +283,10 @@ def test_batched_engine_equals_the_loop(method, n_shot, epoch):
         torch.manual_seed(1)  # BayesHMAML's samples: the same draws in the same order
         results = model.accumulate_meta_gradient(episodes)
         runs[engine] = (results, {n: p.grad for n, p in model.named_parameters()})
+        torch.manual_seed(2)
+        evaluations[engine] = model.evaluate_batch(episodes)
+    for a, b in zip(evaluations["loop"], evaluations["batched"]):
+        torch.testing.assert_close(b.logits, a.logits, rtol=1e-10, atol=1e-12)
     (loop, loop_grads), (batched, batched_grads) = runs["loop"], runs["batched"]
     assert [r.loss for r in loop] == pytest.approx([r.loss for r in batched], rel=1e-12)
     assert [r.correct for r in loop] == [r.correct for r in batched]

@@ -171,15 +171,20 @@ def test_conv4_shape_and_initialisation():
 @pytest.mark.parametrize("adapt_classifier_only", [False, True])
 def test_batched_engine_equals_the_loop(cls, n_shot, adapt_classifier_only):
     """Grouped convolutions with one group per task: the same losses, logits and
-    meta-gradients as adapting the tasks one by one, in float64, first and second order."""
+    meta-gradients as adapting the tasks one by one, in float64, first and second order; and
+    the same evaluation."""
     episodes = [tiny_episode(seed, n_shot=n_shot) for seed in range(4)]
-    runs = {}
+    runs, evaluations = {}, {}
     for engine in ("loop", "batched"):
         model = tiny_maml(cls, adapt_classifier_only=adapt_classifier_only)
         model.engine = engine
         model.zero_grad(set_to_none=True)
         results = model.accumulate_meta_gradient(episodes)
         runs[engine] = results, [p.grad.clone() for p in model.parameters()]
+        evaluations[engine] = model.evaluate_batch(episodes)
+    for a, b in zip(evaluations["loop"], evaluations["batched"]):
+        torch.testing.assert_close(b.logits, a.logits, rtol=1e-10, atol=1e-12)
+        assert b.loss == pytest.approx(a.loss, rel=1e-12)
     (loop, loop_grads), (batched, batched_grads) = runs["loop"], runs["batched"]
     assert [r.loss for r in batched] == pytest.approx([r.loss for r in loop], rel=1e-12)
     assert [r.correct for r in batched] == [r.correct for r in loop]
