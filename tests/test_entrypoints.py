@@ -408,3 +408,20 @@ def test_bayes_bad_inputs_and_plotting_without_matplotlib(tiny_run, data_dir, tm
     code, _, err = run(TEST, common + ["--plot"], capsys)
     assert_one_line_error(code, err, "plotting needs matplotlib")
     assert (record / "results.txt").read_text() == before
+
+
+def test_save_iter_tests_the_checkpoint_of_that_epoch(data_dir, tiny_run, tmp_path, capsys):
+    common = TINY[:6] + ["--data_dir", data_dir, "--save_dir", tiny_run, "--n_episode", "3",
+                         "--repeat", "1", "--record_dir", tmp_path]
+    code, out, _ = run(TEST, common + ["--save_iter", "0"], capsys)
+    assert code == 0 and "0.tar (epoch 0," in out
+    code, _, err = run(TEST, common + ["--save_iter", "7"], capsys)
+    assert_one_line_error(code, err, r"no checkpoint at .*7.tar")
+
+
+def test_early_stopping_below_the_threshold(data_dir, tmp_path, capsys):
+    code, out, _ = run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", tmp_path,
+                                      "--es_epoch", "0", "--es_threshold", "99"], capsys)
+    assert code == 0
+    assert "Early stop at epoch 0: best validation accuracy" in out
+    assert "epoch 1:" not in out
