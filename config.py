@@ -63,6 +63,10 @@ class Options:
                        "of a meta-batch through the backbone at once); auto: batched on CUDA, "
                        "the loop on a CPU (faster there)",
                        choices=("auto", "loop", "batched"))
+    memory_format: str = _opt("auto", "layout of the backbone's weights and activations: "
+                              "channels_last is faster on a CPU except for MAML's training; "
+                              "auto picks it there", choices=("auto", "contiguous",
+                                                              "channels_last"))
 
     # --- data --------------------------------------------------------------------------------
     data_dir: Optional[str] = _opt(None, "root holding omniglot/ and emnist/ (default filelists/)")

@@ -48,10 +48,10 @@ class Conv4(nn.Module):
             n, (c, h, w) = x.shape[0] // groups, x.shape[1:]
             # Channels of every set side by side: batch_norm's per-channel statistics are then
             # per (set, channel), in one fused call.
-            side_by_side = x.view(groups, n, c, h, w).transpose(0, 1).reshape(n, groups * c, h, w)
+            side_by_side = x.reshape(groups, n, c, h, w).transpose(0, 1).reshape(n, groups * c, h, w)
             normed = F.batch_norm(side_by_side, None, None, norm.weight.repeat(groups),
                                   norm.bias.repeat(groups), training=True, eps=norm.eps)
-            x = pool(relu(normed.view(n, groups, c, h, w).transpose(0, 1).reshape(-1, c, h, w)))
+            x = pool(relu(normed.reshape(n, groups, c, h, w).transpose(0, 1).reshape(-1, c, h, w)))
         return x.flatten(1)
 
     def forward_tasks(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:

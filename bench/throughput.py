@@ -5,8 +5,9 @@ sampling rate alone, and peak memory, for each method and phase.
     python bench/throughput.py                       # all methods, 1 and 5 shots, this machine
     python bench/throughput.py --method hyper_maml --n_shot 1 --device cuda --json out.json
 
-With ``--engine loop,batched`` both task engines are timed on the same episodes in the same
-process. Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
+With ``--engine loop,batched`` both task engines, and with ``--memory_format
+contiguous,channels_last`` both layouts, are timed on the same episodes in the same process,
+and their ratios printed. Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
 allocated on CUDA) belongs to that configuration alone. The options are the published ones
 (n_task 32, one inner step of 0.1, the HyperMAML/BayesHMAML architecture); the HyperMAML
 phases are taken at an epoch inside the warm-up (p = 1) and after it (p = 0).
@@ -40,7 +41,7 @@ CONFIGS = {
 
 
 def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: str | None,
-            updates: int, eval_episodes: int, engines: list[str]) -> dict:
+            updates: int, eval_episodes: int, engines: list[str], formats: list[str]) -> dict:
     """Run one configuration in this process and return its measurements."""
     import torch
 
@@ -95,12 +96,18 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     sampling = timed(lambda: [train.episode(i) for i in range(200)])
-    train_rates = {}
+    train_rates, test_rates = {}, {}
     for name in engines:  # side by side in one process, same episodes
-        model.engine = name
-        train_updates(1, 30_000)  # warm-up of this engine
-        train_rates[name] = updates * opts.n_task / timed(lambda: train_updates(updates, 0))
+        for layout in formats:
+            model.engine = name
+            model.to(memory_format=getattr(torch, layout.replace("contiguous",
+                                                                 "contiguous_format")))
+            train_updates(1, 30_000)  # warm-up of this variant
+            key = f"{name}/{layout}"
+            train_rates[key] = updates * opts.n_task / timed(lambda: train_updates(updates, 0))
+            test_rates[key] = eval_episodes / timed(lambda: evaluate(test, eval_episodes))
     model.engine = engines[0]
+    model.to(memory_format=getattr(torch, formats[0].replace("contiguous", "contiguous_format")))
     val_time = timed(lambda: evaluate(val, eval_episodes))
     test_time = timed(lambda: evaluate(test, eval_episodes))
     per_epoch = engine.updates_per_epoch(100, opts.n_task)
@@ -109,8 +116,10 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {"method": method, "phase": phase, "n_shot": n_shot, "device": str(device),
             "threads": torch.get_num_threads(),
-            "engine": engines[0], "train_tasks_per_s": train_rates[engines[0]],
-            "train_tasks_per_s_by_engine": train_rates,
+            "engine": engines[0], "memory_format": formats[0],
+            "train_tasks_per_s": train_rates[f"{engines[0]}/{formats[0]}"],
+            "train_tasks_per_s_by_variant": train_rates,
+            "test_tasks_per_s_by_variant": test_rates,
             "val_tasks_per_s": eval_episodes / val_time,
             "test_tasks_per_s": eval_episodes / test_time,
             "epoch_s": epoch_time, "episodes_per_epoch": per_epoch * opts.n_task + 100,
@@ -119,12 +128,21 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
             "memory_kind": "cuda peak allocated" if device.type == "cuda" else "peak RSS"}
 
 
-def engine_text(row: dict) -> str:
-    rates = row["train_tasks_per_s_by_engine"]
-    text = ", ".join(f"{name} {rate:.1f}" for name, rate in rates.items())
-    if {"loop", "batched"} <= set(rates):
-        text += f" (batched/loop {rates['batched'] / rates['loop']:.2f}x)"
-    return text
+def default_memory_format(method: str, device_name: str) -> str:
+    import io_utils
+    from methods import choose_memory_format
+    opts = argparse.Namespace(memory_format="auto", method=method)
+    return choose_memory_format(opts, io_utils.resolve_device(device_name))
+
+
+def variant_text(row: dict) -> str:
+    """Training and test tasks/s of every (engine, memory format) timed, and the ratio of
+    each to the first."""
+    train, test = row["train_tasks_per_s_by_variant"], row["test_tasks_per_s_by_variant"]
+    first = next(iter(train))
+    return "; ".join(f"{key} {train[key]:.1f}/{test[key]:.1f}"
+                     + (f" ({train[key] / train[first]:.2f}x/{test[key] / test[first]:.2f}x)"
+                        if key != first else "") for key in train)
 
 
 def main() -> int:
@@ -136,6 +154,9 @@ def main() -> int:
     parser.add_argument("--engine", default="loop",
                         help="comma-separated task engines (loop, batched); with two, both are "
                              "timed in the same process and their training ratio printed")
+    parser.add_argument("--memory_format", default=None,
+                        help="comma-separated layouts (contiguous, channels_last) timed side by "
+                             "side; default: what --memory_format auto picks")
     parser.add_argument("--data_dir", default=None, help="prepared data root (default filelists/)")
     parser.add_argument("--updates", type=int, default=3, help="meta-updates of 32 tasks timed")
     parser.add_argument("--eval_episodes", type=int, default=100, help="val/test episodes timed")
@@ -147,14 +168,16 @@ def main() -> int:
     if args.worker:
         method, phase, shots = args.worker
         engines = args.engine.split(",")
+        formats = (args.memory_format.split(",") if args.memory_format
+                   else [default_memory_format(method, args.device)])
         print(json.dumps(measure(method, phase, int(shots), args.device, args.data_dir,
-                                 args.updates, args.eval_episodes, engines)))
+                                 args.updates, args.eval_episodes, engines, formats)))
         return 0
 
     rows = []
     header = (f"{'method':<12}{'phase':<10}{'shot':>4}{'train t/s':>11}{'val t/s':>9}"
               f"{'test t/s':>10}{'epoch s':>9}{'sample e/s':>12}{'peak MB':>9}"
-              f"{'  train t/s by engine':<}")
+              f"  train/test t/s by engine/layout (ratio to the first)")
     print(header)
     for method in args.method.split(","):
         for (name, phase) in CONFIGS:
@@ -164,6 +187,8 @@ def main() -> int:
                 command = [sys.executable, __file__, "--worker", method, phase, shots,
                            "--device", args.device, "--updates", str(args.updates),
                            "--eval_episodes", str(args.eval_episodes), "--engine", args.engine]
+                if args.memory_format:
+                    command += ["--memory_format", args.memory_format]
                 if args.data_dir:
                     command += ["--data_dir", args.data_dir]
                 done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
@@ -175,7 +200,7 @@ def main() -> int:
                 print(f"{method:<12}{phase:<10}{shots:>4}{row['train_tasks_per_s']:>11.1f}"
                       f"{row['val_tasks_per_s']:>9.1f}{row['test_tasks_per_s']:>10.1f}"
                       f"{row['epoch_s']:>9.2f}{row['sampling_episodes_per_s']:>12.0f}"
-                      f"{row['peak_memory_mb']:>9.0f}  {engine_text(row)}", flush=True)
+                      f"{row['peak_memory_mb']:>9.0f}  {variant_text(row)}", flush=True)
     if rows:
         print(f"device {rows[0]['device']}, {rows[0]['threads']} threads; epoch = "
               f"{rows[0]['episodes_per_epoch'] - 100} training + 100 validation episodes; "

@@ -306,3 +306,33 @@ def test_grouped_backbone_normalises_each_set_alone():
     alone = torch.cat([backbone(part) for part in x.chunk(4)])
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-12)
     assert not torch.allclose(backbone(x), alone)  # one group would mix the sets' statistics
+
+
+@pytest.mark.parametrize("engine", ["loop", "batched"])
+def test_channels_last_layout_computes_the_same(engine):
+    """The CPU default layout for the hypernetwork methods changes speed, not results."""
+    episodes = batched_episodes(N_SHOT)
+    grads = {}
+    for layout in (torch.contiguous_format, torch.channels_last):
+        model = hypermaml(hm_enhance_embeddings=True).to(memory_format=layout)
+        model.engine = engine
+        results = model.accumulate_meta_gradient(episodes)
+        grads[layout] = [p.grad for p in model.parameters()], [r.loss for r in results]
+    (a, loss_a), (b, loss_b) = grads.values()
+    assert loss_b == pytest.approx(loss_a, rel=1e-10)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(y, x, rtol=1e-9, atol=1e-12)
+
+
+def test_memory_format_choice():
+    from argparse import Namespace
+    from methods import choose_memory_format
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert choose_memory_format(Namespace(memory_format="auto", method="hyper_maml"), cpu) == \
+        "channels_last"
+    assert choose_memory_format(Namespace(memory_format="auto", method="maml"), cpu) == \
+        "contiguous"
+    assert choose_memory_format(Namespace(memory_format="auto", method="bayes_hmaml"), cuda) == \
+        "contiguous"
+    assert choose_memory_format(Namespace(memory_format="channels_last", method="maml"), cuda) \
+        == "channels_last"
