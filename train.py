@@ -85,7 +85,7 @@ def run(argv=None) -> int:
         # Every other option not given again (seed, schedule, evaluation settings) continues
         # as saved; save_dir is where the run was just found.
         for f in config.option_fields(("run", "train")):
-            if f.name not in given and f.name not in ("resume", "save_dir"):
+            if f.name in saved and f.name not in given and f.name not in ("resume", "save_dir"):
                 setattr(opts, f.name, saved[f.name])
     elif last_path.exists():
         raise UserError(f"{folder} already holds a run; pass --resume to continue it, or "
@@ -95,13 +95,13 @@ def run(argv=None) -> int:
     device = io_utils.resolve_device(opts.device)
     io_utils.ensure_writable(folder)
 
-    data_dir = data.prepared_data_dir(opts)
-    train_sampler = data.split_sampler(opts, data_dir, "base", opts.train_n_way, TRAIN_QUERY,
-                                       opts.seed, device)
     if opts.test_n_way != opts.train_n_way:
         raise UserError(f"--test_n_way {opts.test_n_way} differs from --train_n_way "
                         f"{opts.train_n_way}: the MAML family's classifier has train_n_way "
                         "outputs, so validation must use the same number of classes")
+    data_dir = data.prepared_data_dir(opts)
+    train_sampler = data.split_sampler(opts, data_dir, "base", opts.train_n_way, TRAIN_QUERY,
+                                       opts.seed, device)
     val_sampler = data.split_sampler(opts, data_dir, "val", opts.test_n_way, TRAIN_QUERY,
                                      opts.seed, device)
 
