@@ -24,11 +24,10 @@ from errors import UserError, run_cli
 from methods import METHODS, build_method
 
 
-def evaluate_split(opts, model, data_dir, split: str, seed: int, device, desc: str):
+def evaluate_episodes(opts, model, sampler, desc: str):
     """Accuracy per episode, and all query logits and labels, of ``opts.n_episode`` episodes."""
-    sampler = data.split_sampler(opts, data_dir, split, opts.test_n_way, TEST_QUERY, seed, device)
-    # Sampled classifiers (BayesHMAML) draw from the global generator: seed it per repeat.
-    torch.manual_seed(seed)
+    # Sampled classifiers (BayesHMAML) draw from the global generator: seed it like the episodes.
+    torch.manual_seed(sampler.seed)
     episodes = engine.evaluate(model, sampler, opts.n_episode, opts.n_task)
     results = list(io_utils.progress(episodes, opts.n_episode, desc))
     return ([r.accuracy for r in results], torch.cat([r.logits for r in results]),
@@ -62,16 +61,18 @@ def run(argv=None) -> int:
 
     temperature = None
     if opts.temperature_scaling:
-        _, val_logits, val_labels = evaluate_split(opts, model, data_dir, "val", opts.seed,
-                                                   device, "val (temperature)")
+        val = data.split_sampler(opts, data_dir, "val", opts.test_n_way, TEST_QUERY,
+                                 opts.seed, device)
+        _, val_logits, val_labels = evaluate_episodes(opts, model, val, "val (temperature)")
         temperature = calibration.fit_temperature(val_logits, val_labels)
         print(f"Temperature fitted on {opts.n_episode} val episodes: T = {temperature:.4f}")
 
     repeats, all_logits, all_labels = [], [], []
+    sampler = data.split_sampler(opts, data_dir, opts.split, opts.test_n_way, TEST_QUERY,
+                                 opts.seed, device)
     for r in range(opts.repeat):
-        accuracies, logits, labels = evaluate_split(opts, model, data_dir, opts.split,
-                                                    opts.seed + r, device,
-                                                    f"repeat {r + 1}/{opts.repeat}")
+        accuracies, logits, labels = evaluate_episodes(
+            opts, model, sampler.with_seed(opts.seed + r), f"repeat {r + 1}/{opts.repeat}")
         mean, ci95 = engine.mean_and_ci95(accuracies)
         report = calibration.calibration_report(logits, labels)
         entry = {"seed": opts.seed + r, "acc": mean, "ci95": ci95, **report.as_dict()}

@@ -9,6 +9,7 @@ normalised there.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,6 +72,14 @@ class EpisodeSampler:
         self.counts = split.counts
         self.support_y = torch.arange(n_way, device=self.device).repeat_interleave(n_support)
         self.query_y = torch.arange(n_way, device=self.device).repeat_interleave(n_query)
+
+    def with_seed(self, seed: int) -> "EpisodeSampler":
+        """The same split, classes and device tensors, another episode stream."""
+        if seed < 0:
+            raise UserError(f"--seed must be >= 0, got {seed}")
+        other = copy.copy(self)
+        other.seed = seed
+        return other
 
     def draw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The classes ``[n_way]`` and, per class, the image positions ``[n_way, shots+queries]``."""
