@@ -17,6 +17,7 @@ from methods.meta_template import Episode, MetaTemplate, Params, TaskResult, tas
 
 class MAML(MetaTemplate):
     first_order = False
+    supports_batched_engine = True
 
     def __init__(self, backbone, n_way: int, inner_steps: int, inner_lr: float,
                  adapt_classifier_only: bool = False, **classifier_shape):
@@ -40,15 +41,25 @@ class MAML(MetaTemplate):
         if self.adapt_classifier_only:
             # A fixed backbone gives the same support features at every step: compute them once.
             features = self.features(support_x, params)
-            names = [n for n in params if n.startswith("classifier.")]
             support_loss = lambda fast: F.cross_entropy(self.classify(features, fast), support_y)
         else:
-            names = list(params)
             support_loss = lambda fast: F.cross_entropy(self(support_x, fast), support_y)
-        return gradient_steps(support_loss, params, names, self.inner_steps, self.inner_lr,
-                              create_graph)
+        return gradient_steps(support_loss, params, self.adapted_names(params),
+                              self.inner_steps, self.inner_lr, create_graph)
 
-    supports_batched_engine = True
+    def adapted_names(self, params: Params) -> list[str]:
+        """The parameters the inner loop adapts: all, or the classifier's."""
+        if self.adapt_classifier_only:
+            return [n for n in params if n.startswith("classifier.")]
+        return list(params)
+
+    def inner_loop_start(self, training: bool) -> Params:
+        """The universal weights; for evaluation, detached copies that track only the support
+        loss's gradients (no meta-graph to the universal weights)."""
+        universal = self.universal_params()
+        if training:
+            return universal
+        return {k: v.detach().requires_grad_() for k, v in universal.items()}
 
     def accumulate_meta_gradient(self, episodes: Iterable[Episode]) -> list[TaskResult]:
         """The batched engine: all tasks of the meta-batch adapt at once, each with its own
@@ -77,22 +88,13 @@ class MAML(MetaTemplate):
         support_y = torch.stack([e.support_y for e in episodes])
         query_x = torch.stack([e.query_x for e in episodes])
         query_y = torch.stack([e.query_y for e in episodes])
-        universal = self.universal_params()
-        if not training:
-            # Evaluation needs gradients of the support loss only, not of the universal weights.
-            universal = {k: v.detach().requires_grad_() for k, v in universal.items()}
         # Every task starts from the universal weights; gradients through the expansion sum
         # over the tasks, as the sum of the task losses asks.
-        stacked = {n: p.expand(tasks, *p.shape) for n, p in universal.items()}
+        stacked = {n: p.expand(tasks, *p.shape)
+                   for n, p in self.inner_loop_start(training).items()}
         with torch.enable_grad():
-            features = None
-            if self.adapt_classifier_only:
-                features = self.feature.forward_tasks(support_x, {
-                    k[len("feature."):]: v for k, v in stacked.items()
-                    if k.startswith("feature.")})
-                names = [n for n in stacked if n.startswith("classifier.")]
-            else:
-                names = list(stacked)
+            features = (self.task_features(support_x, stacked) if self.adapt_classifier_only
+                        else None)
 
             def support_loss(fast: Params) -> torch.Tensor:
                 # Sum over tasks of each task's mean loss: its gradient w.r.t. task t's fast
@@ -101,8 +103,9 @@ class MAML(MetaTemplate):
                 return F.cross_entropy(logits.flatten(0, 1), support_y.flatten(),
                                        reduction="sum") / support_y.shape[1]
 
-            fast = gradient_steps(support_loss, stacked, names, self.inner_steps,
-                                  self.inner_lr, create_graph=training and not self.first_order)
+            fast = gradient_steps(support_loss, stacked, self.adapted_names(stacked),
+                                  self.inner_steps, self.inner_lr,
+                                  create_graph=training and not self.first_order)
         with torch.set_grad_enabled(training):
             if not training:
                 fast = {k: v.detach() for k, v in fast.items()}
@@ -112,13 +115,9 @@ class MAML(MetaTemplate):
         return losses, logits
 
     def adapted_query_logits(self, episode: Episode, training: bool) -> torch.Tensor:
-        params = self.universal_params()
-        if not training:
-            # Evaluation needs gradients of the support loss only, not of the universal weights.
-            params = {k: v.detach().requires_grad_() for k, v in params.items()}
         with torch.enable_grad():
-            fast = self.adapt(params, episode.support_x, episode.support_y,
-                              create_graph=training and not self.first_order)
+            fast = self.adapt(self.inner_loop_start(training), episode.support_x,
+                              episode.support_y, create_graph=training and not self.first_order)
         if not training:
             with torch.no_grad():
                 return self(episode.query_x, {k: v.detach() for k, v in fast.items()})

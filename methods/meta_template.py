@@ -66,13 +66,16 @@ class MetaTemplate(nn.Module):
     def classify(self, features: torch.Tensor, params: Params) -> torch.Tensor:
         return functional_call(self.classifier, _strip("classifier.", params), (features,))
 
+    def task_features(self, x: torch.Tensor, stacked: Params) -> torch.Tensor:
+        """Features ``[T, n, D]`` of T tasks' sets ``x [T, n, ...]`` under per-task weights
+        ``stacked[name] [T, *shape]``."""
+        return self.feature.forward_tasks(x, _strip("feature.", stacked))
+
     def task_logits(self, x: torch.Tensor, stacked: Params, features: torch.Tensor | None = None
                     ) -> torch.Tensor:
         """Logits ``[T, n, n_way]`` of T tasks' sets ``x [T, n, ...]`` under per-task weights
         ``stacked[name] [T, *shape]`` (or of given per-task ``features [T, n, D]``)."""
-        if features is None:
-            features = self.feature.forward_tasks(x, _strip("feature.", stacked))
-        h = features
+        h = self.task_features(x, stacked) if features is None else features
         for i, layer in enumerate(self.classifier):
             if isinstance(layer, nn.Linear):
                 weight, bias = stacked[f"classifier.{i}.weight"], stacked[f"classifier.{i}.bias"]
