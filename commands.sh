@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The published experiments of the reference code (CloserLookFewShot protocol, Conv4, 5-way):
 # MAML and HyperMAML, plus smoke runs. Usage: bash commands.sh EXPERIMENT [extra options...]
-# e.g. `bash commands.sh smoke`, `bash commands.sh maml_cross_char_1shot --device cuda`.
+# e.g. `bash commands.sh smoke`, `bash commands.sh maml_cross_char_1shot --device cuda`,
+# `bash commands.sh bayes_hmaml_cross_char_5shot` (the list is in the case below).
 # Extra options go to both train.py and test.py (each accepts the other's options and
 # ignores them, so one command line serves both, as in the reference).
 # The full schedules are long: MAML's --stop_epoch 600 (1-shot) / 400 (5-shot) times n_task 32
@@ -50,39 +51,24 @@ case "$experiment" in
     smoke --method hyper_maml "${smoke_hypernet[@]}" ;;
   smoke_bayes_hmaml)
     smoke --method bayes_hmaml "${smoke_hypernet[@]}" "${bayes[@]}" ;;
-  # HyperMAML, the published cross_char commands (5-shot adds --hn_sup_aggregation mean).
-  hyper_maml_cross_char_1shot)
-    train_and_test --dataset cross_char --model Conv4 --method hyper_maml --n_shot 1 \
-      "${hyper_maml[@]}" "$@" ;;
-  hyper_maml_cross_char_5shot)
-    train_and_test --dataset cross_char --model Conv4 --method hyper_maml --n_shot 5 \
-      --hn_sup_aggregation mean "${hyper_maml[@]}" "$@" ;;
-  # The same options on Omniglot.
-  hyper_maml_omniglot_1shot)
-    train_and_test --dataset omniglot --model Conv4 --method hyper_maml --n_shot 1 \
-      "${hyper_maml[@]}" "$@" ;;
-  hyper_maml_omniglot_5shot)
-    train_and_test --dataset omniglot --model Conv4 --method hyper_maml --n_shot 5 \
-      --hn_sup_aggregation mean "${hyper_maml[@]}" "$@" ;;
-  # BayesHMAML: HyperMAML's options plus the KL schedule and sample counts.
-  bayes_hmaml_cross_char_1shot)
-    train_and_test --dataset cross_char --model Conv4 --method bayes_hmaml --n_shot 1 \
-      "${hyper_maml[@]}" "${bayes[@]}" "$@" ;;
-  bayes_hmaml_cross_char_5shot)
-    train_and_test --dataset cross_char --model Conv4 --method bayes_hmaml --n_shot 5 \
-      --hn_sup_aggregation mean "${hyper_maml[@]}" "${bayes[@]}" "$@" ;;
-  # Omniglot -> EMNIST (cross_char): reference defaults, n_task 32, 1 inner step of lr 0.1.
-  maml_cross_char_1shot)
-    train_and_test --dataset cross_char --model Conv4 --method maml --n_shot 1 "$@" ;;
-  maml_cross_char_5shot)
-    train_and_test --dataset cross_char --model Conv4 --method maml --n_shot 5 "$@" ;;
-  maml_approx_cross_char_1shot)
-    train_and_test --dataset cross_char --model Conv4 --method maml_approx --n_shot 1 "$@" ;;
-  # Omniglot (Vinyals splits with rotations).
-  maml_omniglot_1shot)
-    train_and_test --dataset omniglot --model Conv4 --method maml --n_shot 1 "$@" ;;
-  maml_omniglot_5shot)
-    train_and_test --dataset omniglot --model Conv4 --method maml --n_shot 5 "$@" ;;
+  # The published experiments, named METHOD_DATASET_{1,5}shot: METHOD maml, maml_approx,
+  # hyper_maml or bayes_hmaml; DATASET cross_char (Omniglot -> EMNIST) or omniglot (Vinyals
+  # splits with rotations). MAML keeps the reference defaults (n_task 32, one inner step of
+  # 0.1); HyperMAML takes the published options, BayesHMAML those plus its KL schedule and
+  # sample counts, and both add --hn_sup_aggregation mean at 5 shots.
+  *_cross_char_[15]shot | *_omniglot_[15]shot)
+    [[ "$experiment" =~ ^(.+)_(cross_char|omniglot)_([15])shot$ ]]
+    method=${BASH_REMATCH[1]} dataset=${BASH_REMATCH[2]} shots=${BASH_REMATCH[3]}
+    options=(--dataset "$dataset" --model Conv4 --method "$method" --n_shot "$shots")
+    case "$method" in
+      maml | maml_approx) ;;
+      hyper_maml | bayes_hmaml)
+        options+=("${hyper_maml[@]}")
+        [[ "$method" == bayes_hmaml ]] && options+=("${bayes[@]}")
+        [[ "$shots" == 5 ]] && options+=(--hn_sup_aggregation mean) ;;
+      *) echo "unknown method in experiment: $experiment" >&2; exit 2 ;;
+    esac
+    train_and_test "${options[@]}" "$@" ;;
   *)
     echo "unknown experiment: $experiment" >&2
     exit 2 ;;
