@@ -30,6 +30,9 @@ class Episode:
     support_y: torch.Tensor
     query_x: torch.Tensor
     query_y: torch.Tensor
+    # Seed of the task's own random draws (BayesHMAML's sampled classifiers), so they do not
+    # depend on which tasks ran before in the process, nor on which process runs the task.
+    seed: int = 0
 
 
 SPLIT_IDS = {"base": 0, "val": 1, "novel": 2}
@@ -81,20 +84,22 @@ class EpisodeSampler:
         other.seed = seed
         return other
 
-    def draw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The classes ``[n_way]`` and, per class, the image positions ``[n_way, shots+queries]``."""
+    def draw(self, index: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The classes ``[n_way]``, per class the image positions ``[n_way, shots+queries]``,
+        and the seed of the task's own random draws."""
         rng = np.random.default_rng([self.seed, SPLIT_IDS[self.split.name], index])
         classes = rng.choice(self.split.n_classes, self.n_way, replace=False)
         per_class = self.n_support + self.n_query
         picks = np.stack([rng.choice(self.counts[c], per_class, replace=False) for c in classes])
-        return classes, picks
+        return classes, picks, int(rng.integers(1 << 62))
 
     def episode(self, index: int) -> Episode:
-        classes, picks = self.draw(index)
+        classes, picks, task_seed = self.draw(index)
         classes_t = torch.as_tensor(classes, device=self.device)
         picks_t = torch.as_tensor(picks, device=self.device)
         pixels = self.images[classes_t[:, None], picks_t]  # [n_way, shots+queries, 28, 28]
         x = (pixels.float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)).unsqueeze(2)
         shape = (-1, 1, IMAGE_SIZE, IMAGE_SIZE)
         return Episode(support_x=x[:, :self.n_support].reshape(shape), support_y=self.support_y,
-                       query_x=x[:, self.n_support:].reshape(shape), query_y=self.query_y)
+                       query_x=x[:, self.n_support:].reshape(shape), query_y=self.query_y,
+                       seed=task_seed)

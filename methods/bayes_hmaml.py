@@ -88,8 +88,8 @@ class BayesHMAML(HyperMAML):
         return {**super().schedule_state(),
                 "kl_scale": self.bayes.kl_weight(self.epoch, self.total_epochs)}
 
-    def predict(self, features: torch.Tensor, adapted: AdaptedClassifier,
-                training: bool) -> torch.Tensor:
+    def predict(self, features: torch.Tensor, adapted: AdaptedClassifier, training: bool,
+                noise: torch.Generator) -> torch.Tensor:
         """Logits averaged over sampled classifiers (the mean's logits with 0 samples, or
         while the warm-up is pure MAML and there is no variance yet)."""
         samples = (self.bayes.hm_weight_set_num_train if training
@@ -98,7 +98,9 @@ class BayesHMAML(HyperMAML):
             return self.classify(features, adapted.params)
         total = 0.0
         for _ in range(samples):
-            sample = {name: mean + torch.exp(0.5 * adapted.logvar[name]) * torch.randn_like(mean)
+            sample = {name: mean + torch.exp(0.5 * adapted.logvar[name])
+                      * torch.randn(mean.shape, generator=noise, dtype=mean.dtype,
+                                    device=mean.device)
                       for name, mean in adapted.params.items()}
             total = total + self.classify(features, sample)
         return total / samples

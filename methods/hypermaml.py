@@ -18,7 +18,7 @@ use the hypernetwork (p = 0).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Iterable
 
 import torch
@@ -258,9 +258,10 @@ class HyperMAML(MAML):
                                      grad_weight=p, constant=mixed)
         return AdaptedClassifier(adapted, deltas, outputs.get("logvar"))
 
-    def predict(self, features: torch.Tensor, adapted: AdaptedClassifier,
-                training: bool) -> torch.Tensor:
-        """Logits of ``features`` under the task's classifier."""
+    def predict(self, features: torch.Tensor, adapted: AdaptedClassifier, training: bool,
+                noise: torch.Generator) -> torch.Tensor:
+        """Logits of ``features`` under the task's classifier (``noise``: the task's own
+        random stream, for a method that samples)."""
         return self.classify(features, adapted.params)
 
     def penalty(self, adapted: AdaptedClassifier) -> torch.Tensor | float:
@@ -321,9 +322,10 @@ class HyperMAML(MAML):
             support_features, query_features = support_features.detach(), query_features.detach()
         adapted = self.adapted_classifier(universal, support_features, episode.support_y,
                                           training)
-        logits = self.predict(query_features, adapted, training)
+        noise = torch.Generator(query_features.device).manual_seed(episode.seed)
+        logits = self.predict(query_features, adapted, training, noise)
         if training and s.hm_support_set_loss:
-            scored = torch.cat([self.predict(support_features, adapted, training), logits])
+            scored = torch.cat([self.predict(support_features, adapted, training, noise), logits])
             loss = F.cross_entropy(scored, torch.cat([episode.support_y, episode.query_y]))
         else:
             loss = F.cross_entropy(logits, episode.query_y)
@@ -339,8 +341,7 @@ class HyperMAML(MAML):
         tuned.set_epoch(None)
         optimizer_cls = torch.optim.Adam if s.hn_val_optim == "adam" else torch.optim.SGD
         optimizer = optimizer_cls(tuned.parameters(), lr=s.hn_val_lr)
-        support_task = Episode(episode.support_x, episode.support_y, episode.support_x,
-                               episode.support_y)
+        support_task = replace(episode, query_x=episode.support_x, query_y=episode.support_y)
         for _ in range(s.hn_val_epochs):
             optimizer.zero_grad(set_to_none=True)
             tuned.task_loss(support_task, training=True)[0].backward()

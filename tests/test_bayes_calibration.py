@@ -3,6 +3,7 @@ known answers; the figures are real PNG files."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import sys
 
 import pytest
@@ -58,17 +59,18 @@ def test_predictions_average_the_logits_of_the_sampled_classifiers():
     adapted, query = adapted_and_features(model, ep, training=True)
     assert set(adapted.logvar) == set(adapted.params) == {"classifier.0.weight",
                                                           "classifier.0.bias"}
-    torch.manual_seed(123)
-    averaged = model.predict(query, adapted, training=True)
-    torch.manual_seed(123)
+    averaged = model.predict(query, adapted, True, torch.Generator().manual_seed(123))
+    noise = torch.Generator().manual_seed(123)
     by_hand = []
     for _ in range(4):  # the same draws, in the same order: mean + std * eps
-        sample = {n: m + (0.5 * adapted.logvar[n]).exp() * torch.randn_like(m)
+        sample = {n: m + (0.5 * adapted.logvar[n]).exp()
+                  * torch.randn(m.shape, generator=noise, dtype=m.dtype)
                   for n, m in adapted.params.items()}
         by_hand.append(F.linear(query, sample["classifier.0.weight"], sample["classifier.0.bias"]))
     torch.testing.assert_close(averaged, torch.stack(by_hand).mean(0))
-    # Different draws give different averages: the samples really are random.
-    assert not torch.allclose(model.predict(query, adapted, training=True), averaged)
+    # Other draws give other averages: the samples really are random.
+    assert not torch.allclose(
+        model.predict(query, adapted, True, torch.Generator().manual_seed(124)), averaged)
 
 
 def test_zero_test_samples_is_the_mean_classifier():
@@ -77,7 +79,8 @@ def test_zero_test_samples_is_the_mean_classifier():
     adapted, query = adapted_and_features(model, ep, training=False)
     mean_logits = F.linear(query, adapted.params["classifier.0.weight"],
                            adapted.params["classifier.0.bias"])
-    torch.testing.assert_close(model.predict(query, adapted, training=False), mean_logits)
+    torch.testing.assert_close(model.predict(query, adapted, False, torch.Generator()),
+                               mean_logits)
     torch.testing.assert_close(model.task_loss(ep, training=False)[1], mean_logits)
     # The mean is W - delta of the mean head.
     out = model.hypernet(model.hypernet_input(
@@ -91,12 +94,10 @@ def test_loss_adds_the_scheduled_kl():
     model = bayes(train_samples=1)
     model.set_epoch(3, 10)
     weight = model.bayes.kl_weight(3, 10)
-    ep = episode(3)
-    torch.manual_seed(5)
+    ep = replace(episode(3), seed=5)
     loss, logits = model.task_loss(ep, training=True)
-    torch.manual_seed(5)
     adapted, query = adapted_and_features(model, ep, training=True)
-    logits_again = model.predict(query, adapted, training=True)
+    logits_again = model.predict(query, adapted, True, torch.Generator().manual_seed(5))
     kl = sum(gaussian_kl_to_standard_normal(adapted.params[n], adapted.logvar[n])
              for n in adapted.params)
     torch.testing.assert_close(logits, logits_again)
@@ -117,15 +118,18 @@ def test_kl_schedule_grows_geometrically_to_the_stop_value():
     assert ratios[0] == pytest.approx((1e-3 / 1e-24) ** (1 / total))
 
 
-def test_each_task_starts_clean():
-    """No state survives a task: the same episode gives the same loss before and after others."""
+def test_each_task_draws_from_its_own_seed():
+    """No state survives a task and the global generator plays no part: the same episode gives
+    the same loss before and after others (so any process may run it); another task seed
+    gives other samples."""
     model = bayes()
-    ep = episode(4)
-    torch.manual_seed(9)
+    ep = replace(episode(4), seed=9)
+    torch.manual_seed(1)
     first = model.task_loss(ep, training=True)[0]
     model.task_loss(episode(5), training=True)[0].backward()
-    torch.manual_seed(9)
+    torch.manual_seed(2)
     torch.testing.assert_close(model.task_loss(ep, training=True)[0], first)
+    assert model.task_loss(replace(ep, seed=10), training=True)[0] != first
 
 
 @pytest.mark.parametrize("settings,message", [

@@ -41,7 +41,7 @@ def test_episode_shapes_and_labels(omniglot_base, n_way, n_shot, n_query):
 def test_episode_draws_distinct_classes_and_images(omniglot_base):
     sampler = EpisodeSampler(omniglot_base, 20, 5, 15, seed=0)
     for index in range(50):
-        classes, picks = sampler.draw(index)
+        classes, picks, _ = sampler.draw(index)
         assert len(set(classes.tolist())) == 20
         for row in picks:
             assert len(set(row.tolist())) == 20  # 5 shots + 15 queries, no image twice
@@ -50,7 +50,7 @@ def test_episode_draws_distinct_classes_and_images(omniglot_base):
 def test_episode_images_are_the_split_images(emnist_novel):
     """The tensor of an episode is exactly the drawn images of the drawn classes, normalised."""
     sampler = EpisodeSampler(emnist_novel, 5, 2, 3, seed=1)
-    classes, picks = sampler.draw(7)
+    classes, picks, _ = sampler.draw(7)
     episode = sampler.episode(7)
     expected = emnist_novel.images[classes[:, None], picks].float() / 255
     expected = ((expected - PIXEL_MEAN) / PIXEL_STD).unsqueeze(2)
