@@ -63,6 +63,8 @@ class Options:
                        "of a meta-batch through the backbone at once); auto: batched on CUDA, "
                        "the loop on a CPU (faster there)",
                        choices=("auto", "loop", "batched"))
+    dist_timeout: float = _opt(600.0, "under torchrun: seconds a rank waits for the others "
+                               "before it stops with an error (a rank died or hangs)")
     memory_format: str = _opt("auto", "layout of the backbone's weights and activations: "
                               "channels_last is faster on a CPU except for MAML's training; "
                               "auto picks it there", choices=("auto", "contiguous",

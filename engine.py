@@ -9,7 +9,10 @@ import numpy as np
 import torch
 
 from data.episodes import EpisodeSampler
+from distributed import World
 from methods.meta_template import MetaTemplate, TaskResult
+
+ALONE = World()  # a plain single-process run
 
 
 def updates_per_epoch(n_episode: int, n_task: int) -> int:
@@ -19,30 +22,75 @@ def updates_per_epoch(n_episode: int, n_task: int) -> int:
 
 
 def train_epoch(model: MetaTemplate, optimizer: torch.optim.Optimizer, sampler: EpisodeSampler,
-                epoch: int, n_episode: int, n_task: int) -> Iterator[list[TaskResult]]:
-    """One epoch of meta-training: ``n_episode // n_task`` updates of ``n_task`` tasks each.
+                epoch: int, n_episode: int, n_task: int, world: World = ALONE
+                ) -> Iterator[list[TaskResult]]:
+    """One epoch of meta-training: ``n_episode // n_task`` updates of ``n_task`` tasks each;
+    yields the results of all the tasks of each update.
 
     Episode ``epoch * n_episode + k`` is the k-th task of the epoch, so the stream of tasks is
-    fixed by the seed alone and a resumed run continues it exactly.
+    fixed by the seed alone and a resumed run continues it exactly. Under torchrun each rank
+    computes its share of the tasks and the gradients are summed before the step.
     """
     model.train()
+    parameters = list(model.parameters())
+    tasks = world.share(n_task)
+    # The loop engine gets one task per call, so that each task's gradient enters the float64
+    # sum on its own; the batched engine takes the rank's whole share in one call.
+    calls = [tasks] if model.engine == "batched" else [range(t, t + 1) for t in tasks]
     for update in range(updates_per_epoch(n_episode, n_task)):
         first = epoch * n_episode + update * n_task
         optimizer.zero_grad(set_to_none=True)
-        results = model.accumulate_meta_gradient(
-            sampler.episode(first + t) for t in range(n_task))
+        meta = MetaGradient(parameters)
+        results = []
+        for call in calls:
+            results += model.accumulate_meta_gradient(sampler.episode(first + t) for t in call)
+            meta.add_grads()
+        results = world.sum_meta_gradient(meta, results, n_task)
+        meta.write_grads()
         optimizer.step()
         yield results
 
 
+class MetaGradient:
+    """The running sum of the tasks' meta-gradients, kept in float64 beside the parameters.
+
+    Rounded once to the parameters' dtype at the end, a float64 sum of float32 task gradients
+    does not depend (to float32 precision) on the order of the tasks, nor on how they are split
+    across processes, so N ranks take the very step one process takes. A float32 running sum
+    differs in the last bits, and Adam turns last-bit differences of near-zero gradients (the
+    conv biases before BatchNorm have exactly zero gradient in exact arithmetic) into steps of
+    the full learning rate.
+    """
+
+    def __init__(self, parameters: list[torch.nn.Parameter]):
+        self.parameters = parameters
+        self.sums = [torch.zeros_like(p, dtype=torch.float64) for p in parameters]
+        self.present = [False] * len(parameters)
+
+    def add_grads(self) -> None:
+        """Move the parameters' ``.grad`` into the sum (leaving them empty for the next task)."""
+        for i, p in enumerate(self.parameters):
+            if p.grad is not None:
+                self.sums[i].add_(p.grad)
+                self.present[i] = True
+                p.grad = None
+
+    def write_grads(self) -> None:
+        """Set ``.grad`` to the sum, in the parameters' dtype; None where no task gave one."""
+        for p, total, present in zip(self.parameters, self.sums, self.present):
+            p.grad = total.to(p.dtype) if present else None
+
+
 def evaluate(model: MetaTemplate, sampler: EpisodeSampler, n_episode: int,
-             batch_size: int = 1) -> Iterator[TaskResult]:
-    """Episodes 0..n_episode-1 of ``sampler``: the same tasks at every call. The batched
-    engine evaluates ``batch_size`` episodes at a time."""
+             batch_size: int = 1, world: World = ALONE) -> Iterator[TaskResult]:
+    """This rank's share of episodes 0..n_episode-1 of ``sampler`` (all of them in a single
+    process): the same tasks at every call. The batched engine evaluates ``batch_size``
+    episodes at a time. :meth:`World.gather_results` puts the shares together."""
     model.eval()
+    mine = world.share(n_episode)
     step = batch_size if model.engine == "batched" else 1
-    for first in range(0, n_episode, step):
-        indices = range(first, min(first + step, n_episode))
+    for first in range(mine.start, mine.stop, step):
+        indices = range(first, min(first + step, mine.stop))
         yield from model.evaluate_batch([sampler.episode(i) for i in indices])
 
 

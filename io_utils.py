@@ -106,6 +106,8 @@ def append_result(record_dir: Path, line: str, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def progress(iterable, total: int, desc: str):
-    """A progress bar on an interactive terminal; nothing in logs (tqdm's ``disable=None``)."""
-    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+def progress(iterable, total: int, desc: str, shown: bool = True):
+    """A progress bar on an interactive terminal; nothing in logs (tqdm's ``disable=None``)
+    nor where ``shown`` is False (the ranks other than 0)."""
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True,
+                disable=None if shown else True)

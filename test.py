@@ -16,6 +16,7 @@ import torch
 import calibration
 import config
 import data
+import distributed
 import engine
 import io_utils
 import plots
@@ -24,22 +25,32 @@ from errors import UserError, run_cli
 from methods import METHODS, build_method
 
 
-def evaluate_episodes(opts, model, sampler, desc: str):
-    """Accuracy per episode, and all query logits and labels, of ``opts.n_episode`` episodes."""
-    # Sampled classifiers (BayesHMAML) draw from the global generator: seed it like the episodes.
-    torch.manual_seed(sampler.seed)
-    episodes = engine.evaluate(model, sampler, opts.n_episode, opts.n_task)
-    results = list(io_utils.progress(episodes, opts.n_episode, desc))
+def evaluate_episodes(opts, model, sampler, desc: str, world: distributed.World):
+    """Accuracy per episode, and all query logits and labels, of ``opts.n_episode`` episodes
+    (under torchrun each rank evaluates its share and every rank gets them all)."""
+    episodes = engine.evaluate(model, sampler, opts.n_episode, opts.n_task, world)
+    mine = list(io_utils.progress(episodes, len(world.share(opts.n_episode)), desc,
+                                  world.is_main))
+    results = world.gather_results(mine)
     return ([r.accuracy for r in results], torch.cat([r.logits for r in results]),
             torch.cat([r.labels for r in results]))
 
 
 def run(argv=None) -> int:
     opts, given = config.parse("test", list(METHODS), argv)
+    device = io_utils.resolve_device(opts.device)
+    world = distributed.World.from_environment(device, opts.dist_timeout)
+    try:
+        return test(opts, given, world.device(device), world)
+    finally:
+        world.close()
+
+
+def test(opts, given: set[str], device: torch.device, world: distributed.World) -> int:
     folder = io_utils.checkpoint_dir(opts)
     name = f"{opts.save_iter}.tar" if opts.save_iter >= 0 else "best_model.tar"
     path = folder / name
-    state = io_utils.load_checkpoint(path, opts.method)
+    state = world.from_main(lambda: io_utils.load_checkpoint(path, opts.method))
     config.adopt_saved(opts, state["config"], given, str(path))
     opts = config.resolve(opts, "test")
     METHODS[opts.method].check_options(opts)
@@ -48,45 +59,52 @@ def run(argv=None) -> int:
                         f"classes the model in {path} was trained for")
     if opts.plot:
         plots.require_matplotlib()
-    device = io_utils.resolve_device(opts.device)
     record_dir = Path(opts.record_dir)
-    io_utils.ensure_writable(record_dir)
+    if world.is_main:
+        io_utils.ensure_writable(record_dir)
 
     model = build_method(opts, device).to(device)
     io_utils.load_model_state(model, state, path)
-    data_dir = data.prepared_data_dir(opts)
-    print(f"Testing {path} (epoch {state['epoch']}, validation {state['best_val_acc']:.2f}%) "
-          f"on {opts.dataset} {opts.split}, {opts.test_n_way}-way {opts.n_shot}-shot, "
-          f"{opts.repeat} x {opts.n_episode} episodes, device {device}", flush=True)
+    with world.local_main_first():  # one process per machine prepares data and caches
+        data_dir = data.prepared_data_dir(opts)
+        val = (data.split_sampler(opts, data_dir, "val", opts.test_n_way, TEST_QUERY,
+                                  opts.seed, device, world.say)
+               if opts.temperature_scaling else None)
+        sampler = data.split_sampler(opts, data_dir, opts.split, opts.test_n_way, TEST_QUERY,
+                                     opts.seed, device, world.say)
+    processes = f"{world.size} processes, " if world.size > 1 else ""
+    world.say(f"Testing {path} (epoch {state['epoch']}, validation "
+              f"{state['best_val_acc']:.2f}%) on {opts.dataset} {opts.split}, "
+              f"{opts.test_n_way}-way {opts.n_shot}-shot, {opts.repeat} x {opts.n_episode} "
+              f"episodes, {processes}device {device}", flush=True)
 
     temperature = None
-    if opts.temperature_scaling:
-        val = data.split_sampler(opts, data_dir, "val", opts.test_n_way, TEST_QUERY,
-                                 opts.seed, device)
-        _, val_logits, val_labels = evaluate_episodes(opts, model, val, "val (temperature)")
+    if val is not None:
+        _, val_logits, val_labels = evaluate_episodes(opts, model, val, "val (temperature)",
+                                                      world)
         temperature = calibration.fit_temperature(val_logits, val_labels)
-        print(f"Temperature fitted on {opts.n_episode} val episodes: T = {temperature:.4f}")
+        world.say(f"Temperature fitted on {opts.n_episode} val episodes: T = {temperature:.4f}")
 
     repeats, all_logits, all_labels = [], [], []
-    sampler = data.split_sampler(opts, data_dir, opts.split, opts.test_n_way, TEST_QUERY,
-                                 opts.seed, device)
     for r in range(opts.repeat):
         accuracies, logits, labels = evaluate_episodes(
-            opts, model, sampler.with_seed(opts.seed + r), f"repeat {r + 1}/{opts.repeat}")
+            opts, model, sampler.with_seed(opts.seed + r), f"repeat {r + 1}/{opts.repeat}", world)
         mean, ci95 = engine.mean_and_ci95(accuracies)
         report = calibration.calibration_report(logits, labels)
         entry = {"seed": opts.seed + r, "acc": mean, "ci95": ci95, **report.as_dict()}
         # The accuracy line exactly as the reference prints it; calibration on the next.
-        print(f"{opts.n_episode} Test Acc = {mean:.2f}% +- {ci95:.2f}%")
+        world.say(f"{opts.n_episode} Test Acc = {mean:.2f}% +- {ci95:.2f}%")
         text = f"  calibration: {report}"
         if temperature is not None:
             scaled = calibration.calibration_report(logits, labels, temperature)
             entry["temperature_scaled"] = scaled.as_dict()
             text += f"; after temperature scaling {scaled}"
-        print(text, flush=True)
+        world.say(text, flush=True)
         repeats.append(entry)
         all_logits.append(logits)
         all_labels.append(labels)
+    if not world.is_main:  # every rank has every result; rank 0 reports and records them
+        return 0
 
     means = [e["acc"] for e in repeats]
     overall, spread = float(np.mean(means)), float(np.std(means))

@@ -15,6 +15,7 @@ import torch
 
 import config
 import data
+import distributed
 import engine
 import io_utils
 from data.episodes import TRAIN_QUERY
@@ -73,37 +74,61 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
+def find_run(opts, last_path) -> dict | None:
+    """The saved state to resume (``--resume``), or None for a fresh run; refuses to start a
+    fresh run over an existing one."""
+    if not opts.resume:
+        if last_path.exists():
+            raise UserError(f"{last_path.parent} already holds a run; pass --resume to continue "
+                            "it, or --checkpoint_suffix NAME (or another --save_dir) to start "
+                            "another")
+        return None
+    return io_utils.load_checkpoint(last_path, opts.method)
+
+
+# Options a resumed run takes from where it runs now, not from the checkpoint.
+NOT_RESUMED = ("resume", "save_dir", "device", "dist_timeout")
+
+
 def run(argv=None) -> int:
     opts, given = config.parse("train", list(METHODS), argv)
+    device = io_utils.resolve_device(opts.device)
+    world = distributed.World.from_environment(device, opts.dist_timeout)
+    try:
+        return train(opts, given, world.device(device), world)
+    finally:
+        world.close()
+
+
+def train(opts, given: set[str], device: torch.device, world: distributed.World) -> int:
     folder = io_utils.checkpoint_dir(opts)
     last_path = folder / "last_model.tar"
-    resume_state = None
-    if opts.resume:
-        resume_state = io_utils.load_checkpoint(last_path, opts.method)
+    # Rank 0 reads the checkpoint and sends it: the other ranks need no shared file system.
+    resume_state = world.from_main(lambda: find_run(opts, last_path))
+    if resume_state is not None:
         saved = resume_state["config"]
         config.adopt_saved(opts, saved, given, str(last_path))
         # Every other option not given again (seed, schedule, evaluation settings) continues
-        # as saved; save_dir is where the run was just found.
+        # as saved.
         for f in config.option_fields(("run", "train")):
-            if f.name in saved and f.name not in given and f.name not in ("resume", "save_dir"):
+            if f.name in saved and f.name not in given and f.name not in NOT_RESUMED:
                 setattr(opts, f.name, saved[f.name])
-    elif last_path.exists():
-        raise UserError(f"{folder} already holds a run; pass --resume to continue it, or "
-                        "--checkpoint_suffix NAME (or another --save_dir) to start another")
     opts = config.resolve(opts, "train")
     METHODS[opts.method].check_options(opts)
-    device = io_utils.resolve_device(opts.device)
-    io_utils.ensure_writable(folder)
+    split_note = world.check_fits(opts.n_task, opts.n_episode)
+    if world.is_main:
+        io_utils.ensure_writable(folder)
 
     if opts.test_n_way != opts.train_n_way:
         raise UserError(f"--test_n_way {opts.test_n_way} differs from --train_n_way "
                         f"{opts.train_n_way}: the MAML family's classifier has train_n_way "
                         "outputs, so validation must use the same number of classes")
-    data_dir = data.prepared_data_dir(opts)
-    train_sampler = data.split_sampler(opts, data_dir, "base", opts.train_n_way, TRAIN_QUERY,
-                                       opts.seed, device)
-    val_sampler = data.split_sampler(opts, data_dir, "val", opts.test_n_way, TRAIN_QUERY,
-                                     opts.seed, device)
+    with world.local_main_first():  # one process per machine prepares data and caches
+        data_dir = data.prepared_data_dir(opts)
+        train_sampler = data.split_sampler(opts, data_dir, "base", opts.train_n_way,
+                                           TRAIN_QUERY, opts.seed, device, world.say)
+        val_sampler = data.split_sampler(opts, data_dir, "val", opts.test_n_way, TRAIN_QUERY,
+                                         opts.seed, device, world.say)
 
     torch.manual_seed(opts.seed)
     model = build_method(opts, device).to(device)
@@ -119,18 +144,27 @@ def run(argv=None) -> int:
         restore_rng(resume_state["rng"])
         start_epoch = resume_state["epoch"] + 1
         best_acc, best_epoch = resume_state["best_val_acc"], resume_state["best_epoch"]
-        print(f"Resuming {last_path} after epoch {resume_state['epoch']}")
-    io_utils.write_text(folder / "args.json", json.dumps(opts.to_dict(), indent=2) + "\n")
-    metrics = MetricsLog(folder / "metrics.jsonl",
-                         None if resume_state is None else resume_state["epoch"])
+        saved_world = resume_state.get("world_size", 1)
+        world.say(f"Resuming {last_path} after epoch {resume_state['epoch']}"
+                  + (f" (saved by {saved_world} processes, continuing with {world.size}: "
+                     "the same tasks and the same updates)" if saved_world != world.size
+                     else ""))
+    world.broadcast_parameters(model)
+    metrics = None
+    if world.is_main:
+        io_utils.write_text(folder / "args.json", json.dumps(opts.to_dict(), indent=2) + "\n")
+        metrics = MetricsLog(folder / "metrics.jsonl",
+                             None if resume_state is None else resume_state["epoch"])
 
     updates = engine.updates_per_epoch(opts.n_episode, opts.n_task)
-    print(f"{opts.method} on {opts.dataset}, {opts.train_n_way}-way {opts.n_shot}-shot, "
-          f"device {device}: --stop_epoch {opts.stop_epoch} x n_task {opts.n_task} = "
-          f"{epochs} epochs of {updates} meta-updates x {opts.n_task} tasks; "
-          f"inner loop {opts.task_update_num} step(s) of lr {opts.train_lr}; "
-          f"{model.engine} engine; "
-          f"checkpoints in {folder}", flush=True)
+    processes = f"{world.size} processes, " if world.size > 1 else ""
+    world.say(f"{opts.method} on {opts.dataset}, {opts.train_n_way}-way {opts.n_shot}-shot, "
+              f"{processes}device {device}: --stop_epoch {opts.stop_epoch} x n_task "
+              f"{opts.n_task} = {epochs} epochs of {updates} meta-updates x {opts.n_task} tasks; "
+              f"inner loop {opts.task_update_num} step(s) of lr {opts.train_lr}; "
+              f"{model.engine} engine; checkpoints in {folder}", flush=True)
+    if split_note:
+        world.say(split_note)
 
     for epoch in range(start_epoch, epochs):
         started = time.time()
@@ -138,8 +172,8 @@ def run(argv=None) -> int:
         schedule = model.schedule_state()
         results = []
         updates_iter = engine.train_epoch(model, optimizer, train_sampler, epoch,
-                                          opts.n_episode, opts.n_task)
-        bar = io_utils.progress(updates_iter, updates, f"epoch {epoch}/{epochs}")
+                                          opts.n_episode, opts.n_task, world)
+        bar = io_utils.progress(updates_iter, updates, f"epoch {epoch}/{epochs}", world.is_main)
         for batch in bar:
             results += batch
             bar.set_postfix(loss=f"{np.mean([r.loss for r in results]):.4f}",
@@ -150,38 +184,42 @@ def run(argv=None) -> int:
                   "train_acc": float(np.mean([r.accuracy for r in results])),
                   "lr": optimizer.param_groups[0]["lr"], **schedule}
         if (epoch + 1) % opts.eval_freq == 0 or epoch == epochs - 1:
-            val_iter = engine.evaluate(model, val_sampler, opts.n_episode, opts.n_task)
-            val = [r.accuracy for r in io_utils.progress(val_iter, opts.n_episode, "validation")]
+            val_iter = engine.evaluate(model, val_sampler, opts.n_episode, opts.n_task, world)
+            mine = list(io_utils.progress(val_iter, len(world.share(opts.n_episode)),
+                                          "validation", world.is_main))
+            val = [r.accuracy for r in world.gather_results(mine)]
             record["val_acc"], record["val_ci95"] = engine.mean_and_ci95(val)
             if record["val_acc"] > best_acc:
                 best_acc, best_epoch = record["val_acc"], epoch
                 record["best"] = True
         record["seconds"] = round(time.time() - started, 3)
 
-        state = {"config": opts.to_dict(), "epoch": epoch, "model": model.state_dict(),
-                 "optimizer": optimizer.state_dict(),
-                 "scheduler": None if scheduler is None else scheduler.state_dict(),
-                 "rng": rng_state(), "best_val_acc": best_acc, "best_epoch": best_epoch,
-                 "schedule": schedule}
-        if record.get("best"):
-            io_utils.save_checkpoint(state, folder / "best_model.tar")
-        io_utils.save_checkpoint(state, last_path)
-        if epoch % opts.save_freq == 0 or epoch == epochs - 1:
-            io_utils.save_checkpoint(state, folder / f"{epoch}.tar")
-        metrics.append(record)
+        if world.is_main:
+            state = {"config": opts.to_dict(), "epoch": epoch, "model": model.state_dict(),
+                     "optimizer": optimizer.state_dict(),
+                     "scheduler": None if scheduler is None else scheduler.state_dict(),
+                     "rng": rng_state(), "best_val_acc": best_acc, "best_epoch": best_epoch,
+                     "schedule": schedule, "world_size": world.size}
+            if record.get("best"):
+                io_utils.save_checkpoint(state, folder / "best_model.tar")
+            io_utils.save_checkpoint(state, last_path)
+            if epoch % opts.save_freq == 0 or epoch == epochs - 1:
+                io_utils.save_checkpoint(state, folder / f"{epoch}.tar")
+            metrics.append(record)
         val_text = (f", val {record['val_acc']:.2f}% +- {record['val_ci95']:.2f}%"
                     f" (best {best_acc:.2f}% at epoch {best_epoch})" if "val_acc" in record else "")
         schedule_text = "".join(f", {k} {v}" for k, v in schedule.items())
-        print(f"epoch {epoch}: loss {record['train_loss']:.4f}, train acc "
-              f"{record['train_acc']:.2f}%{val_text}{schedule_text}, {record['seconds']:.1f}s",
-              flush=True)
+        world.say(f"epoch {epoch}: loss {record['train_loss']:.4f}, train acc "
+                  f"{record['train_acc']:.2f}%{val_text}{schedule_text}, "
+                  f"{record['seconds']:.1f}s", flush=True)
 
+        # Every rank has the gathered validation accuracy, so all stop together.
         if opts.es_threshold > 0 and epoch >= opts.es_epoch and best_acc < opts.es_threshold:
-            print(f"Early stop at epoch {epoch}: best validation accuracy {best_acc:.2f}% is "
-                  f"below --es_threshold {opts.es_threshold}%")
+            world.say(f"Early stop at epoch {epoch}: best validation accuracy {best_acc:.2f}% "
+                      f"is below --es_threshold {opts.es_threshold}%")
             break
-    print(f"Done. Best validation accuracy {best_acc:.2f}% at epoch {best_epoch}; "
-          f"checkpoints in {folder}")
+    world.say(f"Done. Best validation accuracy {best_acc:.2f}% at epoch {best_epoch}; "
+              f"checkpoints in {folder}")
     return 0
 
 
