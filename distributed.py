@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 import torch
 import torch.distributed as dist
 
+import io_utils
 from errors import UserError
 from methods.meta_template import TaskResult
 
@@ -32,6 +33,17 @@ if TYPE_CHECKING:
     from engine import MetaGradient
 
 T = TypeVar("T")
+
+
+def run_in_world(opts, body: Callable[[torch.device, "World"], T]) -> T:
+    """Resolve ``--device``, join torchrun's processes if there are any, and run
+    ``body(device, world)``; the process group is left however the body ends."""
+    device = io_utils.resolve_device(opts.device)
+    world = World.from_environment(device, opts.dist_timeout)
+    try:
+        return body(world.device(device), world)
+    finally:
+        world.close()
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,9 @@ class World:
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         if timeout_s <= 0:
             raise UserError(f"--dist_timeout must be positive, got {timeout_s}")
+        if device.type == "mps":
+            raise UserError("torchrun with --device mps is not supported (neither gloo nor "
+                            "nccl takes Apple GPU tensors); use --device cpu")
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)

@@ -6,6 +6,7 @@ model from the configuration saved in it, and reports the accuracy over ``--repe
 """
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -38,12 +39,7 @@ def evaluate_episodes(opts, model, sampler, desc: str, world: distributed.World)
 
 def run(argv=None) -> int:
     opts, given = config.parse("test", list(METHODS), argv)
-    device = io_utils.resolve_device(opts.device)
-    world = distributed.World.from_environment(device, opts.dist_timeout)
-    try:
-        return test(opts, given, world.device(device), world)
-    finally:
-        world.close()
+    return distributed.run_in_world(opts, functools.partial(test, opts, given))
 
 
 def test(opts, given: set[str], device: torch.device, world: distributed.World) -> int:

@@ -6,6 +6,7 @@ Option names and meanings follow the reference code, so its published commands r
 """
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -92,12 +93,7 @@ NOT_RESUMED = ("resume", "save_dir", "device", "dist_timeout")
 
 def run(argv=None) -> int:
     opts, given = config.parse("train", list(METHODS), argv)
-    device = io_utils.resolve_device(opts.device)
-    world = distributed.World.from_environment(device, opts.dist_timeout)
-    try:
-        return train(opts, given, world.device(device), world)
-    finally:
-        world.close()
+    return distributed.run_in_world(opts, functools.partial(train, opts, given))
 
 
 def train(opts, given: set[str], device: torch.device, world: distributed.World) -> int:

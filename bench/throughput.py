@@ -7,7 +7,9 @@ sampling rate alone, and peak memory, for each method and phase.
 
 With ``--engine loop,batched`` both task engines, and with ``--memory_format
 contiguous,channels_last`` both layouts, are timed on the same episodes in the same process,
-and their ratios printed. Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
+and their ratios printed. ``--processes 1,2`` also times each configuration under
+``torchrun --nproc_per_node 2`` (the meta-batch and the evaluation episodes split across the
+processes, as train.py does) and prints the speed-up over the first count. Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
 allocated on CUDA) belongs to that configuration alone. The options are the published ones
 (n_task 32, one inner step of 0.1, the HyperMAML/BayesHMAML architecture); the HyperMAML
 phases are taken at an epoch inside the warm-up (p = 1) and after it (p = 0).
@@ -41,12 +43,15 @@ CONFIGS = {
 
 
 def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: str | None,
-            updates: int, eval_episodes: int, engines: list[str], formats: list[str]) -> dict:
-    """Run one configuration in this process and return its measurements."""
+            updates: int, eval_episodes: int, engines: list[str], formats: list[str]
+            ) -> dict | None:
+    """Run one configuration in this process (this rank, under torchrun) and return its
+    measurements (None on the ranks other than 0)."""
     import torch
 
     import config
     import data
+    import distributed
     import engine
     import io_utils
     from data.episodes import TEST_QUERY, TRAIN_QUERY
@@ -62,11 +67,14 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     opts, _ = config.parse("train", list(METHODS), argv)
     opts = config.resolve(opts, "train")
     device = io_utils.resolve_device(opts.device)
-    root = data.prepared_data_dir(opts)
+    world = distributed.World.from_environment(device, opts.dist_timeout)
+    device = world.device(device)
     quiet = lambda *_: None
-    train = data.split_sampler(opts, root, "base", 5, TRAIN_QUERY, 0, device, quiet)
-    val = data.split_sampler(opts, root, "val", 5, TRAIN_QUERY, 0, device, quiet)
-    test = data.split_sampler(opts, root, "novel", 5, TEST_QUERY, 0, device, quiet)
+    with world.local_main_first():
+        root = data.prepared_data_dir(opts)
+        train = data.split_sampler(opts, root, "base", 5, TRAIN_QUERY, 0, device, quiet)
+        val = data.split_sampler(opts, root, "val", 5, TRAIN_QUERY, 0, device, quiet)
+        test = data.split_sampler(opts, root, "novel", 5, TEST_QUERY, 0, device, quiet)
     torch.manual_seed(0)
     model = build_method(opts, device).to(device)
     model.set_epoch(epoch, 2048)
@@ -84,12 +92,12 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     def train_updates(count: int, first_epoch: int) -> None:
         # n_episode = n_task: each engine epoch is exactly one meta-update.
         for e in range(first_epoch, first_epoch + count):
-            for _ in engine.train_epoch(model, optimizer, train, e, opts.n_task, opts.n_task):
+            for _ in engine.train_epoch(model, optimizer, train, e, opts.n_task, opts.n_task,
+                                        world):
                 pass
 
     def evaluate(sampler, n: int) -> None:
-        for _ in engine.evaluate(model, sampler, n, opts.n_task):
-            pass
+        world.gather_results(list(engine.evaluate(model, sampler, n, opts.n_task, world)))
 
     train_updates(1, 10_000)  # warm-up: allocator, caches, lazy initialisation
     evaluate(val, 5)
@@ -114,8 +122,15 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     epoch_time = timed(lambda: (train_updates(per_epoch, 20_000), evaluate(val, 100)))
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    if world.size > 1:  # the run's memory: all processes together
+        total = torch.tensor([float(peak)])
+        torch.distributed.all_reduce(total)
+        peak = total.item()
+    world.close()
+    if not world.is_main:
+        return None
     return {"method": method, "phase": phase, "n_shot": n_shot, "device": str(device),
-            "threads": torch.get_num_threads(),
+            "processes": world.size, "threads": torch.get_num_threads(),
             "engine": engines[0], "memory_format": formats[0],
             "train_tasks_per_s": train_rates[f"{engines[0]}/{formats[0]}"],
             "train_tasks_per_s_by_variant": train_rates,
@@ -145,6 +160,14 @@ def variant_text(row: dict) -> str:
                         if key != first else "") for key in train)
 
 
+def speedup_text(row: dict, base: dict) -> str:
+    """Training and test tasks/s and epoch time of ``row`` against ``base`` (fewer processes)."""
+    train = row["train_tasks_per_s"] / base["train_tasks_per_s"]
+    return (f"vs {base['processes']} process(es): training {train:.2f}x, "
+            f"test {row['test_tasks_per_s'] / base['test_tasks_per_s']:.2f}x, "
+            f"epoch {base['epoch_s'] / row['epoch_s']:.2f}x shorter")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", default="maml,hyper_maml,bayes_hmaml",
@@ -157,6 +180,9 @@ def main() -> int:
     parser.add_argument("--memory_format", default=None,
                         help="comma-separated layouts (contiguous, channels_last) timed side by "
                              "side; default: what --memory_format auto picks")
+    parser.add_argument("--processes", default="1",
+                        help="comma-separated process counts; more than 1 runs the "
+                             "configuration under torchrun (gloo on a CPU, nccl on CUDA)")
     parser.add_argument("--data_dir", default=None, help="prepared data root (default filelists/)")
     parser.add_argument("--updates", type=int, default=3, help="meta-updates of 32 tasks timed")
     parser.add_argument("--eval_episodes", type=int, default=100, help="val/test episodes timed")
@@ -170,12 +196,14 @@ def main() -> int:
         engines = args.engine.split(",")
         formats = (args.memory_format.split(",") if args.memory_format
                    else [default_memory_format(method, args.device)])
-        print(json.dumps(measure(method, phase, int(shots), args.device, args.data_dir,
-                                 args.updates, args.eval_episodes, engines, formats)))
+        row = measure(method, phase, int(shots), args.device, args.data_dir, args.updates,
+                      args.eval_episodes, engines, formats)
+        if row is not None:
+            print(json.dumps(row))
         return 0
 
     rows = []
-    header = (f"{'method':<12}{'phase':<10}{'shot':>4}{'train t/s':>11}{'val t/s':>9}"
+    header = (f"{'method':<12}{'phase':<10}{'shot':>4}{'procs':>6}{'train t/s':>11}{'val t/s':>9}"
               f"{'test t/s':>10}{'epoch s':>9}{'sample e/s':>12}{'peak MB':>9}"
               f"  train/test t/s by engine/layout (ratio to the first)")
     print(header)
@@ -184,27 +212,39 @@ def main() -> int:
             if name != method:
                 continue
             for shots in args.n_shot.split(","):
-                command = [sys.executable, __file__, "--worker", method, phase, shots,
-                           "--device", args.device, "--updates", str(args.updates),
-                           "--eval_episodes", str(args.eval_episodes), "--engine", args.engine]
-                if args.memory_format:
-                    command += ["--memory_format", args.memory_format]
-                if args.data_dir:
-                    command += ["--data_dir", args.data_dir]
-                done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-                if done.returncode:
-                    print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
-                    return 1
-                row = json.loads(done.stdout.strip().splitlines()[-1])
-                rows.append(row)
-                print(f"{method:<12}{phase:<10}{shots:>4}{row['train_tasks_per_s']:>11.1f}"
-                      f"{row['val_tasks_per_s']:>9.1f}{row['test_tasks_per_s']:>10.1f}"
-                      f"{row['epoch_s']:>9.2f}{row['sampling_episodes_per_s']:>12.0f}"
-                      f"{row['peak_memory_mb']:>9.0f}  {variant_text(row)}", flush=True)
+                base = None
+                for processes in map(int, args.processes.split(",")):
+                    launcher = [sys.executable] + (
+                        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                         str(processes)] if processes > 1 else [])
+                    command = launcher + [
+                        __file__, "--worker", method, phase, shots, "--device", args.device,
+                        "--updates", str(args.updates), "--eval_episodes",
+                        str(args.eval_episodes), "--engine", args.engine]
+                    if args.memory_format:
+                        command += ["--memory_format", args.memory_format]
+                    if args.data_dir:
+                        command += ["--data_dir", args.data_dir]
+                    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+                    if done.returncode:
+                        print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
+                        return 1
+                    row = json.loads(done.stdout.strip().splitlines()[-1])
+                    rows.append(row)
+                    compared = f"; {speedup_text(row, base)}" if base else ""
+                    base = base or row
+                    print(f"{method:<12}{phase:<10}{shots:>4}{processes:>6}"
+                          f"{row['train_tasks_per_s']:>11.1f}"
+                          f"{row['val_tasks_per_s']:>9.1f}{row['test_tasks_per_s']:>10.1f}"
+                          f"{row['epoch_s']:>9.2f}{row['sampling_episodes_per_s']:>12.0f}"
+                          f"{row['peak_memory_mb']:>9.0f}  {variant_text(row)}{compared}",
+                          flush=True)
     if rows:
-        print(f"device {rows[0]['device']}, {rows[0]['threads']} threads; epoch = "
+        threads = ", ".join(sorted({f"{r['processes']} process(es) x {r['threads']} threads"
+                                    for r in rows}))
+        print(f"device {rows[0]['device']}, {threads}; epoch = "
               f"{rows[0]['episodes_per_epoch'] - 100} training + 100 validation episodes; "
-              f"peak memory is {rows[0]['memory_kind']}")
+              f"peak memory is {rows[0]['memory_kind']} (of all processes together)")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     return 0

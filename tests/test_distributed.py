@@ -167,7 +167,7 @@ def wait_for_training(rank0: subprocess.Popen) -> None:
     raise AssertionError("rank 0 ended before its first epoch")
 
 
-@pytest.mark.parametrize("failure", [signal.SIGKILL, signal.SIGSTOP])
+@pytest.mark.parametrize("failure", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "frozen"])
 def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(failure, data_dir, tmp_path):
     """SIGKILL: the peer's connection closes; SIGSTOP: the peer hangs and --dist_timeout ends
     the wait. Either way rank 0 exits with one line instead of waiting forever."""
