@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 import io_utils
-from errors import UserError
+from errors import UserError, exit_now
 from methods.meta_template import TaskResult
 
 if TYPE_CHECKING:
@@ -41,7 +41,9 @@ def run_in_world(opts, body: Callable[[torch.device, "World"], T]) -> T:
     device = io_utils.resolve_device(opts.device)
     world = World.from_environment(device, opts.dist_timeout)
     try:
-        return body(world.device(device), world)
+        result = body(world.device(device), world)
+        world.barrier()  # no rank tears the group down while another still uses it
+        return result
     finally:
         world.close()
 
@@ -121,12 +123,17 @@ class World:
 
     # --- collectives ------------------------------------------------------------------------------
     def _collective(self, what: str, fn: Callable[[], T]) -> T:
+        """Run a collective; if it fails, end this process with one line. Not by raising:
+        tearing down a gloo group whose peer vanished mid-collective can std::terminate the
+        interpreter (seen about one time in five: "terminate called without an active
+        exception", status -6), and nothing is left to save (writes happen between
+        collectives, atomically)."""
         try:
             return fn()
         except RuntimeError as exc:  # DistBackendError, timeouts and closed peers included
-            raise UserError(f"rank {self.rank} of {self.size}: {what} failed, another rank "
-                            f"stopped or did not answer within --dist_timeout "
-                            f"{self.timeout_s:g}s ({_first_line(exc)})") from None
+            exit_now(UserError(f"rank {self.rank} of {self.size}: {what} failed, another "
+                               f"rank stopped or did not answer within --dist_timeout "
+                               f"{self.timeout_s:g}s ({_first_line(exc)})"))
 
     def barrier(self) -> None:
         if self.size > 1:

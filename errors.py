@@ -1,8 +1,9 @@
 """The one exception type the entry points turn into a one-line message and a non-zero exit."""
 from __future__ import annotations
 
+import os
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 
 class UserError(Exception):
@@ -19,5 +20,17 @@ def run_cli(run: Callable[[], int]) -> int:
     try:
         return run()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return 1
+
+
+def report(exc: UserError) -> None:
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+
+
+def exit_now(exc: UserError) -> NoReturn:
+    """Report ``exc`` and end the process at once with status 1, skipping the interpreter's
+    teardown (for states where that teardown itself can crash, see distributed.py)."""
+    report(exc)
+    sys.stdout.flush()
+    os._exit(1)

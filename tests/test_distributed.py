@@ -185,7 +185,7 @@ def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(failure, data_di
         for process in (rank0, rank1):
             process.kill()
             process.wait()
-    assert code == 1
+    assert code == 1, err
     last = err.strip().splitlines()[-1]
     assert last.startswith("error: rank 0 of 2: ") and "another rank stopped or did not " \
         "answer within --dist_timeout 15s" in last, err
