@@ -136,7 +136,7 @@ def final_state(save_dir, method):
     ("hyper_maml", ["--hm_maml_warmup", "--hm_maml_warmup_epochs", "2",
                     "--hm_maml_warmup_switch_epochs", "3", "--hm_enhance_embeddings",
                     "--hm_use_class_batch_input", "--hn_hidden_size", "32", "--seed", "3"]),
-    # Sampled classifiers draw from the global RNG, which the checkpoint must restore.
+    # Sampled classifiers (drawn from per-task seeds) and the KL schedule continue exactly.
     ("bayes_hmaml", ["--hm_maml_warmup", "--hm_maml_warmup_epochs", "2",
                      "--hm_maml_warmup_switch_epochs", "3", "--hm_use_class_batch_input",
                      "--hn_hidden_size", "32", "--hm_weight_set_num_train", "3",
@@ -151,10 +151,13 @@ def test_resume_after_an_interruption_continues_the_exact_run(method, extra, dat
                    capture_output=True, cwd=REPO_ROOT)
 
     interrupted = tmp_path / "interrupted"
+    # A job started in the background inherits SIGINT ignored, and Python then never turns
+    # Ctrl-C into KeyboardInterrupt: give the run the default disposition, as a terminal would.
     proc = subprocess.Popen(train_command(data_dir, interrupted, method, *extra),
                             stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if line.startswith("epoch 3:"):
             proc.send_signal(signal.SIGINT)
