@@ -116,18 +116,39 @@ def test_short_cross_char_run_beats_chance_on_emnist_novel(method, extra, data_d
 
 
 def train_command(data_dir, save_dir, method, *extra):
+    """A 100-epoch run (it is stopped long before its end) keeping every epoch's checkpoint."""
     return [sys.executable, str(REPO_ROOT / "train.py"), *TINY[:2], "--method", method,
-            *TINY[4:-1], "5",
+            *TINY[4:-1], "50", "--save_freq", "1",
             "--lr_scheduler", "multisteplr", "--milestones", "3", "6", "--eval_freq", "2",
             "--data_dir", str(data_dir), "--save_dir", str(save_dir), *extra]
 
 
-def final_state(save_dir, method):
+def run_until(command, epoch: int, sig: int) -> tuple[int, str]:
+    """Run ``command`` until it prints epoch ``epoch``'s line (that epoch's checkpoints are
+    then on disk), send it ``sig``; return its exit status and output. The run is far longer
+    than that, so the signal always finds it running."""
+    # A job started in the background inherits SIGINT ignored, and Python then never turns
+    # Ctrl-C into KeyboardInterrupt: give the run the default disposition, as a terminal would.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if line.startswith(f"epoch {epoch}:"):
+            proc.send_signal(sig)
+            break
+    rest, err = proc.communicate(timeout=120)
+    return proc.returncode, "".join(seen) + rest + err
+
+
+def state_at(save_dir, method, epoch: int):
+    """The checkpoint of ``epoch`` and the metrics of epochs 0..epoch."""
     folder = run_folder(save_dir, method)
-    state = torch.load(folder / "last_model.tar", weights_only=False)
+    state = torch.load(folder / f"{epoch}.tar", weights_only=False)
     metrics = [{k: v for k, v in json.loads(line).items() if k != "seconds"}
                for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return state, metrics
+    return state, [m for m in metrics if m["epoch"] <= epoch]
 
 
 @pytest.mark.parametrize("method,extra", [
@@ -143,52 +164,41 @@ def final_state(save_dir, method):
                      "--hm_weight_set_num_test", "2"]),
 ])
 def test_resume_after_an_interruption_continues_the_exact_run(method, extra, data_dir, tmp_path):
-    """10 epochs straight == interrupted (Ctrl-C) part-way, then a plain --resume (the saved
-    options, seed included, continue): identical weights, optimizer state, learning-rate,
-    warm-up and KL schedules, and metrics."""
+    """Straight through epoch 9 == interrupted (Ctrl-C) part-way, then a plain --resume (the
+    saved options, seed included, continue) through epoch 9: identical weights, optimizer
+    state, learning-rate, warm-up and KL schedules, and metrics."""
     straight = tmp_path / "straight"
-    subprocess.run(train_command(data_dir, straight, method, *extra), check=True,
-                   capture_output=True, cwd=REPO_ROOT)
+    code, out = run_until(train_command(data_dir, straight, method, *extra), 9, signal.SIGKILL)
+    assert code == -signal.SIGKILL, out
 
     interrupted = tmp_path / "interrupted"
-    # A job started in the background inherits SIGINT ignored, and Python then never turns
-    # Ctrl-C into KeyboardInterrupt: give the run the default disposition, as a terminal would.
-    proc = subprocess.Popen(train_command(data_dir, interrupted, method, *extra),
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    for line in proc.stdout:
-        if line.startswith("epoch 3:"):
-            proc.send_signal(signal.SIGINT)
-            break
-    proc.communicate(timeout=120)
-    assert proc.returncode == 130, "the run ended before it could be interrupted"
+    code, out = run_until(train_command(data_dir, interrupted, method, *extra), 3,
+                          signal.SIGINT)
+    assert code == 130 and "continue with --resume" in out, out
     stopped_at = torch.load(run_folder(interrupted, method) / "last_model.tar",
                             weights_only=False)["epoch"]
     assert 3 <= stopped_at < 9
 
-    resumed = subprocess.run(train_command(data_dir, interrupted, method, "--resume"),
-                             capture_output=True, text=True, cwd=REPO_ROOT)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "Resuming" in resumed.stdout and f"after epoch {stopped_at}" in resumed.stdout
+    code, out = run_until(train_command(data_dir, interrupted, method, "--resume"), 9,
+                          signal.SIGKILL)
+    assert code == -signal.SIGKILL, out
+    assert "Resuming" in out and f"after epoch {stopped_at}" in out, out
 
-    a, metrics_a = final_state(straight, method)
-    b, metrics_b = final_state(interrupted, method)
-    assert metrics_a == metrics_b, (stopped_at, resumed.stdout)
-    assert a["epoch"] == b["epoch"] == 9
+    a, metrics_a = state_at(straight, method, 9)
+    b, metrics_b = state_at(interrupted, method, 9)
+    assert metrics_a == metrics_b, (stopped_at, out)
+    assert a["epoch"] == b["epoch"] == 9 and len(metrics_a) == 10
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
     for key, value in a["optimizer"]["state"].items():
         for field in ("exp_avg", "exp_avg_sq", "step"):
             assert torch.equal(value[field], b["optimizer"]["state"][key][field])
     assert a["scheduler"] == b["scheduler"] and a["best_epoch"] == b["best_epoch"]
-    assert metrics_a == metrics_b
     if method != "maml":
         assert [m["phase"] for m in metrics_b][1:6] == ["maml-warmup"] + ["switch"] * 3 + [
             "hypernet"]
     if method == "bayes_hmaml":
-        assert a["schedule"]["kl_scale"] == pytest.approx(1e-24 * (1e-3 / 1e-24) ** (9 / 10))
+        assert a["schedule"]["kl_scale"] == pytest.approx(1e-24 * (1e-3 / 1e-24) ** (9 / 100))
 
 
 def test_boolean_options_accept_flags_and_values():
