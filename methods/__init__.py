@@ -1,5 +1,8 @@
 """The registry of methods, shared by train.py and test.py."""
+import torch
+
 from backbones import BACKBONES
+from errors import UserError
 from methods.bayes_hmaml import BayesHMAML
 from methods.hypermaml import HyperMAML
 from methods.maml import MAML, MAMLApprox
@@ -10,11 +13,6 @@ METHODS = {
     "hyper_maml": HyperMAML,
     "bayes_hmaml": BayesHMAML,
 }
-
-
-import torch
-
-from errors import UserError
 
 
 def build_method(opts, device=None):

@@ -137,7 +137,6 @@ class AdaptedClassifier:
 
 
 class HyperMAML(MAML):
-    supports_batched_engine = True
     def __init__(self, backbone, n_way: int, n_shot: int, inner_steps: int, inner_lr: float,
                  settings: HyperSettings):
         settings.check(n_way)
@@ -286,12 +285,8 @@ class HyperMAML(MAML):
             return super().accumulate_meta_gradient(episodes)
         episodes = list(episodes)
         universal = self.universal_params()
-        n_tasks = len(episodes)
-        support = self.features(torch.cat([e.support_x for e in episodes]), universal, n_tasks)
-        query = self.features(torch.cat([e.query_x for e in episodes]), universal, n_tasks)
         total, results = 0.0, []
-        for episode, support_f, query_f in zip(episodes, support.chunk(n_tasks),
-                                                query.chunk(n_tasks)):
+        for episode, support_f, query_f in self._batched_features(episodes, universal):
             loss, logits = self.loss_from_features(episode, support_f, query_f, universal, True)
             total = total + loss
             results.append(task_result(loss, logits, episode.query_y))
@@ -304,14 +299,17 @@ class HyperMAML(MAML):
             return super().evaluate_batch(episodes)
         universal = self.universal_params()
         with torch.no_grad():
-            n_tasks = len(episodes)
-            support = self.features(torch.cat([e.support_x for e in episodes]), universal,
-                                    n_tasks)
-            query = self.features(torch.cat([e.query_x for e in episodes]), universal, n_tasks)
             return [task_result(*self.loss_from_features(e, s_f, q_f, universal, False),
                                 e.query_y, keep_logits=True)
-                    for e, s_f, q_f in zip(episodes, support.chunk(n_tasks),
-                                           query.chunk(n_tasks))]
+                    for e, s_f, q_f in self._batched_features(episodes, universal)]
+
+    def _batched_features(self, episodes: list[Episode], universal: Params):
+        """(episode, support features, query features) of every task, from one backbone call
+        over all support sets and one over all query sets (BatchNorm statistics per set)."""
+        n_tasks = len(episodes)
+        support = self.features(torch.cat([e.support_x for e in episodes]), universal, n_tasks)
+        query = self.features(torch.cat([e.query_x for e in episodes]), universal, n_tasks)
+        return zip(episodes, support.chunk(n_tasks), query.chunk(n_tasks))
 
     def loss_from_features(self, episode: Episode, support_features: torch.Tensor,
                            query_features: torch.Tensor, universal: Params,
