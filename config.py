@@ -22,7 +22,8 @@ from typing import Any, Optional, Sequence
 from errors import UserError
 
 DATASETS = ("omniglot", "cross_char")
-MODELS = ("Conv4",)
+# Conv4: the reference's three-channel network; Conv4S: one channel (backbones/conv4.py).
+MODELS = ("Conv4", "Conv4S")
 # Both benchmarks use the MAML-family overrides of the reference (SPEC section 5).
 CHARACTER_DATASETS = ("omniglot", "cross_char")
 
@@ -51,7 +52,9 @@ class Options:
                         "(Omniglot without Latin -> EMNIST)", "model", choices=DATASETS,
                         required=True)
     method: str = _opt(None, "meta-learning method", "model", required=True)
-    model: str = _opt("Conv4", "backbone", "model", choices=MODELS)
+    model: str = _opt("Conv4", "backbone: Conv4 reads the image as three normalised RGB "
+                      "channels, as the published runs; Conv4S the first channel alone "
+                      "(cheaper first layer, not the published model)", "model", choices=MODELS)
     n_shot: int = _opt(5, "support images per class", "model")
     train_n_way: int = _opt(5, "classes per training episode (the classifier's width)", "model")
     test_n_way: int = _opt(5, "classes per validation/test episode", "run")
@@ -69,6 +72,13 @@ class Options:
                               "channels_last is faster on a CPU except for MAML's training; "
                               "auto picks it there", choices=("auto", "contiguous",
                                                               "channels_last"))
+
+    # Accepted so that the reference's published commands run; they change nothing here.
+    num_classes: int = _opt(200, "accepted for the reference's commands and ignored: the "
+                            "reference reads it only in its baseline methods (softmax width), "
+                            "which this toolkit does not have", "train")
+    n_val_perms: int = _opt(1, "accepted for the reference's commands and ignored: the "
+                            "reference declares it and reads it nowhere")
 
     # --- data --------------------------------------------------------------------------------
     data_dir: Optional[str] = _opt(None, "root holding omniglot/ and emnist/ (default filelists/)")
@@ -279,16 +289,19 @@ def _check(opts: Options, entry: str) -> None:
                         "an epoch would hold no meta-update")
 
 
-def adopt_saved(opts: Options, saved: dict, given: set[str], source: str) -> Options:
+def adopt_saved(opts: Options, saved: dict, given: set[str], source: str,
+                former_names: dict | None = None) -> Options:
     """Take the ``model``-scope options from a saved run; refuse conflicting explicit ones.
 
-    ``source`` names the checkpoint in the error message.
+    ``source`` names the checkpoint in the error message; ``former_names`` holds the values
+    an older checkpoint format gave options that it now reads under another value.
     """
+    former_names = former_names or {}
     for f in option_fields(("model",)):
         if f.name not in saved:
             continue
         mine, theirs = getattr(opts, f.name), saved[f.name]
-        if f.name in given and mine != theirs:
+        if f.name in given and mine != theirs and mine != former_names.get(f.name):
             raise UserError(f"--{f.name} {mine} does not match {theirs} of the run in {source}")
         setattr(opts, f.name, theirs)
     return opts

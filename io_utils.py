@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from errors import UserError
 
-CHECKPOINT_FORMAT = 1
+# 2: Conv4 reads three channels; format 1 (before) held the one-channel network, now Conv4S.
+CHECKPOINT_FORMAT = 2
 
 
 def resolve_device(name: str) -> torch.device:
@@ -85,6 +86,21 @@ def load_checkpoint(path: Path, method: str) -> dict:
                         f"({type(exc).__name__}); it may be corrupt or truncated") from None
     if saved_method != method:
         raise UserError(f"checkpoint {path} holds a {saved_method} model, not {method}")
+    return _upgrade(state, path)
+
+
+def _upgrade(state: dict, path: Path) -> dict:
+    """Read a checkpoint of an older format as the network it holds.
+
+    ``state["former_names"]`` maps an option to the value an older format called it by, so
+    the command line that trained the run (``--model Conv4``) still names it.
+    """
+    state["former_names"] = {}
+    if state.get("format", 1) < 2 and state["config"].get("model") == "Conv4":
+        state["config"]["model"] = "Conv4S"
+        state["former_names"]["model"] = "Conv4"
+        print(f"note: {path} was written before Conv4 read three channels; it holds the "
+              "one-channel network, now called Conv4S, and runs as that")
     return state
 
 

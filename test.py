@@ -47,7 +47,7 @@ def test(opts, given: set[str], device: torch.device, world: distributed.World) 
     name = f"{opts.save_iter}.tar" if opts.save_iter >= 0 else "best_model.tar"
     path = folder / name
     state = world.from_main(lambda: io_utils.load_checkpoint(path, opts.method))
-    config.adopt_saved(opts, state["config"], given, str(path))
+    config.adopt_saved(opts, state["config"], given, str(path), state["former_names"])
     opts = config.resolve(opts, "test")
     METHODS[opts.method].check_options(opts)
     if opts.test_n_way != opts.train_n_way:

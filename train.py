@@ -103,7 +103,8 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
     resume_state = world.from_main(lambda: find_run(opts, last_path))
     if resume_state is not None:
         saved = resume_state["config"]
-        config.adopt_saved(opts, saved, given, str(last_path))
+        config.adopt_saved(opts, saved, given, str(last_path),
+                          resume_state["former_names"])
         # Every other option not given again (seed, schedule, evaluation settings) continues
         # as saved.
         for f in config.option_fields(("run", "train")):

@@ -8,9 +8,16 @@ every call normalises with the statistics of the batch it is given, in training 
 time alike, so a support set and a query set are each normalised by their own statistics
 (transductive BatchNorm, as in the reference).
 
-The input has one channel. The reference (CloserLookFewShot's ``Conv4S`` for Omniglot) loads
-the grayscale images as three identical channels and keeps only the first; feeding that one
-channel directly is the same network at a third of the first layer's cost.
+``Conv4`` reads three channels, as the HyperMAML/BayesHMAML reference does on Omniglot and
+EMNIST (it comments out CloserLookFewShot's switch to ``Conv4S``): the grayscale image
+converted to RGB, each channel normalised with its own ImageNet mean and std. The three
+channels carry one image, so a one-channel filter spans the same functions, but it does not
+train the same way: the effective filter is the sum of three independently initialised ones
+divided by the stds (about sqrt(3) larger at initialisation) and moves about 3x further per
+Adam step. The published numbers come from the three-channel network.
+
+``Conv4S`` (CloserLookFewShot's name) reads the first channel alone: a cheaper first layer,
+not the published model.
 """
 from __future__ import annotations
 
@@ -23,12 +30,14 @@ from torch import nn
 
 class Conv4(nn.Module):
     feature_dim = 64
+    # Image channels the backbone reads; the episode sampler builds inputs to match.
+    input_channels = 3
 
-    def __init__(self, in_channels: int = 1, width: int = 64, depth: int = 4):
+    def __init__(self, width: int = 64, depth: int = 4):
         super().__init__()
         blocks = []
         for i in range(depth):
-            conv = nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1)
+            conv = nn.Conv2d(self.input_channels if i == 0 else width, width, 3, padding=1)
             # He-style init of the reference: N(0, sqrt(2 / (k * k * out_channels))).
             nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (3 * 3 * width)))
             nn.init.zeros_(conv.bias)
@@ -72,3 +81,8 @@ class Conv4(nn.Module):
                              eps=norm.eps)
             h = F.max_pool2d(F.relu(h), 2)
         return h.reshape(n, tasks, -1).transpose(0, 1)
+
+
+class Conv4S(Conv4):
+    """Conv4 on the first image channel alone (CloserLookFewShot's Omniglot backbone)."""
+    input_channels = 1

@@ -38,7 +38,9 @@ def prepared_data_dir(opts) -> Path:
 
 def split_sampler(opts, data_dir: Path, split: str, n_way: int, wanted_query: int, seed: int,
                   device, announce=print):
-    """An :class:`~data.episodes.EpisodeSampler` over ``split`` of ``opts.dataset``."""
+    """An :class:`~data.episodes.EpisodeSampler` over ``split`` of ``opts.dataset``, with the
+    image channels the backbone ``opts.model`` reads."""
+    from backbones import BACKBONES
     from data.episodes import EpisodeSampler, fitting_query_count
     from data.store import load_split
 
@@ -47,4 +49,5 @@ def split_sampler(opts, data_dir: Path, split: str, n_way: int, wanted_query: in
     if n_query < wanted_query:
         announce(f"note: {split} classes have {images.min_count} images, so {opts.n_shot}-shot "
                  f"episodes get {n_query} queries per class instead of {wanted_query}")
-    return EpisodeSampler(images, n_way, opts.n_shot, n_query, seed, device)
+    return EpisodeSampler(images, n_way, opts.n_shot, n_query, seed, device,
+                          BACKBONES[opts.model].input_channels)

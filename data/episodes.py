@@ -5,7 +5,8 @@ An episode draws ``n_way`` classes of the split uniformly without replacement, t
 uses its own generator seeded with (seed, split, index), so an episode never depends on which
 episodes were drawn before it: a resumed run, a validation pass or another process sees the
 same tasks. The images are gathered from the split's tensor on the target device and
-normalised there.
+normalised there, into as many channels as the backbone reads (three equal RGB channels, each
+with its own ImageNet statistics, as the reference; or the first alone).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data.store import IMAGE_SIZE, PIXEL_MEAN, PIXEL_STD, SplitImages
+from data.store import CHANNEL_MEAN, CHANNEL_STD, IMAGE_SIZE, SplitImages
 from errors import UserError
 
 
@@ -23,7 +24,7 @@ from errors import UserError
 class Episode:
     """One few-shot task, as ready tensors on the target device.
 
-    Images are normalised ``[N, 1, 28, 28]`` floats; labels are 0..n_way-1 in the order the
+    Images are normalised ``[N, channels, 28, 28]`` floats; labels are 0..n_way-1 in the order the
     classes were drawn, class-major (all shots of class 0 first).
     """
     support_x: torch.Tensor
@@ -57,7 +58,7 @@ class EpisodeSampler:
     """Draws episodes of one split; ``episode(i)`` is the same tensor for the same (seed, i)."""
 
     def __init__(self, split: SplitImages, n_way: int, n_support: int, n_query: int,
-                 seed: int, device: torch.device | str = "cpu"):
+                 seed: int, device: torch.device | str = "cpu", channels: int = 3):
         if n_way > split.n_classes:
             raise UserError(f"n_way {n_way} is larger than the {split.n_classes} classes of "
                             f"the {split.name} split")
@@ -72,6 +73,10 @@ class EpisodeSampler:
         self.seed = seed
         self.device = torch.device(device)
         self.images = split.images.to(self.device)
+        # x -> (x - mean_c) / std_c for channel c, as one multiply-add per channel.
+        std = torch.tensor(CHANNEL_STD[:channels], device=self.device).view(channels, 1, 1)
+        mean = torch.tensor(CHANNEL_MEAN[:channels], device=self.device).view(channels, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
         self.counts = split.counts
         self.support_y = torch.arange(n_way, device=self.device).repeat_interleave(n_support)
         self.query_y = torch.arange(n_way, device=self.device).repeat_interleave(n_query)
@@ -98,8 +103,8 @@ class EpisodeSampler:
         classes_t = torch.as_tensor(classes, device=self.device)
         picks_t = torch.as_tensor(picks, device=self.device)
         pixels = self.images[classes_t[:, None], picks_t]  # [n_way, shots+queries, 28, 28]
-        x = (pixels.float().div_(255.0).sub_(PIXEL_MEAN).div_(PIXEL_STD)).unsqueeze(2)
-        shape = (-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        x = torch.addcmul(self.shift, pixels.unsqueeze(2).float(), self.scale)
+        shape = (-1, self.scale.shape[0], IMAGE_SIZE, IMAGE_SIZE)
         return Episode(support_x=x[:, :self.n_support].reshape(shape), support_y=self.support_y,
                        query_x=x[:, self.n_support:].reshape(shape), query_y=self.query_y,
                        seed=task_seed)

@@ -7,8 +7,9 @@ dense ``uint8 [classes, images_per_class, 28, 28]`` tensor, rotations applied in
 episodes index directly on the target device: no image is decoded per episode.
 
 Preprocessing follows the reference (SPEC section 2): grayscale, resized to 32x32
-(``int(1.15 * 28)``), centre crop 28x28, then normalised on the device with the first
-ImageNet channel's mean and std, which is the channel the reference's Omniglot backbone reads.
+(``int(1.15 * 28)``), centre crop 28x28. The reference converts the image to RGB (three equal
+channels) and normalises each channel with its ImageNet mean and std; episodes do that on the
+device, for as many channels as the backbone reads (:mod:`data.episodes`).
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ from errors import UserError
 
 IMAGE_SIZE = 28
 RESIZE_TO = 32  # int(1.15 * 28): the reference resizes to this, then centre-crops IMAGE_SIZE
-PIXEL_MEAN, PIXEL_STD = 0.485, 0.229
+# ImageNet's per-channel statistics, with which the reference normalises the RGB copies.
+CHANNEL_MEAN = (0.485, 0.456, 0.406)
+CHANNEL_STD = (0.229, 0.224, 0.225)
 STORE_VERSION = 1  # bump when the preprocessing changes, so old caches are rebuilt
 CACHE_NAME = f".store_{IMAGE_SIZE}px.pt"
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from data.episodes import EpisodeSampler, fitting_query_count
-from data.store import (CACHE_NAME, PIXEL_MEAN, PIXEL_STD, RESIZE_TO, IMAGE_SIZE, ImageStore,
+from data.store import (CACHE_NAME, CHANNEL_MEAN, CHANNEL_STD, RESIZE_TO, IMAGE_SIZE, ImageStore,
                         load_image, load_split)
 from errors import UserError
 
@@ -30,8 +30,8 @@ def emnist_novel(data_dir):
 def test_episode_shapes_and_labels(omniglot_base, n_way, n_shot, n_query):
     sampler = EpisodeSampler(omniglot_base, n_way, n_shot, n_query, seed=3)
     episode = sampler.episode(11)
-    assert episode.support_x.shape == (n_way * n_shot, 1, IMAGE_SIZE, IMAGE_SIZE)
-    assert episode.query_x.shape == (n_way * n_query, 1, IMAGE_SIZE, IMAGE_SIZE)
+    assert episode.support_x.shape == (n_way * n_shot, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert episode.query_x.shape == (n_way * n_query, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert episode.support_x.dtype == torch.float32
     # Class-major labels 0..n_way-1: all shots of class 0 first.
     assert episode.support_y.tolist() == [c for c in range(n_way) for _ in range(n_shot)]
@@ -47,15 +47,21 @@ def test_episode_draws_distinct_classes_and_images(omniglot_base):
             assert len(set(row.tolist())) == 20  # 5 shots + 15 queries, no image twice
 
 
-def test_episode_images_are_the_split_images(emnist_novel):
-    """The tensor of an episode is exactly the drawn images of the drawn classes, normalised."""
-    sampler = EpisodeSampler(emnist_novel, 5, 2, 3, seed=1)
+@pytest.mark.parametrize("channels", [3, 1])
+def test_episode_images_are_the_split_images(emnist_novel, channels):
+    """The tensor of an episode is exactly the drawn images of the drawn classes, as the
+    reference feeds them: the grayscale image copied to RGB, channel c normalised with
+    ImageNet's mean[c] and std[c] (the one-channel backbone reads channel 0)."""
+    sampler = EpisodeSampler(emnist_novel, 5, 2, 3, seed=1, channels=channels)
     classes, picks, _ = sampler.draw(7)
     episode = sampler.episode(7)
-    expected = emnist_novel.images[classes[:, None], picks].float() / 255
-    expected = ((expected - PIXEL_MEAN) / PIXEL_STD).unsqueeze(2)
-    torch.testing.assert_close(episode.support_x, expected[:, :2].reshape(-1, 1, 28, 28))
-    torch.testing.assert_close(episode.query_x, expected[:, 2:].reshape(-1, 1, 28, 28))
+    gray = emnist_novel.images[classes[:, None], picks].float() / 255  # [5, 5, 28, 28]
+    rgb = torch.stack([(gray - mean) / std
+                       for mean, std in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))], 2)
+    expected = rgb[:, :, :channels]
+    torch.testing.assert_close(episode.support_x,
+                               expected[:, :2].reshape(-1, channels, 28, 28))
+    torch.testing.assert_close(episode.query_x, expected[:, 2:].reshape(-1, channels, 28, 28))
 
 
 def test_episodes_are_a_function_of_seed_split_and_index(data_dir, omniglot_base):
@@ -134,8 +140,9 @@ def test_preprocessing_of_real_images(data_dir, emnist_novel, omniglot_base):
         pixels = split.images[:20].float()
         assert pixels.median() == 255 and pixels.min() < 50
     sampler = EpisodeSampler(emnist_novel, 5, 1, 15, seed=0)
-    white = (1.0 - PIXEL_MEAN) / PIXEL_STD
-    assert sampler.episode(0).support_x.max().item() == pytest.approx(white, abs=1e-5)
+    support_x = sampler.episode(0).support_x
+    for c, (mean, std) in enumerate(zip(CHANNEL_MEAN, CHANNEL_STD)):
+        assert support_x[:, c].max().item() == pytest.approx((1.0 - mean) / std, abs=1e-5)
 
 
 def test_store_cache_is_reused_and_rebuilt_when_images_change(data_dir, tmp_path):

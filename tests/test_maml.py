@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backbones import Conv4
+from backbones import Conv4, Conv4S
 from data.episodes import Episode
 from methods import MAML, MAMLApprox
 
@@ -25,7 +25,7 @@ def tiny_episode(seed: int = 0, n_shot: int = 2, n_query: int = 3) -> Episode:
 
 def tiny_maml(cls=MAML, inner_steps: int = 2, inner_lr: float = 0.4, **kwargs) -> MAML:
     torch.manual_seed(0)
-    model = cls(Conv4(width=3, depth=3), N_WAY, inner_steps=inner_steps, inner_lr=inner_lr,
+    model = cls(Conv4S(width=3, depth=3), N_WAY, inner_steps=inner_steps, inner_lr=inner_lr,
                 **kwargs).double()
     with torch.no_grad():  # a non-zero classifier bias, so its gradient is exercised too
         model.classifier[0].bias.normal_()
@@ -149,7 +149,7 @@ def test_batchnorm_is_transductive():
     """Every call normalises with its own batch's statistics, in train and eval mode alike."""
     torch.manual_seed(0)
     backbone = Conv4().double()
-    x = torch.randn(10, 1, 28, 28, dtype=torch.float64)
+    x = torch.randn(10, 3, 28, 28, dtype=torch.float64)
     alone = backbone(x[:5])
     with_others = backbone(torch.cat([x[:5], x[5:] * 3 + 1]))[:5]
     assert not torch.allclose(alone, with_others)
@@ -159,10 +159,20 @@ def test_batchnorm_is_transductive():
 
 
 def test_conv4_shape_and_initialisation():
+    """The reference's Conv4 reads three channels, every conv initialised N(0, sqrt(2 / (9 *
+    64))) (fan-out of a 3x3 conv with 64 filters); Conv4S reads one."""
+    torch.manual_seed(0)
     backbone = Conv4()
-    assert backbone(torch.randn(4, 1, 28, 28)).shape == (4, 64)
+    assert backbone.blocks[0][0].weight.shape == (64, 3, 3, 3)
+    assert backbone(torch.randn(4, 3, 28, 28)).shape == (4, 64)
+    assert backbone.blocks[0][0].weight.std().item() == pytest.approx((2 / 576) ** 0.5, rel=0.1)
     weights = torch.cat([b[0].weight.flatten() for b in backbone.blocks])
     assert weights.std().item() == pytest.approx((2 / (9 * 64)) ** 0.5, rel=0.05)
+    norms = [b[1] for b in backbone.blocks]
+    assert all(bool((n.weight == 1).all() and (n.bias == 0).all()) for n in norms)
+    single = Conv4S()
+    assert single.blocks[0][0].weight.shape == (64, 1, 3, 3)
+    assert single(torch.randn(4, 1, 28, 28)).shape == (4, 64)
     assert all(b[1].weight.eq(1).all() and b[1].bias.eq(0).all() for b in backbone.blocks)
 
 
@@ -194,7 +204,7 @@ def test_batched_engine_equals_the_loop(cls, n_shot, adapt_classifier_only):
 
 def test_grouped_conv4_equals_each_task_alone():
     torch.manual_seed(0)
-    backbone = Conv4(width=5, depth=3).double()
+    backbone = Conv4S(width=5, depth=3).double()
     x = torch.randn(3, 4, 1, 8, 8, dtype=torch.float64)
     stacked = {n: p.unsqueeze(0) + 0.1 * torch.randn(3, *p.shape, dtype=torch.float64)
                for n, p in backbone.named_parameters()}
