@@ -20,7 +20,7 @@ import datetime
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import Callable, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -28,9 +28,6 @@ import torch.distributed as dist
 import io_utils
 from errors import UserError, exit_now
 from methods.meta_template import TaskResult
-
-if TYPE_CHECKING:
-    from engine import MetaGradient
 
 T = TypeVar("T")
 
@@ -174,33 +171,34 @@ class World:
         for tensor in module.state_dict().values():
             self._collective("broadcasting the weights", lambda: dist.broadcast(tensor, src=0))
 
-    def sum_meta_gradient(self, meta: "MetaGradient", results: list[TaskResult],
-                          n_task: int) -> list[TaskResult]:
-        """Sum the ranks' float64 meta-gradient sums and gather the per-task results, in one
-        all-reduce; returns the results of all ``n_task`` tasks in task order, on every rank.
+    def sum_meta_gradient(self, sums: list[torch.Tensor], present: list[bool],
+                          results: list[TaskResult], n_task: int
+                          ) -> tuple[list[bool], list[TaskResult]]:
+        """Sum the ranks' float64 meta-gradient ``sums`` (in place) and gather the per-task
+        results, in one all-reduce; returns which sums any rank gave a gradient to, and the
+        results of all ``n_task`` tasks in task order, on every rank.
 
         A parameter no rank gave a gradient stays without one (as in one process, where the
         optimizer then skips it); one some rank did gets zeros from the others.
         """
         if self.size == 1:
-            return results
-        sums = meta.sums
+            return present, results
         device = sums[0].device
-        present = torch.tensor(meta.present, dtype=torch.float64, device=device)
+        flags = torch.tensor(present, dtype=torch.float64, device=device)
         stats = torch.zeros(n_task, 3, dtype=torch.float64, device=device)
         mine = self.share(n_task)
         stats[mine.start:mine.stop] = torch.tensor(
             [[r.loss, r.correct, r.total] for r in results], dtype=torch.float64)
-        buffer = torch.cat([s.reshape(-1) for s in sums] + [present, stats.flatten()])
+        buffer = torch.cat([s.reshape(-1) for s in sums] + [flags, stats.flatten()])
         self._collective("summing the meta-gradient", lambda: dist.all_reduce(buffer))
         offset = 0
         for s in sums:
             s.copy_(buffer[offset:offset + s.numel()].view_as(s))
             offset += s.numel()
-        meta.present = [flag > 0 for flag in buffer[offset:offset + len(sums)].tolist()]
+        present = [flag > 0 for flag in buffer[offset:offset + len(sums)].tolist()]
         stats = buffer[-3 * n_task:].view(n_task, 3).tolist()
-        return [TaskResult(loss=loss, correct=int(correct), total=int(total))
-                for loss, correct, total in stats]
+        return present, [TaskResult(loss=loss, correct=int(correct), total=int(total))
+                         for loss, correct, total in stats]
 
     def gather_results(self, results: list[TaskResult]) -> list[TaskResult]:
         """Every rank's evaluation results (blocks of :meth:`share`), in episode order."""

@@ -45,7 +45,8 @@ def train_epoch(model: MetaTemplate, optimizer: torch.optim.Optimizer, sampler: 
         for call in calls:
             results += model.accumulate_meta_gradient(sampler.episode(first + t) for t in call)
             meta.add_grads()
-        results = world.sum_meta_gradient(meta, results, n_task)
+        meta.present, results = world.sum_meta_gradient(meta.sums, meta.present, results,
+                                                        n_task)
         meta.write_grads()
         optimizer.step()
         yield results
