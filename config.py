@@ -5,7 +5,8 @@ Each field carries its help text and a *scope*:
   (seed, device, data location);
 - ``model``: decides what the trained model is; saved in the checkpoint and, in test.py, taken
   from it (a value given on the test command line must agree with it);
-- ``train`` / ``test``: only that entry point has the option.
+- ``train`` / ``test``: only that entry point has the option;
+- ``eval``: how a trained model is tested, by test.py and by the final test of train.py.
 
 The option names and meanings follow the reference code (CloserLookFewShot / HyperMAML), so
 its published commands run unchanged. A value the user gives is never overwritten: options
@@ -16,15 +17,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import re
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, Optional, Sequence
 
 from errors import UserError
 
 DATASETS = ("omniglot", "cross_char")
 # Conv4: the reference's three-channel network; Conv4S: one channel (backbones/conv4.py).
 MODELS = ("Conv4", "Conv4S")
-# Both benchmarks use the MAML-family overrides of the reference (SPEC section 5).
+# Both benchmarks use the reference's MAML-family overrides (n_task 32, one inner step of 0.1).
 CHARACTER_DATASETS = ("omniglot", "cross_char")
 
 
@@ -101,8 +105,10 @@ class Options:
                                     "repeat in test.py (default 600)")
     lr: float = _opt(1e-3, "outer (meta) learning rate", "train")
     optim: str = _opt("adam", "outer optimiser", "train", choices=("adam", "sgd"))
-    lr_scheduler: str = _opt("none", "multisteplr: lr x 0.3 at each milestone", "train",
-                             choices=("none", "multisteplr"))
+    lr_scheduler: str = _opt("none", "multisteplr: lr x 0.3 at each milestone; cosine: cosine "
+                             "annealing to 0 over the run (the reference's warm restarts with "
+                             "one period of the whole run)", "train",
+                             choices=("none", "multisteplr", "cosine"))
     milestones: Optional[list] = _opt(None, "epochs (effective, after the n_task rule) of the lr "
                                       "drops; default every quarter of the run", "train",
                                       nargs="+", type=int)
@@ -114,6 +120,28 @@ class Options:
                          "accuracy is still below es_threshold", "train")
     es_threshold: float = _opt(0.0, "early stopping accuracy threshold in percent (0: never stop)",
                                "train")
+    final_test: int = _opt(600, "once training ends, test best_model.tar on the novel split as "
+                           "test.py does, with this many episodes per repeat (600, as the "
+                           "reference); 0 skips it", "train")
+    evaluate_model: bool = _opt(False, "skip training: run the final test of the run's "
+                                "best_model.tar at once", "train")
+    maml_save_feature_network: bool = _opt(False, "also write the backbone alone, as "
+                                           "best_feature_net.tar and last_feature_net.tar, at "
+                                           "each validation", "train")
+    hm_load_feature_net: bool = _opt(False, "start a fresh run from the backbone in "
+                                     "--hm_feature_net_path (e.g. a best_feature_net.tar)",
+                                     "train")
+    hm_feature_net_path: str = _opt("", "the saved feature network --hm_load_feature_net reads",
+                                    "train")
+    hm_save_delta_params: bool = _opt(False, "hypernetwork methods: after each epoch, write "
+                                      "the classifier update the hypernetwork gives the "
+                                      "epoch's first training task to delta_params.jsonl",
+                                      "train")
+    train_aug: bool = _opt(False, "data augmentation: refused, as in the reference, which "
+                           "trains Omniglot and cross_char without it")
+    warmup: bool = _opt(False, "start from a baseline method's checkpoint: refused, this "
+                        "toolkit has no baseline methods (the reference notes it never used it)",
+                        "train")
 
     # --- MAML family ---------------------------------------------------------------------------
     n_task: Optional[int] = _opt(None, "tasks per meta-update (default 4; 32 on omniglot and "
@@ -125,7 +153,7 @@ class Options:
     maml_adapt_classifier: bool = _opt(False, "adapt only the classifier in the inner loop",
                                        "model")
 
-    # --- HyperMAML (SPEC section 6) ----------------------------------------------------------
+    # --- HyperMAML ------------------------------------------------------------------------------
     hn_hidden_size: int = _opt(256, "hypernetwork hidden width", "model")
     hn_head_len: int = _opt(2, "hypernetwork linear layers", "model")
     hn_tn_depth: int = _opt(1, "linear layers of the adapted (target) classifier", "model")
@@ -154,13 +182,22 @@ class Options:
     hm_maml_warmup_epochs: int = _opt(100, "epochs of pure MAML warm-up (p = 1)", "model")
     hm_maml_warmup_switch_epochs: int = _opt(1000, "epochs over which p falls from 1 to 0",
                                              "model")
+    hm_maml_update_feature_net: bool = _opt(False, "during the warm-up the inner loop also "
+                                            "adapts the backbone, each step weighted by p",
+                                            "model")
+    hm_validate_with_warmup: bool = _opt(False, "validate with the training epoch's update "
+                                         "(MAML steps mixed by p during the warm-up and "
+                                         "switch), as the reference; default: with the "
+                                         "hypernetwork alone, as the final test measures",
+                                         "train")
     hm_set_forward_with_adaptation: bool = _opt(False, "at validation and test, fine-tune a copy "
                                                 "on the support set first")
-    hn_val_epochs: int = _opt(0, "fine-tuning steps of hm_set_forward_with_adaptation")
+    hn_val_epochs: int = _opt(0, "fine-tuning steps of hm_set_forward_with_adaptation, and "
+                              "the test-time steps of --adaptation (-1: 100)")
     hn_val_lr: float = _opt(1e-4, "fine-tuning learning rate")
     hn_val_optim: str = _opt("adam", "fine-tuning optimiser", choices=("adam", "sgd"))
 
-    # --- BayesHMAML (SPEC section 7) ---------------------------------------------------------
+    # --- BayesHMAML -----------------------------------------------------------------------------
     hm_weight_set_num_train: int = _opt(1, "sampled classifiers whose logits are averaged in "
                                         "training", "model")
     hm_weight_set_num_test: int = _opt(20, "sampled classifiers at validation and test (0: use "
@@ -168,22 +205,52 @@ class Options:
     kl_scale: float = _opt(1e-24, "KL weight at the first epoch", "model")
     kl_stop_val: float = _opt(1e-3, "KL weight reached at the end of the run (geometric growth)",
                               "model")
+    hm_kl_w: float = _opt(1.0, "constant factor on the KL term (the loss adds hm_kl_w x "
+                          "kl_scale x KL)", "model")
 
     # --- calibration and plots (test.py) -------------------------------------------------------
     temperature_scaling: bool = _opt(False, "fit a softmax temperature on the val split and "
-                                     "report calibration before and after", "test")
+                                     "report calibration before and after", "eval")
     plot: bool = _opt(False, "save a reliability diagram PNG next to the results (matplotlib)",
-                      "test")
+                      "eval")
 
     # --- testing -------------------------------------------------------------------------------
     split: str = _opt("novel", "split to test on", "test", choices=("base", "val", "novel"))
     save_iter: int = _opt(-1, "test the checkpoint of this epoch instead of best_model.tar",
                           "test")
-    repeat: int = _opt(5, "test repeats, with seeds seed .. seed+repeat-1", "test")
-    record_dir: str = _opt("./record", "where results.txt and results.jsonl are appended", "test")
+    repeat: int = _opt(5, "test repeats, with seeds seed .. seed+repeat-1", "eval")
+    adaptation: bool = _opt(False, "adapt more at test time, --hn_val_epochs steps (-1: 100): "
+                            "MAML's inner steps; the hypernetwork methods fine-tune on the "
+                            "support set (hm_set_forward_with_adaptation)", "eval")
+    record_dir: str = _opt("./record", "where results.txt and results.jsonl are appended", "eval")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line (not the 40-line usage), with the
+    closest valid choice where a value was mistyped."""
+
+    def error(self, message: str) -> NoReturn:
+        typo = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if typo:
+            choices = re.findall(r"'?([^',\s]+)'?", typo.group(2))
+            close = difflib.get_close_matches(typo.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean {close[0]}?"
+        self.exit(2, f"error: {message} (python {self.prog} -h lists the options)\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default unless its help already says it (or it has none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False,
+                                                                   argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
 
 
 def option_fields(scopes: Sequence[str]) -> list[dataclasses.Field]:
@@ -199,8 +266,7 @@ def build_parser(entry: str, method_names: Sequence[str]) -> argparse.ArgumentPa
     """
     description = {"train": "Meta-train a few-shot method.",
                    "test": "Test a meta-trained few-shot method on 600-episode repeats."}[entry]
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = OneLineParser(description=description, formatter_class=HelpFormatter)
     for f in dataclasses.fields(Options):
         kwargs = dict(f.metadata["argparse"])
         if f.name == "method":
@@ -213,8 +279,11 @@ def build_parser(entry: str, method_names: Sequence[str]) -> argparse.ArgumentPa
         if not kwargs.get("required"):
             kwargs["default"] = f.default if f.default is not dataclasses.MISSING else None
         help_text = f.metadata["help"]
-        if f.metadata["scope"] not in ("run", "model", entry):
-            help_text += f" ({f.metadata['scope']}.py only; ignored here)"
+        scope = f.metadata["scope"]
+        if scope == "eval" and entry == "train":
+            help_text += " (here: for the final test)"
+        elif scope not in ("run", "model", "eval", entry):
+            help_text += f" ({scope}.py only; ignored here)"
         parser.add_argument(f"--{f.name}", help=help_text, **kwargs)
     return parser
 
@@ -246,6 +315,14 @@ def parse(entry: str, method_names: Sequence[str], argv: Optional[Sequence[str]]
     return opts, explicit_options(parser, argv)
 
 
+def note_ignored(opts: Options, given: set[str], ignored: set[str], say=print) -> None:
+    """One note naming the model options given that the method does not read."""
+    names = sorted(n for n in given & ignored
+                   if n in {f.name for f in option_fields(("model",))})
+    if names:
+        say(f"note: {opts.method} does not use {', '.join('--' + n for n in names)}: ignored")
+
+
 def resolve(opts: Options, entry: str) -> Options:
     """Fill the dataset- and method-dependent defaults and check the combination.
 
@@ -266,6 +343,15 @@ def resolve(opts: Options, entry: str) -> Options:
     return opts
 
 
+def adaptation_steps(opts: Options) -> int:
+    """The test-time steps of ``--adaptation``: ``--hn_val_epochs``, 100 for -1 (reference)."""
+    steps = 100 if opts.hn_val_epochs == -1 else opts.hn_val_epochs
+    if steps <= 0:
+        raise UserError(f"--adaptation takes its steps from --hn_val_epochs, which is "
+                        f"{opts.hn_val_epochs}: give --hn_val_epochs N (N > 0, or -1 for 100)")
+    return steps
+
+
 def _check(opts: Options, entry: str) -> None:
     positive = {"n_shot": opts.n_shot, "train_n_way": opts.train_n_way,
                 "test_n_way": opts.test_n_way, "n_episode": opts.n_episode,
@@ -273,8 +359,7 @@ def _check(opts: Options, entry: str) -> None:
     if entry == "train":
         positive.update(stop_epoch=opts.stop_epoch, save_freq=opts.save_freq,
                         eval_freq=opts.eval_freq, lr=opts.lr)
-    else:
-        positive.update(repeat=opts.repeat)
+    positive.update(repeat=opts.repeat)
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"--{name} must be positive, got {value}")
@@ -284,24 +369,40 @@ def _check(opts: Options, entry: str) -> None:
         raise UserError(f"--train_lr must be >= 0, got {opts.train_lr}")
     if entry == "train" and opts.start_epoch < 0:
         raise UserError(f"--start_epoch must be >= 0, got {opts.start_epoch}")
+    if opts.train_aug:
+        raise UserError(f"--train_aug: {opts.dataset} is trained without augmentation (the "
+                        "reference asserts it for omniglot and cross_char)")
+    if entry == "train" and opts.warmup:
+        raise UserError("--warmup starts from a checkpoint of the reference's baseline "
+                        "method, which this toolkit does not have (the reference's authors "
+                        "never used it)")
+    if entry == "train" and opts.final_test < 0:
+        raise UserError(f"--final_test must be >= 0 (0 skips it), got {opts.final_test}")
+    if entry == "train" and opts.hm_load_feature_net and not opts.resume:
+        if not opts.hm_feature_net_path:
+            raise UserError("--hm_load_feature_net needs --hm_feature_net_path FILE")
+        if not Path(opts.hm_feature_net_path).is_file():
+            raise UserError(f"--hm_feature_net_path {opts.hm_feature_net_path}: no such file")
     if entry == "train" and opts.n_episode < opts.n_task:
         raise UserError(f"--n_episode {opts.n_episode} is smaller than n_task {opts.n_task}: "
                         "an epoch would hold no meta-update")
 
 
 def adopt_saved(opts: Options, saved: dict, given: set[str], source: str,
-                former_names: dict | None = None) -> Options:
+                former_names: dict | None = None, ignored: set[str] = frozenset()) -> Options:
     """Take the ``model``-scope options from a saved run; refuse conflicting explicit ones.
 
     ``source`` names the checkpoint in the error message; ``former_names`` holds the values
-    an older checkpoint format gave options that it now reads under another value.
+    an older checkpoint format gave options that it now reads under another value;
+    ``ignored`` names options the run's method does not read (never compared).
     """
     former_names = former_names or {}
     for f in option_fields(("model",)):
         if f.name not in saved:
             continue
         mine, theirs = getattr(opts, f.name), saved[f.name]
-        if f.name in given and mine != theirs and mine != former_names.get(f.name):
+        if (f.name in given and f.name not in ignored and mine != theirs
+                and mine != former_names.get(f.name)):
             raise UserError(f"--{f.name} {mine} does not match {theirs} of the run in {source}")
         setattr(opts, f.name, theirs)
     return opts

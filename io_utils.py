@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -39,20 +40,36 @@ def checkpoint_dir(opts) -> Path:
 
 
 def ensure_writable(folder: Path) -> None:
-    """Create ``folder`` and prove a file can be written there, before any work starts."""
+    """Prove, before any work starts, that ``folder`` can be created and written, without
+    creating it: a start refused later leaves no empty folder behind. The probe file goes into
+    the nearest folder that exists, and is removed."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-probe"):
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-probe"):
             pass
     except OSError as exc:
         raise UserError(f"cannot write to {folder}: {exc.strerror or exc}") from None
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open`` gives a new file under the current umask (0644 under 022):
+    mkstemp's 0600 would make run folders unreadable to the rest of a group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename: a reader (or a crash)
-    never sees a half-written file, and the previous version survives a failed write."""
+    """Write through a temporary file in the same folder (created if need be), then rename: a
+    reader (or a crash) never sees a half-written file, and the previous version survives a
+    failed write."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.chmod(tmp, _file_mode())
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -113,9 +130,53 @@ def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
         raise UserError(f"checkpoint {path} does not fit the requested model: {detail}") from None
 
 
+def save_feature_net(feature: torch.nn.Module, epoch: int, path: Path) -> None:
+    """The backbone alone, as the reference's ``--maml_save_feature_network`` writes it:
+    ``{"epoch": epoch, "state": backbone state_dict}``."""
+    _atomic(path, lambda f: torch.save({"epoch": epoch, "state": feature.state_dict()}, f))
+
+
+# The reference's Conv4 state_dict keys (ConvBlock ``C`` and ``BN`` of ``trunk.{i}``) -> ours.
+_REFERENCE_KEY = re.compile(r"^trunk\.(\d+)\.(C|BN)\.(weight|bias)$")
+
+
+def load_feature_net(feature: torch.nn.Module, path: Path) -> int:
+    """Initialise ``feature`` from a saved backbone and return the epoch it was saved at.
+
+    Takes a feature network file of this toolkit or of the reference (``{"epoch", "state"}``;
+    the reference's keys ``trunk.{i}.C.*`` / ``trunk.{i}.BN.*`` are mapped to ours and its
+    unused BatchNorm running statistics dropped), or a run checkpoint of this toolkit (its
+    ``feature.*`` weights)."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if "model" in saved:  # a whole run checkpoint
+            state = {k[len("feature."):]: v for k, v in saved["model"].items()
+                     if k.startswith("feature.")}
+            epoch = saved.get("epoch", -1)
+        else:
+            state, epoch = saved["state"], saved.get("epoch", -1)
+    except FileNotFoundError:
+        raise UserError(f"--hm_feature_net_path {path}: no such file") from None
+    except Exception as exc:
+        raise UserError(f"--hm_feature_net_path {path} is not a saved feature network "
+                        f"({type(exc).__name__})") from None
+    if any(k.startswith("trunk.") for k in state):
+        state = {f"blocks.{m[1]}.{0 if m[2] == 'C' else 1}.{m[3]}": v
+                 for k, v in state.items() if (m := _REFERENCE_KEY.match(k))}
+    try:
+        feature.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in lines[1:3]) or lines[0]
+        raise UserError(f"--hm_feature_net_path {path} does not fit the backbone: {detail}"
+                        ) from None
+    return int(epoch)
+
+
 def append_result(record_dir: Path, line: str, record: dict) -> None:
     """Append one human-readable line to results.txt and one JSON record to results.jsonl."""
     ensure_writable(record_dir)
+    Path(record_dir).mkdir(parents=True, exist_ok=True)
     with open(record_dir / "results.txt", "a") as f:
         f.write(line + "\n")
     with open(record_dir / "results.jsonl", "a") as f:

@@ -2,143 +2,25 @@
 
 Loads ``best_model.tar`` (or ``{save_iter}.tar``) of the run the options name, rebuilds the
 model from the configuration saved in it, and reports the accuracy over ``--repeat`` runs of
-600 episodes (seeds seed .. seed+repeat-1) with 95% confidence intervals, as the reference.
+600 episodes (seeds seed .. seed+repeat-1) with 95% confidence intervals, as the reference
+(see evaluation.py).
 """
 from __future__ import annotations
 
 import functools
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
-import torch
-
-import calibration
 import config
-import data
 import distributed
-import engine
-import io_utils
-import plots
-from data.episodes import TEST_QUERY
-from errors import UserError, run_cli
-from methods import METHODS, build_method
-
-
-def evaluate_episodes(opts, model, sampler, desc: str, world: distributed.World):
-    """Accuracy per episode, and all query logits and labels, of ``opts.n_episode`` episodes
-    (under torchrun each rank evaluates its share and every rank gets them all)."""
-    episodes = engine.evaluate(model, sampler, opts.n_episode, opts.n_task, world)
-    mine = list(io_utils.progress(episodes, len(world.share(opts.n_episode)), desc,
-                                  world.is_main))
-    results = world.gather_results(mine)
-    return ([r.accuracy for r in results], torch.cat([r.logits for r in results]),
-            torch.cat([r.labels for r in results]))
+import evaluation
+from errors import run_cli
+from methods import METHODS
 
 
 def run(argv=None) -> int:
     opts, given = config.parse("test", list(METHODS), argv)
-    return distributed.run_in_world(opts, functools.partial(test, opts, given))
-
-
-def test(opts, given: set[str], device: torch.device, world: distributed.World) -> int:
-    folder = io_utils.checkpoint_dir(opts)
-    name = f"{opts.save_iter}.tar" if opts.save_iter >= 0 else "best_model.tar"
-    path = folder / name
-    state = world.from_main(lambda: io_utils.load_checkpoint(path, opts.method))
-    config.adopt_saved(opts, state["config"], given, str(path), state["former_names"])
-    opts = config.resolve(opts, "test")
-    METHODS[opts.method].check_options(opts)
-    if opts.test_n_way != opts.train_n_way:
-        raise UserError(f"--test_n_way {opts.test_n_way} differs from the {opts.train_n_way} "
-                        f"classes the model in {path} was trained for")
-    if opts.plot:
-        plots.require_matplotlib()
-    record_dir = Path(opts.record_dir)
-    if world.is_main:
-        io_utils.ensure_writable(record_dir)
-
-    model = build_method(opts, device).to(device)
-    io_utils.load_model_state(model, state, path)
-    with world.local_main_first():  # one process per machine prepares data and caches
-        data_dir = data.prepared_data_dir(opts)
-        val = (data.split_sampler(opts, data_dir, "val", opts.test_n_way, TEST_QUERY,
-                                  opts.seed, device, world.say)
-               if opts.temperature_scaling else None)
-        sampler = data.split_sampler(opts, data_dir, opts.split, opts.test_n_way, TEST_QUERY,
-                                     opts.seed, device, world.say)
-    processes = f"{world.size} processes, " if world.size > 1 else ""
-    world.say(f"Testing {path} (epoch {state['epoch']}, validation "
-              f"{state['best_val_acc']:.2f}%) on {opts.dataset} {opts.split}, "
-              f"{opts.test_n_way}-way {opts.n_shot}-shot, {opts.repeat} x {opts.n_episode} "
-              f"episodes, {processes}device {device}", flush=True)
-
-    temperature = None
-    if val is not None:
-        _, val_logits, val_labels = evaluate_episodes(opts, model, val, "val (temperature)",
-                                                      world)
-        temperature = calibration.fit_temperature(val_logits, val_labels)
-        world.say(f"Temperature fitted on {opts.n_episode} val episodes: T = {temperature:.4f}")
-
-    repeats, all_logits, all_labels = [], [], []
-    for r in range(opts.repeat):
-        accuracies, logits, labels = evaluate_episodes(
-            opts, model, sampler.with_seed(opts.seed + r), f"repeat {r + 1}/{opts.repeat}", world)
-        mean, ci95 = engine.mean_and_ci95(accuracies)
-        report = calibration.calibration_report(logits, labels)
-        entry = {"seed": opts.seed + r, "acc": mean, "ci95": ci95, **report.as_dict()}
-        # The accuracy line exactly as the reference prints it; calibration on the next.
-        world.say(f"{opts.n_episode} Test Acc = {mean:.2f}% +- {ci95:.2f}%")
-        text = f"  calibration: {report}"
-        if temperature is not None:
-            scaled = calibration.calibration_report(logits, labels, temperature)
-            entry["temperature_scaled"] = scaled.as_dict()
-            text += f"; after temperature scaling {scaled}"
-        world.say(text, flush=True)
-        repeats.append(entry)
-        all_logits.append(logits)
-        all_labels.append(labels)
-    if not world.is_main:  # every rank has every result; rank 0 reports and records them
-        return 0
-
-    means = [e["acc"] for e in repeats]
-    overall, spread = float(np.mean(means)), float(np.std(means))
-    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
-    pooled = calibration.calibration_report(logits, labels)
-    print(f"Mean over {opts.repeat} repeats: {overall:.2f}%, std {spread:.2f}%")
-    print(f"Calibration over all {len(labels):,} test queries: {pooled}")
-    record = {"calibration": pooled.as_dict()}
-    panels = {"uncalibrated": calibration.reliability_bins(logits, labels)}
-    if temperature is not None:
-        scaled = calibration.calibration_report(logits, labels, temperature)
-        print(f"After temperature scaling (T = {temperature:.4f}): {scaled}")
-        record.update(temperature=temperature, calibration_temperature_scaled=scaled.as_dict())
-        panels[f"temperature T = {temperature:.2f}"] = calibration.reliability_bins(
-            logits / temperature, labels)
-
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_name = f"{opts.dataset}_{opts.model}_{opts.method}_{opts.test_n_way}way_{opts.n_shot}shot"
-    if opts.plot:
-        figure = plots.reliability_diagram(
-            panels, record_dir / f"reliability_{run_name}_{stamp}.png",
-            f"{opts.method} on {opts.dataset} {opts.split}, {opts.test_n_way}-way "
-            f"{opts.n_shot}-shot (ECE {pooled.ece:.3f})")
-        record["reliability_diagram"] = str(figure)
-        print(f"Reliability diagram: {figure}")
-
-    line = (f"{stamp} {opts.dataset} split={opts.split} {opts.model} {opts.method} "
-            f"{opts.n_shot}shot {opts.test_n_way}way checkpoint={path}: "
-            f"{opts.n_episode} Test Acc = {overall:.2f}% (std over {opts.repeat} repeats "
-            f"{spread:.2f}%; repeats {', '.join(f'{m:.2f}' for m in means)}); {pooled}")
-    record.update({"time": stamp, "dataset": opts.dataset, "split": opts.split,
-                   "model": opts.model, "method": opts.method, "n_shot": opts.n_shot,
-                   "n_way": opts.test_n_way, "checkpoint": str(path), "epoch": state["epoch"],
-                   "n_episode": opts.n_episode, "seeds": [e["seed"] for e in repeats],
-                   "repeats": repeats, "repeat_acc": means, "acc_mean": overall,
-                   "acc_std": spread, "config": opts.to_dict()})
-    io_utils.append_result(record_dir, line, record)
-    return 0
+    return distributed.run_in_world(opts, functools.partial(evaluation.test_checkpoint, opts,
+                                                            given))
 
 
 def main(argv=None) -> int:

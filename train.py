@@ -6,10 +6,12 @@ Option names and meanings follow the reference code, so its published commands r
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,10 +20,11 @@ import config
 import data
 import distributed
 import engine
+import evaluation
 import io_utils
 from data.episodes import TRAIN_QUERY
 from errors import UserError, run_cli
-from methods import METHODS, build_method
+from methods import METHODS, build_method, options_ignored_by
 
 
 def make_optimizer(opts, model):
@@ -31,16 +34,23 @@ def make_optimizer(opts, model):
 
 
 def make_scheduler(opts, optimizer, total_epochs: int):
-    """``multisteplr``: lr x 0.3 at each milestone (default: every quarter of the run)."""
+    """``multisteplr``: lr x 0.3 at each milestone (default: every quarter of the run);
+    ``cosine``: the reference's warm restarts with a period of the whole run."""
     if opts.lr_scheduler == "none":
         return None
+    if opts.lr_scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=total_epochs)
     milestones = opts.milestones or [total_epochs * q // 4 for q in (1, 2, 3)]
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.3)
 
 
 def total_epochs(opts) -> int:
-    """The reference multiplies ``--stop_epoch`` by n_task for the MAML family (SPEC 8)."""
+    """The reference multiplies ``--stop_epoch`` by n_task for the MAML family."""
     return opts.stop_epoch * opts.n_task
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def rng_state() -> dict:
@@ -57,9 +67,10 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class MetricsLog:
-    """One JSON line per epoch in ``metrics.jsonl``; on resume, lines of epochs the checkpoint
-    does not contain (written after it, before an interruption) are dropped."""
+class EpochLog:
+    """One JSON line per epoch (``metrics.jsonl``, ``delta_params.jsonl``); on resume, lines of
+    epochs the checkpoint does not contain (written after it, before an interruption) are
+    dropped."""
 
     def __init__(self, path, resume_after_epoch: int | None):
         self.path = path
@@ -76,15 +87,15 @@ class MetricsLog:
 
 
 def find_run(opts, last_path) -> dict | None:
-    """The saved state to resume (``--resume``), or None for a fresh run; refuses to start a
-    fresh run over an existing one."""
-    if not opts.resume:
-        if last_path.exists():
-            raise UserError(f"{last_path.parent} already holds a run; pass --resume to continue "
-                            "it, or --checkpoint_suffix NAME (or another --save_dir) to start "
-                            "another")
-        return None
-    return io_utils.load_checkpoint(last_path, opts.method)
+    """The saved state to resume (``--resume``), or None for a fresh run."""
+    return io_utils.load_checkpoint(last_path, opts.method) if opts.resume else None
+
+
+def refuse_to_overwrite(last_path) -> None:
+    """A fresh run never starts over an existing one."""
+    if last_path.exists():
+        raise UserError(f"{last_path.parent} already holds a run; pass --resume to continue it, "
+                        "or --checkpoint_suffix NAME (or another --save_dir) to start another")
 
 
 # Options a resumed run takes from where it runs now, not from the checkpoint.
@@ -97,21 +108,29 @@ def run(argv=None) -> int:
 
 
 def train(opts, given: set[str], device: torch.device, world: distributed.World) -> int:
+    if opts.evaluate_model:
+        return final_test(opts, given, device, world)
     folder = io_utils.checkpoint_dir(opts)
     last_path = folder / "last_model.tar"
     # Rank 0 reads the checkpoint and sends it: the other ranks need no shared file system.
     resume_state = world.from_main(lambda: find_run(opts, last_path))
     if resume_state is not None:
         saved = resume_state["config"]
-        config.adopt_saved(opts, saved, given, str(last_path),
-                          resume_state["former_names"])
+        config.adopt_saved(opts, saved, given, str(last_path), resume_state["former_names"],
+                           options_ignored_by(opts.method))
         # Every other option not given again (seed, schedule, evaluation settings) continues
         # as saved.
         for f in config.option_fields(("run", "train")):
             if f.name in saved and f.name not in given and f.name not in NOT_RESUMED:
                 setattr(opts, f.name, saved[f.name])
     opts = config.resolve(opts, "train")
+    config.note_ignored(opts, given, options_ignored_by(opts.method), world.say)
     METHODS[opts.method].check_options(opts)
+    if opts.hm_save_delta_params and not hasattr(METHODS[opts.method], "hypernet_update"):
+        raise UserError(f"--hm_save_delta_params records a hypernetwork's updates; "
+                        f"{opts.method} has no hypernetwork")
+    if resume_state is None:
+        world.from_main(lambda: refuse_to_overwrite(last_path))
     split_note = world.check_fits(opts.n_task, opts.n_episode)
     if world.is_main:
         io_utils.ensure_writable(folder)
@@ -146,22 +165,30 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
                   + (f" (saved by {saved_world} processes, continuing with {world.size}: "
                      "the same tasks and the same updates)" if saved_world != world.size
                      else ""))
+    elif opts.hm_load_feature_net:
+        saved_at = io_utils.load_feature_net(model.feature, Path(opts.hm_feature_net_path))
+        world.say(f"Backbone initialised from {opts.hm_feature_net_path} (epoch {saved_at})")
     world.broadcast_parameters(model)
-    metrics = None
+    metrics = deltas = None
     if world.is_main:
         io_utils.write_text(folder / "args.json", json.dumps(opts.to_dict(), indent=2) + "\n")
-        metrics = MetricsLog(folder / "metrics.jsonl",
-                             None if resume_state is None else resume_state["epoch"])
+        resumed_after = None if resume_state is None else resume_state["epoch"]
+        metrics = EpochLog(folder / "metrics.jsonl", resumed_after)
+        if opts.hm_save_delta_params:
+            deltas = EpochLog(folder / "delta_params.jsonl", resumed_after)
 
     updates = engine.updates_per_epoch(opts.n_episode, opts.n_task)
     processes = f"{world.size} processes, " if world.size > 1 else ""
     world.say(f"{opts.method} on {opts.dataset}, {opts.train_n_way}-way {opts.n_shot}-shot, "
               f"{processes}device {device}: --stop_epoch {opts.stop_epoch} x n_task "
-              f"{opts.n_task} = {epochs} epochs of {updates} meta-updates x {opts.n_task} tasks; "
-              f"inner loop {opts.task_update_num} step(s) of lr {opts.train_lr}; "
+              f"{opts.n_task} = {count(epochs, 'epoch')} of {count(updates, 'meta-update')} x "
+              f"{count(opts.n_task, 'task')}; inner loop {count(opts.task_update_num, 'step')} "
+              f"of lr {opts.train_lr}; "
               f"{model.engine} engine; checkpoints in {folder}", flush=True)
     if split_note:
         world.say(split_note)
+    for note in METHODS[opts.method].training_notes(opts, epochs):
+        world.say(note)
 
     for epoch in range(start_epoch, epochs):
         started = time.time()
@@ -202,10 +229,17 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
             io_utils.save_checkpoint(state, last_path)
             if epoch % opts.save_freq == 0 or epoch == epochs - 1:
                 io_utils.save_checkpoint(state, folder / f"{epoch}.tar")
+            if opts.maml_save_feature_network and "val_acc" in record:
+                if record.get("best"):
+                    io_utils.save_feature_net(model.feature, epoch, folder / "best_feature_net.tar")
+                io_utils.save_feature_net(model.feature, epoch, folder / "last_feature_net.tar")
             metrics.append(record)
+            if deltas is not None:
+                deltas.append(delta_record(model, train_sampler, epoch, opts.n_episode, schedule))
         val_text = (f", val {record['val_acc']:.2f}% +- {record['val_ci95']:.2f}%"
                     f" (best {best_acc:.2f}% at epoch {best_epoch})" if "val_acc" in record else "")
-        schedule_text = "".join(f", {k} {v}" for k, v in schedule.items())
+        schedule_text = "".join(f", {k} {v:.3g}" if isinstance(v, float) else f", {k} {v}"
+                                for k, v in schedule.items())
         world.say(f"epoch {epoch}: loss {record['train_loss']:.4f}, train acc "
                   f"{record['train_acc']:.2f}%{val_text}{schedule_text}, "
                   f"{record['seconds']:.1f}s", flush=True)
@@ -217,7 +251,29 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
             break
     world.say(f"Done. Best validation accuracy {best_acc:.2f}% at epoch {best_epoch}; "
               f"checkpoints in {folder}")
-    return 0
+    return final_test(opts, given, device, world) if opts.final_test else 0
+
+
+def delta_record(model, sampler, epoch: int, n_episode: int, schedule: dict) -> dict:
+    """``--hm_save_delta_params``: the hypernetwork's output, after the epoch's updates, for the
+    epoch's first training task (the reference kept the first task's update of each epoch)."""
+    first = epoch * n_episode
+    outputs = model.hypernet_update(sampler.episode(first))
+    return {"epoch": epoch, "episode": first, **schedule,
+            **{head: {name: value.tolist() for name, value in values.items()}
+               for head, values in outputs.items()}}
+
+
+def final_test(opts, given: set[str], device: torch.device, world: distributed.World) -> int:
+    """What the reference's train.py does once training ends: test best_model.tar on the novel
+    split, with test.py's report and record (here without its sweep over hn_val_epochs)."""
+    if opts.final_test <= 0:
+        raise UserError("--evaluate_model runs the final test alone, but --final_test 0 skips "
+                        "it: nothing to do")
+    world.say(f"Final test of the best model on the novel split, {opts.repeat} x "
+              f"{opts.final_test} episodes (--final_test 0 skips it):", flush=True)
+    test_opts = dataclasses.replace(opts, split="novel", save_iter=-1, n_episode=opts.final_test)
+    return evaluation.test_checkpoint(test_opts, given, device, world)
 
 
 def main(argv=None) -> int:

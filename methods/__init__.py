@@ -15,6 +15,13 @@ METHODS = {
 }
 
 
+def options_ignored_by(method: str) -> set[str]:
+    """Options that other methods read and ``method`` does not (e.g. --hn_hidden_size for
+    maml): given to it, they are noted and ignored, never compared with a checkpoint."""
+    every = set().union(*(m.own_options() for m in METHODS.values()))
+    return every - METHODS[method].own_options()
+
+
 def build_method(opts, device=None):
     """The method named by ``opts.method`` with a fresh backbone ``opts.model``, its task
     engine chosen for ``device``."""

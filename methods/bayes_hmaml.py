@@ -1,19 +1,19 @@
 """BayesHMAML: HyperMAML with a Gaussian over the classifier update (Borycki, Kubacki,
 Przewięźlikowski, Kuśmierczyk, Tabor, Spurek, "Hypernetwork approach to Bayesian MAML",
-arXiv 2210.02796). SPEC section 7.
+arXiv 2210.02796).
 
 The hypernetwork's trunk gets a second head, the log-variance of every classifier weight and
 bias. The task's classifier is N(mu, exp(logvar)) with mu = W - delta; predictions average the
 logits of ``hm_weight_set_num_train`` reparameterised samples in training and
 ``hm_weight_set_num_test`` at validation and test (0: the mean alone). The loss adds
-``kl_scale`` times KL(N(mu, exp(logvar)) || N(0, I)), summed over all classifier parameters,
-with kl_scale growing geometrically from ``--kl_scale`` to ``--kl_stop_val`` over the run.
+``hm_kl_w * kl_scale`` times KL(N(mu, exp(logvar)) || N(0, I)), summed over all classifier
+parameters, with kl_scale growing geometrically from ``--kl_scale`` to ``--kl_stop_val`` over the run.
 Only ``predict`` and ``penalty`` differ from HyperMAML; the warm-up mixes the mean exactly as
 HyperMAML mixes its update.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -27,11 +27,12 @@ class BayesSettings:
     hm_weight_set_num_test: int = 20
     kl_scale: float = 1e-24
     kl_stop_val: float = 1e-3
+    hm_kl_w: float = 1.0
 
     @classmethod
     def from_options(cls, opts) -> "BayesSettings":
         return cls(opts.hm_weight_set_num_train, opts.hm_weight_set_num_test, opts.kl_scale,
-                   opts.kl_stop_val)
+                   opts.kl_stop_val, opts.hm_kl_w)
 
     def check(self) -> None:
         if self.hm_weight_set_num_train < 1:
@@ -43,6 +44,8 @@ class BayesSettings:
         if not 0 < self.kl_scale <= self.kl_stop_val:
             raise UserError(f"--kl_stop_val {self.kl_stop_val} must be at least --kl_scale "
                             f"{self.kl_scale} (> 0): the KL weight grows from one to the other")
+        if self.hm_kl_w < 0:
+            raise UserError(f"--hm_kl_w must be >= 0, got {self.hm_kl_w}")
 
     def kl_weight(self, epoch: int | None, total_epochs: int | None) -> float:
         """kl_scale * (kl_stop_val / kl_scale) ** (epoch / total_epochs): kl_scale at the first
@@ -69,6 +72,10 @@ class BayesHMAML(HyperMAML):
         super().__init__(backbone, n_way, n_shot, inner_steps, inner_lr, settings)
         self.bayes = bayes
         self.total_epochs: int | None = None
+
+    @classmethod
+    def own_options(cls) -> set[str]:
+        return super().own_options() | {f.name for f in fields(BayesSettings)}
 
     @classmethod
     def check_options(cls, opts) -> None:
@@ -111,4 +118,5 @@ class BayesHMAML(HyperMAML):
             return penalty
         kl = sum(gaussian_kl_to_standard_normal(adapted.params[n], adapted.logvar[n])
                  for n in adapted.params)
-        return penalty + self.bayes.kl_weight(self.epoch, self.total_epochs) * kl
+        weight = self.bayes.hm_kl_w * self.bayes.kl_weight(self.epoch, self.total_epochs)
+        return penalty + weight * kl

@@ -1,6 +1,6 @@
 """HyperMAML: a hypernetwork writes the classifier's task update from the support set
 (Przewięźlikowski, Przybysz, Tabor, Zięba, Spurek, "HyperMAML: Few-Shot Adaptation of Deep
-Models with Hypernetworks", arXiv 2205.15745). SPEC section 6.
+Models with Hypernetworks", arXiv 2205.15745).
 
 The backbone is not adapted per task. The support embeddings (optionally enhanced with the
 universal classifier's softmax and the label) go through a hypernetwork that outputs an
@@ -12,8 +12,11 @@ classifier layer, so the update is equivariant to the order of the classes.
 A MAML warm-up eases training in: for ``hm_maml_warmup_epochs`` the classifier is adapted by
 plain gradient steps on the support embeddings (p = 1), then over
 ``hm_maml_warmup_switch_epochs`` each step mixes ``p * lr * grad + (1 - p) * delta`` with p
-falling linearly to 0, after which the hypernetwork alone adapts. Validation and test always
-use the hypernetwork (p = 0).
+falling linearly to 0, after which the hypernetwork alone adapts. With
+``hm_maml_update_feature_net`` those gradient steps adapt the backbone too (weighted by p),
+so the query features come from the task's adapted backbone. Test always uses the
+hypernetwork (p = 0); validation too, unless ``hm_validate_with_warmup`` asks for the
+training epoch's update, as the reference validates.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from torch import nn
 from data.episodes import Episode
 from errors import UserError
 from methods.maml import MAML, gradient_steps
-from methods.meta_template import Params, TaskResult, task_result
+from methods.meta_template import MetaTemplate, Params, TaskResult, task_result
 
 UPDATE_OPERATORS = ("minus", "plus", "multiply")
 
@@ -53,6 +56,8 @@ class HyperSettings:
     hm_maml_warmup: bool = False
     hm_maml_warmup_epochs: int = 100
     hm_maml_warmup_switch_epochs: int = 1000
+    hm_maml_update_feature_net: bool = False
+    hm_validate_with_warmup: bool = False
     hm_set_forward_with_adaptation: bool = False
     hn_val_epochs: int = 0
     hn_val_lr: float = 1e-4
@@ -80,16 +85,23 @@ class HyperSettings:
             raise UserError("--hm_maml_warmup mixes gradient steps with the update W - delta, "
                             f"so it needs --hm_update_operator minus, not "
                             f"{self.hm_update_operator}")
+        if self.hm_maml_update_feature_net and not self.hm_maml_warmup:
+            raise UserError("--hm_maml_update_feature_net adapts the backbone in the warm-up's "
+                            "gradient steps: it needs --hm_maml_warmup")
+        if self.hm_maml_update_feature_net and self.hm_detach_feature_net:
+            raise UserError("--hm_maml_update_feature_net adapts the backbone that "
+                            "--hm_detach_feature_net keeps out of training: choose one")
         if self.hm_maml_warmup_epochs < 0 or self.hm_maml_warmup_switch_epochs < 0:
             raise UserError("--hm_maml_warmup_epochs and --hm_maml_warmup_switch_epochs must "
                             "be >= 0")
         if self.hm_lambda < 0:
             raise UserError(f"--hm_lambda must be >= 0, got {self.hm_lambda}")
         if self.hn_val_epochs < 0 or self.hn_val_lr <= 0:
-            raise UserError("--hn_val_epochs must be >= 0 and --hn_val_lr positive")
+            raise UserError("--hn_val_epochs must be >= 0 (-1 only with test.py --adaptation, "
+                            "for 100) and --hn_val_lr positive")
 
     def warmup_p(self, epoch: int | None) -> float:
-        """Weight of the gradient step in the update (SPEC 6.6); 0 outside training."""
+        """Weight p of the gradient step in the warm-up's update; 0 outside training."""
         if epoch is None or not self.hm_maml_warmup:
             return 0.0
         warm, switch = self.hm_maml_warmup_epochs, self.hm_maml_warmup_switch_epochs
@@ -109,7 +121,7 @@ class HyperSettings:
 
 class HyperNetwork(nn.Module):
     """A trunk of ``n_layers - 1`` linear layers with ReLU, then one linear output head per
-    name in ``heads``: with the single head "delta" it is the plain MLP of SPEC 6.4,
+    name in ``heads``: with the single head "delta" it is the reference's plain MLP,
     in -> hidden -> ... -> out; BayesHMAML adds a "logvar" head on the same trunk."""
 
     def __init__(self, width_in: int, hidden: int, width_out: int, n_layers: int,
@@ -130,10 +142,12 @@ class HyperNetwork(nn.Module):
 @dataclass
 class AdaptedClassifier:
     """A task's classifier: its parameters (for BayesHMAML the mean), the hypernetwork's
-    update (empty while the warm-up is pure MAML) and, for BayesHMAML, the log-variance."""
+    update (empty while the warm-up is pure MAML), for BayesHMAML the log-variance, and the
+    task's backbone weights where the warm-up adapts the backbone (else None: universal)."""
     params: Params
     deltas: Params
     logvar: Params | None = None
+    backbone: Params | None = None
 
 
 class HyperMAML(MAML):
@@ -154,6 +168,46 @@ class HyperMAML(MAML):
     @classmethod
     def check_options(cls, opts) -> None:
         HyperSettings.from_options(opts).check(opts.train_n_way)
+
+    @classmethod
+    def own_options(cls) -> set[str]:
+        # The warm-up's gradient steps read the inner-loop options; the classifier is never
+        # adapted alone by MAML here, so maml_adapt_classifier is not one of them.
+        return {"task_update_num", "train_lr"} | {f.name for f in fields(HyperSettings)}
+
+    @classmethod
+    def training_notes(cls, opts, total_epochs: int) -> list[str]:
+        s = HyperSettings.from_options(opts)
+        if not s.hm_maml_warmup:
+            return ["note: no --hm_maml_warmup: the untrained hypernetwork's first updates are "
+                    "larger than the classifier's weights (about 4x without class-batch input, "
+                    "measured on cross_char; the reference initialises it the same way), so "
+                    "the loss starts well above chance; the published commands start with the "
+                    "warm-up and use class-batch input and enhanced embeddings"]
+        warm, switch = s.hm_maml_warmup_epochs, s.hm_maml_warmup_switch_epochs
+        notes = []
+        if not s.hm_validate_with_warmup and warm > 0:
+            notes.append(f"note: validation uses the hypernetwork alone (as the test does), "
+                         f"which the pure warm-up (epochs 0-{warm - 1}) does not train: expect "
+                         f"near-chance validation until the switch (epochs {warm}-"
+                         f"{warm + switch - 1}) is under way; --hm_validate_with_warmup "
+                         "validates with the training update, as the reference")
+        if total_epochs <= warm:
+            notes.append(f"note: all {total_epochs} epochs are in the pure warm-up "
+                         f"(--hm_maml_warmup_epochs {warm}): the hypernetwork, which the test "
+                         "uses, is never trained")
+        elif total_epochs < warm + switch:
+            p = s.warmup_p(total_epochs - 1)
+            notes.append(f"note: the run ends inside the switch (p = {p:.2f} at its last epoch, "
+                         f"0 only from epoch {warm + switch}): the test uses the hypernetwork "
+                         "alone")
+        return notes
+
+    @classmethod
+    def adapt_more_at_test(cls, opts, steps: int) -> None:
+        """``--adaptation``: the hypernetwork methods fine-tune a copy on the support set for
+        ``steps`` optimiser steps (their inner loop is the hypernetwork, not gradient steps)."""
+        opts.hm_set_forward_with_adaptation, opts.hn_val_epochs = True, steps
 
     @classmethod
     def from_options(cls, opts, backbone) -> "HyperMAML":
@@ -232,11 +286,26 @@ class HyperMAML(MAML):
             state["alpha"] = self.settings.alpha(self.epoch)
         return state
 
+    def warmup_p(self, training: bool) -> float:
+        """p of this update: the epoch's in training (and in validation with
+        hm_validate_with_warmup), 0 otherwise; the epoch is None outside training."""
+        if training or self.settings.hm_validate_with_warmup:
+            return self.settings.warmup_p(self.epoch)
+        return 0.0
+
+    def adapts_backbone(self, training: bool) -> bool:
+        """Whether this update's gradient steps adapt the backbone (hm_maml_update_feature_net
+        during the warm-up and switch)."""
+        return self.settings.hm_maml_update_feature_net and self.warmup_p(training) > 0
+
     def adapted_classifier(self, universal: Params, support_features: torch.Tensor,
-                           support_y: torch.Tensor, training: bool) -> AdaptedClassifier:
+                           support_y: torch.Tensor, training: bool,
+                           support_x: torch.Tensor | None = None) -> AdaptedClassifier:
+        """The task's adapted classifier. ``support_x`` is needed where the warm-up adapts the
+        backbone (:meth:`adapts_backbone`): its features are recomputed at every step."""
         s = self.settings
         classifier = {n: v for n, v in universal.items() if n.startswith("classifier.")}
-        p = s.warmup_p(self.epoch) if training else 0.0
+        p = self.warmup_p(training)
         if p == 1:
             outputs = {}
             deltas: Params = {}
@@ -247,15 +316,28 @@ class HyperMAML(MAML):
             deltas = {n: alpha * d for n, d in outputs["delta"].items()}
         if p == 0:
             adapted = {n: _apply(s.hm_update_operator, w, deltas[n]) for n, w in classifier.items()}
+            return AdaptedClassifier(adapted, deltas, outputs.get("logvar"))
+        # MAML warm-up, gradient at the current fast weights: on the fixed support embeddings,
+        # or (hm_maml_update_feature_net) on the backbone too, its features recomputed.
+        start = dict(classifier)
+        if self.adapts_backbone(training):
+            start.update((n, v) for n, v in universal.items() if n.startswith("feature."))
+            support_loss = lambda fast: F.cross_entropy(self(support_x, fast), support_y)
         else:
-            # MAML warm-up on the fixed support embeddings, gradient at the current fast weights.
             support_loss = lambda fast: F.cross_entropy(self.classify(support_features, fast),
                                                         support_y)
-            mixed = {n: (1 - p) * d for n, d in deltas.items()} if deltas else None
-            adapted = gradient_steps(support_loss, classifier, list(classifier),
-                                     self.inner_steps, self.inner_lr, create_graph=training,
-                                     grad_weight=p, constant=mixed)
-        return AdaptedClassifier(adapted, deltas, outputs.get("logvar"))
+        if not training:  # validation with the warm-up's update: no graph to the weights
+            start = {n: v.detach().requires_grad_() for n, v in start.items()}
+        mixed = {n: (1 - p) * d for n, d in deltas.items()} if deltas else None
+        with torch.enable_grad():
+            fast = gradient_steps(support_loss, start, list(start), self.inner_steps,
+                                  self.inner_lr, create_graph=training, grad_weight=p,
+                                  constant=mixed)
+        if not training:
+            fast = {n: v.detach() for n, v in fast.items()}
+        backbone = {n: v for n, v in fast.items() if n.startswith("feature.")} or None
+        return AdaptedClassifier({n: fast[n] for n in classifier}, deltas, outputs.get("logvar"),
+                                 backbone)
 
     def predict(self, features: torch.Tensor, adapted: AdaptedClassifier, training: bool,
                 noise: torch.Generator) -> torch.Tensor:
@@ -272,17 +354,27 @@ class HyperMAML(MAML):
     def task_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         universal = self.universal_params()
         with torch.set_grad_enabled(training):
+            # Where the warm-up adapts the backbone, the query features come from the task's
+            # adapted backbone, computed in loss_from_features.
+            query_features = (None if self.adapts_backbone(training)
+                              else self.features(episode.query_x, universal))
             return self.loss_from_features(episode, self.features(episode.support_x, universal),
-                                           self.features(episode.query_x, universal),
-                                           universal, training)
+                                           query_features, universal, training)
+
+    def batched_engine_applies(self, training: bool) -> bool:
+        """The batched engine shares backbone calls across tasks; not where each task adapts
+        its own backbone, nor with test-time fine-tuning (each task tunes its own copy)."""
+        s = self.settings
+        return (self.engine == "batched" and not self.adapts_backbone(training)
+                and (training or not (s.hm_set_forward_with_adaptation and s.hn_val_epochs)))
 
     def accumulate_meta_gradient(self, episodes: Iterable[Episode]) -> list[TaskResult]:
         """The batched engine: the backbone is not adapted per task, so the support sets of
         all tasks go through it in one call, and the query sets in another, each set with its
         own BatchNorm statistics; the cheap per-task classifier work then runs as in the loop.
         Same losses and gradients as the loop (tested in float64)."""
-        if self.engine != "batched":
-            return super().accumulate_meta_gradient(episodes)
+        if not self.batched_engine_applies(training=True):
+            return MetaTemplate.accumulate_meta_gradient(self, episodes)
         episodes = list(episodes)
         universal = self.universal_params()
         total, results = 0.0, []
@@ -294,9 +386,8 @@ class HyperMAML(MAML):
         return results
 
     def evaluate_batch(self, episodes: list[Episode]) -> list[TaskResult]:
-        s = self.settings
-        if self.engine != "batched" or (s.hm_set_forward_with_adaptation and s.hn_val_epochs):
-            return super().evaluate_batch(episodes)
+        if not self.batched_engine_applies(training=False):
+            return MetaTemplate.evaluate_batch(self, episodes)
         universal = self.universal_params()
         with torch.no_grad():
             return [task_result(*self.loss_from_features(e, s_f, q_f, universal, False),
@@ -312,14 +403,19 @@ class HyperMAML(MAML):
         return zip(episodes, support.chunk(n_tasks), query.chunk(n_tasks))
 
     def loss_from_features(self, episode: Episode, support_features: torch.Tensor,
-                           query_features: torch.Tensor, universal: Params,
+                           query_features: torch.Tensor | None, universal: Params,
                            training: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """The task's loss and query logits, given its support and query features."""
+        """The task's loss and query logits, given its support features and its query
+        features (None: from the task's adapted backbone)."""
         s = self.settings
         if s.hm_detach_feature_net:
-            support_features, query_features = support_features.detach(), query_features.detach()
+            support_features = support_features.detach()
         adapted = self.adapted_classifier(universal, support_features, episode.support_y,
-                                          training)
+                                          training, episode.support_x)
+        if query_features is None:
+            query_features = self.features(episode.query_x, adapted.backbone)
+        if s.hm_detach_feature_net:
+            query_features = query_features.detach()
         noise = torch.Generator(query_features.device).manual_seed(episode.seed)
         logits = self.predict(query_features, adapted, training, noise)
         if training and s.hm_support_set_loss:
@@ -329,6 +425,15 @@ class HyperMAML(MAML):
             loss = F.cross_entropy(logits, episode.query_y)
         loss = loss + self.penalty(adapted)
         return loss, logits
+
+    def hypernet_update(self, episode: Episode) -> dict[str, Params]:
+        """The hypernetwork's raw output for ``episode`` at the current weights, per head
+        ("delta", and "logvar" for BayesHMAML), for analysis (``--hm_save_delta_params``)."""
+        universal = self.universal_params()
+        with torch.no_grad():
+            support_features = self.features(episode.support_x, universal)
+            return self.hypernet_outputs(
+                self.hypernet_input(support_features, episode.support_y, universal))
 
     def evaluate(self, episode: Episode) -> TaskResult:
         """Optionally fine-tune a copy on the support set first (hm_set_forward_with_adaptation)."""

@@ -27,6 +27,15 @@ class MAML(MetaTemplate):
         self.adapt_classifier_only = adapt_classifier_only
 
     @classmethod
+    def own_options(cls) -> set[str]:
+        return {"task_update_num", "train_lr", "maml_adapt_classifier"}
+
+    @classmethod
+    def adapt_more_at_test(cls, opts, steps: int) -> None:
+        """``--adaptation``: ``steps`` inner steps at test time (the reference's rule)."""
+        opts.task_update_num = steps
+
+    @classmethod
     def from_options(cls, opts, backbone) -> "MAML":
         return cls(backbone, opts.train_n_way, inner_steps=opts.task_update_num,
                    inner_lr=opts.train_lr, adapt_classifier_only=opts.maml_adapt_classifier)
@@ -133,7 +142,8 @@ def gradient_steps(loss_of: Callable[[Params], torch.Tensor], params: Params, na
                    steps: int, lr: float, create_graph: bool, grad_weight: float = 1.0,
                    constant: Params | None = None) -> Params:
     """The inner loop: ``steps`` times, ``fast[n] -= grad_weight * lr * d loss_of(fast) / d fast[n]``
-    (``+ constant[n]``) for each name ``n`` in ``names``; the other entries stay as they are.
+    (``+ constant[n]`` where ``constant`` has ``n``) for each name ``n`` in ``names``; the other
+    entries stay as they are.
 
     MAML uses the plain gradient step; HyperMAML's warm-up mixes it with the hypernetwork's
     update through ``grad_weight`` and ``constant``. Always returns new dicts.
@@ -144,7 +154,7 @@ def gradient_steps(loss_of: Callable[[Params], torch.Tensor], params: Params, na
         params = dict(params)
         for name, grad in zip(names, grads):
             update = grad_weight * lr * grad
-            if constant is not None:
+            if constant is not None and name in constant:
                 update = update + constant[name]
             params[name] = params[name] - update
     return params

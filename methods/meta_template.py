@@ -92,6 +92,17 @@ class MetaTemplate(nn.Module):
     supports_batched_engine = False
 
     @classmethod
+    def own_options(cls) -> set[str]:
+        """The options of the method family that this method reads (the other methods'
+        options are ignored by it)."""
+        return set()
+
+    @classmethod
+    def training_notes(cls, opts, total_epochs: int) -> list[str]:
+        """Things a user starting this training should know (printed at the start)."""
+        return []
+
+    @classmethod
     def check_options(cls, opts) -> None:
         """Refuse option combinations this method cannot run, before any work starts."""
 

@@ -107,6 +107,22 @@ def test_loss_adds_the_scheduled_kl():
     assert model.hypernet.heads["logvar"].weight.grad.abs().sum() > 0
 
 
+def test_hm_kl_w_multiplies_the_kl_term():
+    ep = replace(episode(4), seed=6)
+    losses, kls = {}, {}
+    for kl_w in (1.0, 3.0):
+        model = bayes(train_samples=1)
+        model.bayes = replace(model.bayes, hm_kl_w=kl_w)
+        model.set_epoch(3, 10)
+        losses[kl_w] = model.task_loss(ep, training=True)[0]
+        adapted, _ = adapted_and_features(model, ep, training=True)
+        kls[kl_w] = sum(gaussian_kl_to_standard_normal(adapted.params[n], adapted.logvar[n])
+                        for n in adapted.params)
+    weight = bayes().bayes.kl_weight(3, 10)
+    torch.testing.assert_close(kls[1.0], kls[3.0])
+    torch.testing.assert_close(losses[3.0] - losses[1.0], 2.0 * weight * kls[1.0])
+
+
 def test_kl_schedule_grows_geometrically_to_the_stop_value():
     s = BayesSettings(kl_scale=1e-24, kl_stop_val=1e-3)
     total = 2048

@@ -40,7 +40,8 @@ def options(method: str, data_dir: Path, save_dir: Path) -> list[str]:
     n_task, extra = RUNS[method]
     return ["--dataset", "cross_char", "--method", method, "--n_shot", "1", "--seed", "7",
             "--n_task", str(n_task), "--n_episode", str(2 * n_task), "--stop_epoch", "2",
-            "--save_freq", "1", "--data_dir", str(data_dir), "--save_dir", str(save_dir),
+            "--save_freq", "1", "--final_test", "0", "--data_dir", str(data_dir),
+            "--save_dir", str(save_dir),
             *extra]
 
 

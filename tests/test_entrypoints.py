@@ -28,8 +28,9 @@ def load_entry(name: str):
 
 
 TRAIN, TEST = load_entry("train"), load_entry("test")
-TINY = ["--dataset", "cross_char", "--method", "maml", "--n_shot", "1", "--n_task", "2",
-        "--n_episode", "4", "--stop_epoch", "1"]
+# --final_test 0: the tests that train check the final test where they mean to.
+TINY = ["--dataset", "cross_char", "--method", "maml", "--n_shot", "1", "--final_test", "0",
+        "--n_task", "2", "--n_episode", "4", "--stop_epoch", "1"]
 
 
 def run(entry, argv, capsys) -> tuple[int, str, str]:
@@ -58,7 +59,7 @@ def run_folder(save_dir: Path, method="maml", way=5, shot=1) -> Path:
     return save_dir / "checkpoints" / "cross_char" / f"Conv4_{method}_{way}way_{shot}shot"
 
 
-# The published HyperMAML cross_char options (SPEC section 8), with a short warm-up.
+# The published HyperMAML cross_char options (the reference's commands.sh), with a short warm-up.
 HYPERMAML_PUBLISHED = ["--hm_maml_warmup", "--hn_head_len", "3", "--hn_hidden_size", "512",
                        "--hm_enhance_embeddings", "True", "--hm_use_class_batch_input"]
 
@@ -78,7 +79,8 @@ def test_short_cross_char_run_beats_chance_on_emnist_novel(method, extra, data_d
     """A ~1 minute run on Omniglot (no Latin) generalises to EMNIST novel classes."""
     common = ["--dataset", "cross_char", "--method", method, "--n_shot", "1",
               "--data_dir", data_dir, "--save_dir", tmp_path / "save"]
-    code, out, _ = run(TRAIN, common + extra + ["--n_task", "4", "--n_episode", "40",
+    code, out, _ = run(TRAIN, common + extra + ["--final_test", "0", "--n_task", "4",
+                                                "--n_episode", "40",
                                                 "--stop_epoch", "3", "--eval_freq", "3"], capsys)
     assert code == 0, out
     assert "--stop_epoch 3 x n_task 4 = 12 epochs" in out
@@ -343,7 +345,7 @@ BAYES_PUBLISHED = ["--kl_scale", "1e-24", "--kl_stop_val", "0.001",
 @pytest.mark.parametrize("shot_options", [["--n_shot", "1"],
                                           ["--n_shot", "5", "--hn_sup_aggregation", "mean"]])
 def test_published_hypermaml_commands_parse_unchanged(method, extra, shot_options):
-    """SPEC section 8's cross_char commands: 2,048 epochs, the warm-up and milestones in them."""
+    """The published cross_char commands: 2,048 epochs, the warm-up and milestones in them."""
     import config
     from methods import METHODS, build_method
     argv = ["--dataset", "cross_char", "--model", "Conv4", "--method", method, *extra,
@@ -390,8 +392,8 @@ def test_test_options_must_match_the_checkpoint(data_dir, tmp_path, capsys):
     common = ["--dataset", "cross_char", "--method", "hyper_maml", "--n_shot", "1",
               "--data_dir", data_dir, "--save_dir", save]
     code, out, _ = run(TRAIN, common + ["--n_task", "2", "--n_episode", "2", "--stop_epoch", "1",
-                                        "--hm_use_class_batch_input", "--hn_hidden_size", "32"],
-                       capsys)
+                                        "--hm_use_class_batch_input", "--hn_hidden_size", "32",
+                                        "--final_test", "0"], capsys)
     assert code == 0, out
     code, _, err = run(TEST, common + ["--hn_hidden_size", "64"], capsys)
     assert_one_line_error(code, err, "--hn_hidden_size 64 does not match 32")

@@ -239,6 +239,9 @@ def test_test_time_fine_tuning_changes_only_a_copy():
     (dict(hn_adaptation_strategy="increasing_alpha", hn_alpha_step=-0.1), "hn_alpha_step"),
     (dict(hm_maml_warmup=True, hm_update_operator="multiply"), "minus"),
     (dict(hm_lambda=-1.0), "hm_lambda"),
+    (dict(hm_maml_update_feature_net=True), "needs --hm_maml_warmup"),
+    (dict(hm_maml_warmup=True, hm_maml_update_feature_net=True, hm_detach_feature_net=True),
+     "choose one"),
 ])
 def test_impossible_combinations_are_refused(settings, message):
     with pytest.raises(UserError, match=message):
@@ -336,3 +339,91 @@ def test_memory_format_choice():
         "contiguous"
     assert choose_memory_format(Namespace(memory_format="channels_last", method="maml"), cuda) \
         == "channels_last"
+
+
+def backbone_grads(model: HyperMAML, ep: Episode, epoch: int) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model.set_epoch(epoch)
+    model.accumulate_meta_gradient([ep])
+    return {n: p.grad.clone() for n, p in model.named_parameters() if n.startswith("feature.")}
+
+
+def test_update_feature_net_adapts_the_backbone_only_while_p_is_positive():
+    """--hm_maml_update_feature_net: the warm-up's gradient steps also move the backbone by
+    p * lr * grad, the query features come from that adapted backbone, and the meta-gradient
+    of the backbone changes; once p = 0 nothing differs."""
+    schedule = dict(inner_steps=1, hm_maml_warmup=True, hm_maml_warmup_epochs=2,
+                    hm_maml_warmup_switch_epochs=3, hm_enhance_embeddings=True)
+    adapting, fixed = hypermaml(**schedule, hm_maml_update_feature_net=True), hypermaml(**schedule)
+    ep = episode(4)
+    for epoch in (0, 3):  # p = 1, then p = 0.5
+        with_flag, without = backbone_grads(adapting, ep, epoch), backbone_grads(fixed, ep, epoch)
+        assert any(not torch.allclose(with_flag[n], without[n]) for n in with_flag), epoch
+    with_flag, without = backbone_grads(adapting, ep, 9), backbone_grads(fixed, ep, 9)
+    for name in with_flag:
+        assert torch.equal(with_flag[name], without[name]), name
+
+    # The adapted backbone, by hand: one step of p * lr on the support loss.
+    adapting.set_epoch(3)
+    p = adapting.settings.warmup_p(3)
+    universal = adapting.universal_params()
+    support = adapting.features(ep.support_x, universal)
+    result = adapting.adapted_classifier(universal, support, ep.support_y, True, ep.support_x)
+    weights = {n: v for n, v in universal.items() if n.startswith(("feature.", "classifier."))}
+    loss = F.cross_entropy(adapting(ep.support_x, weights), ep.support_y)
+    grads = dict(zip(weights, torch.autograd.grad(loss, list(weights.values()))))
+    assert set(result.backbone) == {n for n in weights if n.startswith("feature.")}
+    for name, value in result.backbone.items():
+        torch.testing.assert_close(value, universal[name] - p * 0.3 * grads[name])
+    for name, value in result.params.items():
+        torch.testing.assert_close(value, universal[name] - p * 0.3 * grads[name]
+                                   - (1 - p) * result.deltas[name])
+    query = adapting.classify(adapting.features(ep.query_x, result.backbone), result.params)
+    torch.testing.assert_close(adapting.task_loss(ep, training=True)[1], query)
+
+
+def test_update_feature_net_falls_back_to_the_loop_in_the_batched_engine():
+    episodes = [episode(s) for s in range(3)]
+    grads = {}
+    for engine in ("loop", "batched"):
+        model = hypermaml(inner_steps=1, hm_maml_warmup=True, hm_maml_warmup_epochs=2,
+                          hm_maml_warmup_switch_epochs=3, hm_maml_update_feature_net=True)
+        model.engine = engine
+        model.set_epoch(3)
+        model.accumulate_meta_gradient(episodes)
+        grads[engine] = {n: p.grad for n, p in model.named_parameters()}
+    for name, grad in grads["loop"].items():
+        torch.testing.assert_close(grads["batched"][name], grad, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("validate_with_warmup", [False, True])
+def test_validation_update_during_the_warmup(validate_with_warmup):
+    """Validation uses the hypernetwork alone (p = 0), or with hm_validate_with_warmup the
+    training epoch's p-mixed update, as the reference; a test (no epoch) is always p = 0."""
+    model = hypermaml(inner_steps=1, hm_maml_warmup=True, hm_maml_warmup_epochs=2,
+                      hm_maml_warmup_switch_epochs=3, hm_enhance_embeddings=True,
+                      hm_validate_with_warmup=validate_with_warmup)
+    ep = episode(5)
+    model.set_epoch(None)
+    at_test = model.evaluate(ep).logits
+    model.set_epoch(3)
+    validated = model.evaluate(ep).logits
+    as_trained = model.task_loss(ep, training=True)[1].detach().float()
+    if validate_with_warmup:
+        torch.testing.assert_close(validated, as_trained)
+        assert not torch.allclose(validated, at_test)
+    else:
+        torch.testing.assert_close(validated, at_test)
+        assert not torch.allclose(validated, as_trained)
+
+
+def test_hypernet_update_is_the_hypernetwork_output():
+    model = hypermaml(hm_enhance_embeddings=True)
+    ep = episode(6)
+    universal = model.universal_params()
+    support = model.features(ep.support_x, universal)
+    result = model.adapted_classifier(universal, support, ep.support_y, training=False)
+    update = model.hypernet_update(ep)
+    assert set(update) == {"delta"}
+    for name, delta in update["delta"].items():
+        torch.testing.assert_close(delta, result.deltas[name])
