@@ -3,17 +3,30 @@
 # MAML and HyperMAML, plus smoke runs. Usage: bash commands.sh EXPERIMENT [extra options...]
 # e.g. `bash commands.sh smoke`, `bash commands.sh maml_cross_char_1shot --device cuda`,
 # `bash commands.sh bayes_hmaml_cross_char_5shot` (the list is in the case below).
-# Extra options go to both train.py and test.py (each accepts the other's options and
-# ignores them, so one command line serves both, as in the reference).
+# Extra options go to train.py (and to test.py in the smoke runs; each accepts the other's
+# options, so one command line serves both, as in the reference).
 # The full schedules are long: MAML's --stop_epoch 600 (1-shot) / 400 (5-shot) times n_task 32
 # are 19,200 / 12,800 epochs of 100 episodes; HyperMAML's --stop_epoch 64 is 2,048 epochs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-experiment=${1:?usage: bash commands.sh EXPERIMENT [options]; see the case list in this file}
+usage() {
+  cat >&2 <<'EOF'
+usage: bash commands.sh EXPERIMENT [extra options for train.py and test.py]
+experiments:
+  smoke, smoke_hyper_maml, smoke_bayes_hmaml   short runs that check everything works
+  METHOD_DATASET_1shot, METHOD_DATASET_5shot   the published experiments, with
+      METHOD  maml, maml_approx, hyper_maml or bayes_hmaml
+      DATASET cross_char (Omniglot -> EMNIST) or omniglot (Vinyals splits)
+  e.g. bash commands.sh hyper_maml_cross_char_1shot --device cuda
+EOF
+  exit 2
+}
+[[ $# -ge 1 ]] || usage
+experiment=$1
 shift
 
-# The published HyperMAML options (SPEC section 8).
+# The published HyperMAML options (the reference's commands.sh).
 hyper_maml=(--stop_epoch 64 --lr 1e-2 --lr_scheduler multisteplr --milestones 51 550
             --hm_maml_warmup --hm_maml_warmup_epochs 50 --hm_maml_warmup_switch_epochs 500
             --hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True
@@ -29,15 +42,16 @@ smoke_hypernet=(--hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings Tru
                 --hm_maml_warmup_switch_epochs 4)
 user_options=("$@")
 
+# train.py ends with test.py's test of the best model (5 x 600 novel episodes), as the
+# reference's train.py does; rerun it with `python test.py` and the same options.
 train_and_test() {
   python train.py "$@"
-  python test.py "$@"
 }
 
 # 12 short epochs of 40 tasks on cross_char, then 100 test episodes with a reliability diagram.
 smoke() {
   local common=(--dataset cross_char --n_shot 1 --n_task 4 --checkpoint_suffix smoke "$@")
-  python train.py "${common[@]}" --n_episode 40 --stop_epoch 3 --eval_freq 3 \
+  python train.py "${common[@]}" --n_episode 40 --stop_epoch 3 --eval_freq 3 --final_test 0 \
     ${user_options[@]+"${user_options[@]}"}
   python test.py "${common[@]}" --n_episode 100 --repeat 1 --plot \
     ${user_options[@]+"${user_options[@]}"}
@@ -71,5 +85,5 @@ case "$experiment" in
     train_and_test "${options[@]}" "$@" ;;
   *)
     echo "unknown experiment: $experiment" >&2
-    exit 2 ;;
+    usage ;;
 esac

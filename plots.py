@@ -39,10 +39,16 @@ def reliability_diagram(panels: dict[str, ReliabilityBins], path: Path, title: s
         centres = [e + width / 2 for e in bins.edges[:-1]]
         shown = [a if n else 0 for a, n in zip(bins.accuracy, bins.counts)]
         top.bar(centres, shown, width=width, edgecolor="black", label="accuracy")
-        gaps = [(min(a, c), abs(c - a)) if n else (0, 0)
-                for a, c, n in zip(bins.accuracy, bins.confidence, bins.counts)]
-        top.bar(centres, [h for _, h in gaps], bottom=[b for b, _ in gaps], width=width,
-                color="red", alpha=0.3, label="gap to mean confidence")
+        # The gap to the bin's mean confidence: above the bar where the model is over-confident
+        # (filled), inside it where it is under-confident (hatched, so no mixed colour appears).
+        for over, style in ((True, dict(color="red", alpha=0.3,
+                                        label="gap: confidence above accuracy")),
+                            (False, dict(fill=False, hatch="///", edgecolor="red",
+                                         label="gap: accuracy above confidence"))):
+            gaps = [(min(a, c), abs(c - a)) if n and (c > a) == over else (0, 0)
+                    for a, c, n in zip(bins.accuracy, bins.confidence, bins.counts)]
+            top.bar(centres, [h for _, h in gaps], bottom=[b for b, _ in gaps], width=width,
+                    **style)
         top.plot([0, 1], [0, 1], "k--", linewidth=1)
         top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=name)
         top.legend(loc="upper left")

@@ -1,4 +1,4 @@
-"""Conv4, the four-block convolutional backbone of the few-shot literature (SPEC section 4).
+"""Conv4, the four-block convolutional backbone of the few-shot literature.
 
 Each block is conv 3x3 (64 channels, padding 1) -> BatchNorm -> ReLU -> max-pool 2x2; a 28x28
 image becomes 64 x 1 x 1, flattened to a 64-d feature.

@@ -28,7 +28,8 @@ def prepared_data_dir(opts) -> Path:
         if opts.no_download:
             where = f" --data_dir {data_dir}" if opts.data_dir else ""
             raise UserError(f"dataset {name} is not prepared in {data_dir}: run "
-                            f"bash filelists/{name}/download_{name}.sh [--source DIR]{where}")
+                            f"bash filelists/{name}/download_{name}.sh [--source DIR]{where}, "
+                            "or drop --no_download (with --data_source DIR offline)")
         origin = f"from {Path(source) / name}" if source else "by downloading the public files"
         print(f"Dataset {name} is not prepared in {data_dir}: preparing it {origin} ...",
               flush=True)

@@ -1,7 +1,7 @@
 """Episodes (few-shot tasks) as a pure function of (seed, split, episode index).
 
 An episode draws ``n_way`` classes of the split uniformly without replacement, then
-``n_support + n_query`` images of each class without replacement (SPEC section 3). The draw
+``n_support + n_query`` images of each class without replacement (the reference's protocol). The draw
 uses its own generator seeded with (seed, split, index), so an episode never depends on which
 episodes were drawn before it: a resumed run, a validation pass or another process sees the
 same tasks. The images are gathered from the split's tensor on the target device and

@@ -227,19 +227,26 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
+# How to point each entry point at an offline copy of the raw files (a folder laid out like
+# ../shared/data, holding omniglot/ and emnist/).
+_OFFLINE_HINT = ("use an offline copy of the raw files laid out like ../shared/data: "
+                 "train.py/test.py --data_source DIR (or FSL_DATA_SOURCE=DIR), or bash "
+                 "filelists/NAME/download_NAME.sh --source DIR/NAME")
+
+
 def _fetch_raw_files(name: str, source: Path | None, download_dir: Path) -> Path:
     """A folder holding the raw files of `name`: `source` after checking it, or a download."""
     if source is not None:
         source = Path(source).expanduser()
         if not source.is_dir():
             raise UserError(
-                f"--source {source} is not a folder; give the folder that holds "
+                f"the offline copy {source} is not a folder; give the folder that holds "
                 f"{', '.join(RAW_FILES[name])}."
             )
         for relative in RAW_FILES[name]:
             if not (source / relative).is_file():
                 raise UserError(
-                    f"--source {source} lacks {relative}; it must hold "
+                    f"the offline copy {source} lacks {relative}; it must hold "
                     f"{', '.join(RAW_FILES[name])} (laid out like ../shared/data/{name})."
                 )
         print(f"{name}: reading the raw files from {source}", flush=True)
@@ -267,14 +274,12 @@ def _download(url: str, destination: Path, name: str) -> None:
     except _NETWORK_ERRORS as error:
         reason = getattr(error, "reason", error)
         raise UserError(
-            f"downloading {url} failed ({reason}); without internet access, pass --source DIR "
-            f"with an offline copy of the files laid out like ../shared/data/{name}."
+            f"downloading {url} failed ({reason}); without internet access, {_OFFLINE_HINT}"
         ) from error
     if expected is not None and received != expected:
         raise UserError(
             f"downloading {url} stopped after {received:,} of {expected:,} bytes; run again, "
-            f"or pass --source DIR with an offline copy of the files laid out like "
-            f"../shared/data/{name}."
+            f"or {_OFFLINE_HINT}"
         )
 
 

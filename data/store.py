@@ -6,7 +6,7 @@ images it came from change (their paths, sizes or modification times). A split i
 dense ``uint8 [classes, images_per_class, 28, 28]`` tensor, rotations applied in memory, that
 episodes index directly on the target device: no image is decoded per episode.
 
-Preprocessing follows the reference (SPEC section 2): grayscale, resized to 32x32
+Preprocessing follows the reference: grayscale, resized to 32x32
 (``int(1.15 * 28)``), centre crop 28x28. The reference converts the image to RGB (three equal
 channels) and normalises each channel with its ImageNet mean and std; episodes do that on the
 device, for as many channels as the backbone reads (:mod:`data.episodes`).
@@ -35,7 +35,7 @@ CHANNEL_STD = (0.229, 0.224, 0.225)
 STORE_VERSION = 1  # bump when the preprocessing changes, so old caches are rebuilt
 CACHE_NAME = f".store_{IMAGE_SIZE}px.pt"
 
-# (dataset folder, filelist) of each split of each benchmark (SPEC section 1).
+# (dataset folder, filelist) of each split of each benchmark, as the reference.
 SPLIT_FILES = {
     "omniglot": {"base": ("omniglot", "base.json"), "val": ("omniglot", "val.json"),
                  "novel": ("omniglot", "novel.json")},

@@ -1,6 +1,7 @@
 """Shared fixtures: the real datasets prepared once per test session into a temporary root."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -22,3 +23,18 @@ def data_dir(tmp_path_factory) -> Path:
     for name in ("omniglot", "emnist"):
         prepare(name, root, SHARED_DATA / name)
     return root
+
+
+def root_listing() -> list[str]:
+    # Dot folders belong to tools (pytest's cache, pytest-benchmark's .benchmarks).
+    return sorted(n for n in os.listdir(REPO_ROOT) if n != "__pycache__" and n[0] != ".")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def project_root_untouched():
+    """The test suite leaves the project's root as it found it: every test writes into its
+    own temporary folders (no record/ or save/ appears beside the code)."""
+    before = root_listing()
+    yield
+    left = sorted(set(root_listing()) - set(before))
+    assert not left, f"the tests left {left} in {REPO_ROOT}"

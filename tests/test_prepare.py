@@ -252,7 +252,8 @@ def test_failed_download_suggests_source(tmp_path, monkeypatch):
     monkeypatch.setitem(
         data_prepare.RAW_FILES, "emnist", {"emnist.zip": (tmp_path / "nowhere.zip").as_uri()}
     )
-    with pytest.raises(UserError, match="downloading .* failed .*pass --source DIR"):
+    with pytest.raises(UserError, match="downloading .* failed .*--data_source DIR .*"
+                                        "download_NAME.sh --source DIR/NAME"):
         prepare("emnist", tmp_path / "out", None)
     assert_nothing_prepared(tmp_path / "out" / "emnist")
 
