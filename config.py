@@ -72,6 +72,11 @@ class Options:
                        choices=("auto", "loop", "batched"))
     dist_timeout: float = _opt(600.0, "under torchrun: seconds a rank waits for the others "
                                "before it stops with an error (a rank died or hangs)")
+    precision: str = _opt("fp32", "arithmetic: fp32; bf16 computes the backbone and heads in "
+                          "bfloat16 under autocast (float32 weights, optimiser state and "
+                          "meta-gradient sum; fast where the processor has bf16 units: recent "
+                          "GPUs, CPUs with AMX/AVX512-BF16); tf32 lets CUDA matmuls and "
+                          "convolutions use TensorFloat-32", choices=("fp32", "bf16", "tf32"))
     memory_format: str = _opt("auto", "layout of the backbone's weights and activations: "
                               "channels_last is faster on a CPU except for MAML's training; "
                               "auto picks it there", choices=("auto", "contiguous",

@@ -43,7 +43,9 @@ def train_epoch(model: MetaTemplate, optimizer: torch.optim.Optimizer, sampler: 
         meta = MetaGradient(parameters)
         results = []
         for call in calls:
-            results += model.accumulate_meta_gradient(sampler.episode(first + t) for t in call)
+            with model.precision_context():
+                results += model.accumulate_meta_gradient(sampler.episode(first + t)
+                                                          for t in call)
             meta.add_grads()
         meta.present, results = world.sum_meta_gradient(meta.sums, meta.present, results,
                                                         n_task)
@@ -92,7 +94,9 @@ def evaluate(model: MetaTemplate, sampler: EpisodeSampler, n_episode: int,
     step = batch_size if model.engine == "batched" else 1
     for first in range(mine.start, mine.stop, step):
         indices = range(first, min(first + step, mine.stop))
-        yield from model.evaluate_batch([sampler.episode(i) for i in indices])
+        with model.precision_context():
+            results = model.evaluate_batch([sampler.episode(i) for i in indices])
+        yield from results
 
 
 def mean_and_ci95(accuracies: list[float]) -> tuple[float, float]:

@@ -22,7 +22,7 @@ import io_utils
 import plots
 from data.episodes import TEST_QUERY
 from errors import UserError
-from methods import METHODS, build_method, options_ignored_by
+from methods import METHODS, build_method, choose_precision, options_ignored_by
 
 
 def evaluate_episodes(opts, model, sampler, desc: str, world: distributed.World):
@@ -52,6 +52,7 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
     if opts.adaptation:
         METHODS[opts.method].adapt_more_at_test(opts, config.adaptation_steps(opts))
     METHODS[opts.method].check_options(opts)
+    choose_precision(opts, device)
     if opts.test_n_way != opts.train_n_way:
         raise UserError(f"--test_n_way {opts.test_n_way} differs from the {opts.train_n_way} "
                         f"classes the model in {path} was trained for")
@@ -76,6 +77,9 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
               f"{opts.test_n_way}-way {opts.n_shot}-shot, {opts.repeat} x {opts.n_episode} "
               f"episodes, {processes}device {device}", flush=True)
 
+    if state.get("schedule", {}).get("phase") == "maml-warmup":
+        world.say(f"note: epoch {state['epoch']} is in the pure MAML warm-up: the "
+                  "hypernetwork, which the test uses, is not trained yet")
     temperature = None
     if val is not None:
         _, val_logits, val_labels = evaluate_episodes(opts, model, val, "val (temperature)",

@@ -5,9 +5,10 @@ sampling rate alone, and peak memory, for each method and phase.
     python bench/throughput.py                       # all methods, 1 and 5 shots, this machine
     python bench/throughput.py --method hyper_maml --n_shot 1 --device cuda --json out.json
 
-With ``--engine loop,batched`` both task engines, and with ``--memory_format
-contiguous,channels_last`` both layouts, are timed on the same episodes in the same process,
-and their ratios printed. ``--processes 1,2`` also times each configuration under
+With ``--engine loop,batched`` both task engines, with ``--memory_format
+contiguous,channels_last`` both layouts, and with ``--precision fp32,bf16`` (or tf32 on CUDA)
+both arithmetics, are timed on the same episodes in the same process, and their ratios
+printed. ``--processes 1,2`` also times each configuration under
 ``torchrun --nproc_per_node 2`` (the meta-batch and the evaluation episodes split across the
 processes, as train.py does) and prints the speed-up over the first count. Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
 allocated on CUDA) belongs to that configuration alone. The options are the published ones
@@ -43,8 +44,9 @@ CONFIGS = {
 
 
 def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: str | None,
-            updates: int, eval_episodes: int, engines: list[str], formats: list[str]
-            ) -> dict | None:
+            model_name: str,
+            updates: int, eval_episodes: int, engines: list[str], formats: list[str],
+            precisions: list[str]) -> dict | None:
     """Run one configuration in this process (this rank, under torchrun) and return its
     measurements (None on the ranks other than 0)."""
     import torch
@@ -59,7 +61,8 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
 
     options, epoch = CONFIGS[(method, phase)]
     argv = ["--dataset", "cross_char", "--method", method, "--n_shot", str(n_shot),
-            "--device", device_name, *options]
+            "--device", device_name, "--precision", precisions[0], "--model", model_name,
+            *options]
     if n_shot > 1 and method != "maml":
         argv += ["--hn_sup_aggregation", "mean"]
     if data_dir:
@@ -105,16 +108,17 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
         torch.cuda.reset_peak_memory_stats()
     sampling = timed(lambda: [train.episode(i) for i in range(200)])
     train_rates, test_rates = {}, {}
-    for name in engines:  # side by side in one process, same episodes
-        for layout in formats:
-            model.engine = name
-            model.to(memory_format=getattr(torch, layout.replace("contiguous",
-                                                                 "contiguous_format")))
-            train_updates(1, 30_000)  # warm-up of this variant
-            key = f"{name}/{layout}"
-            train_rates[key] = updates * opts.n_task / timed(lambda: train_updates(updates, 0))
-            test_rates[key] = eval_episodes / timed(lambda: evaluate(test, eval_episodes))
-    model.engine = engines[0]
+    variants = [(e, f, p) for e in engines for f in formats for p in precisions]
+    for name, layout, precision in variants:  # side by side in one process, same episodes
+        model.engine, model.precision = name, precision
+        model.to(memory_format=getattr(torch, layout.replace("contiguous", "contiguous_format")))
+        train_updates(1, 30_000)  # warm-up of this variant
+        key = "/".join(v for v, choices in zip((name, layout, precision),
+                                               (engines, formats, precisions))
+                       if len(choices) > 1 or v == name)
+        train_rates[key] = updates * opts.n_task / timed(lambda: train_updates(updates, 0))
+        test_rates[key] = eval_episodes / timed(lambda: evaluate(test, eval_episodes))
+    model.engine, model.precision = engines[0], precisions[0]
     model.to(memory_format=getattr(torch, formats[0].replace("contiguous", "contiguous_format")))
     val_time = timed(lambda: evaluate(val, eval_episodes))
     test_time = timed(lambda: evaluate(test, eval_episodes))
@@ -130,9 +134,10 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     if not world.is_main:
         return None
     return {"method": method, "phase": phase, "n_shot": n_shot, "device": str(device),
+            "model": model_name,
             "processes": world.size, "threads": torch.get_num_threads(),
-            "engine": engines[0], "memory_format": formats[0],
-            "train_tasks_per_s": train_rates[f"{engines[0]}/{formats[0]}"],
+            "engine": engines[0], "memory_format": formats[0], "precision": precisions[0],
+            "train_tasks_per_s": train_rates[next(iter(train_rates))],
             "train_tasks_per_s_by_variant": train_rates,
             "test_tasks_per_s_by_variant": test_rates,
             "val_tasks_per_s": eval_episodes / val_time,
@@ -180,6 +185,12 @@ def main() -> int:
     parser.add_argument("--memory_format", default=None,
                         help="comma-separated layouts (contiguous, channels_last) timed side by "
                              "side; default: what --memory_format auto picks")
+    parser.add_argument("--precision", default="fp32",
+                        help="comma-separated arithmetics (fp32, bf16, tf32 on CUDA) timed side "
+                             "by side; the first is used for the other columns")
+    parser.add_argument("--model", default="Conv4", choices=("Conv4", "Conv4S"),
+                        help="backbone: Conv4 (three input channels, as the reference) or "
+                             "Conv4S (one)")
     parser.add_argument("--processes", default="1",
                         help="comma-separated process counts; more than 1 runs the "
                              "configuration under torchrun (gloo on a CPU, nccl on CUDA)")
@@ -196,8 +207,9 @@ def main() -> int:
         engines = args.engine.split(",")
         formats = (args.memory_format.split(",") if args.memory_format
                    else [default_memory_format(method, args.device)])
-        row = measure(method, phase, int(shots), args.device, args.data_dir, args.updates,
-                      args.eval_episodes, engines, formats)
+        row = measure(method, phase, int(shots), args.device, args.data_dir, args.model,
+                      args.updates, args.eval_episodes, engines, formats,
+                      args.precision.split(","))
         if row is not None:
             print(json.dumps(row))
         return 0
@@ -205,7 +217,7 @@ def main() -> int:
     rows = []
     header = (f"{'method':<12}{'phase':<10}{'shot':>4}{'procs':>6}{'train t/s':>11}{'val t/s':>9}"
               f"{'test t/s':>10}{'epoch s':>9}{'sample e/s':>12}{'peak MB':>9}"
-              f"  train/test t/s by engine/layout (ratio to the first)")
+              f"  train/test t/s by engine/layout/precision (ratio to the first)")
     print(header)
     for method in args.method.split(","):
         for (name, phase) in CONFIGS:
@@ -220,7 +232,8 @@ def main() -> int:
                     command = launcher + [
                         __file__, "--worker", method, phase, shots, "--device", args.device,
                         "--updates", str(args.updates), "--eval_episodes",
-                        str(args.eval_episodes), "--engine", args.engine]
+                        str(args.eval_episodes), "--engine", args.engine,
+                        "--precision", args.precision, "--model", args.model]
                     if args.memory_format:
                         command += ["--memory_format", args.memory_format]
                     if args.data_dir:

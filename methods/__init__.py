@@ -28,6 +28,7 @@ def build_method(opts, device=None):
     backbone = BACKBONES[opts.model]()
     model = METHODS[opts.method].from_options(opts, backbone)
     model.engine = choose_engine(opts, device)
+    model.precision = choose_precision(opts, device)
     if choose_memory_format(opts, device) == "channels_last":
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -41,6 +42,17 @@ def choose_memory_format(opts, device) -> str:
         return opts.memory_format
     on_cpu = device is None or getattr(device, "type", str(device)) == "cpu"
     return "channels_last" if on_cpu and opts.method not in ("maml", "maml_approx") else "contiguous"
+
+
+def choose_precision(opts, device) -> str:
+    """``--precision``, where the device has it: TF32 is a CUDA format, and bf16 autocast runs
+    on CUDA and on CPUs (slowly on those without native bf16 arithmetic)."""
+    kind = "cpu" if device is None else getattr(device, "type", str(device))
+    if opts.precision == "tf32" and kind != "cuda":
+        raise UserError(f"--precision tf32 is a CUDA GPU format; on {kind} use fp32 or bf16")
+    if opts.precision == "bf16" and kind not in ("cpu", "cuda"):
+        raise UserError(f"--precision bf16 runs on cpu and cuda, not {kind}")
+    return opts.precision
 
 
 def choose_engine(opts, device) -> str:

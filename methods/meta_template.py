@@ -13,6 +13,7 @@ they can be split across processes and the gradients summed.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -51,6 +52,29 @@ class MetaTemplate(nn.Module):
                                           classifier_hidden)
         self.n_way = n_way
         self.engine = "loop"
+        self.precision = "fp32"
+
+    @contextmanager
+    def precision_context(self):
+        """The arithmetic of ``self.precision`` for the forward passes inside (and the backward
+        passes of their graphs): bf16 autocast, or TF32 allowed on CUDA; fp32 is full float32
+        on every device (cuDNN would otherwise use TF32 for convolutions)."""
+        device_type = next(self.parameters()).device.type
+        if self.precision == "bf16":
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                yield
+            return
+        if device_type != "cuda":
+            yield
+            return
+        tf32 = self.precision == "tf32"
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        try:
+            with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32):
+                yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
 
     # --- functional forward -------------------------------------------------------------------
     def universal_params(self) -> Params:

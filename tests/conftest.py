@@ -6,10 +6,24 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+# The raw Omniglot/EMNIST files: ../shared/data, or where FSL_DATA_SOURCE points.
+SHARED_DATA = Path(os.environ.get("FSL_DATA_SOURCE", REPO_ROOT.parent / "shared" / "data"))
 sys.path.insert(0, str(REPO_ROOT))
+
+# Where the device-sensitive tests compute (engine equality, meta-gradients against finite
+# differences, exact resume, the device-side episode store): FSL_TEST_DEVICE=cuda runs the
+# same tests on a GPU (bench/gpu_check.sh does); the CPU by default.
+TEST_DEVICE = torch.device(os.environ.get("FSL_TEST_DEVICE", "cpu"))
+
+
+def on_test_device(episode):
+    """``episode`` with its tensors on TEST_DEVICE."""
+    from dataclasses import replace
+    return replace(episode, **{name: getattr(episode, name).to(TEST_DEVICE)
+                               for name in ("support_x", "support_y", "query_x", "query_y")})
 
 
 @pytest.fixture(scope="session")

@@ -24,3 +24,23 @@ def test_benchmark_smoke_run(data_dir, tmp_path):
         assert row["episodes_per_epoch"] == 196  # 3 updates x 32 tasks + 100 validation
     assert "train t/s" in done.stdout and "peak RSS" in done.stdout
     assert "vs 1 process(es): training" in done.stdout
+
+
+def test_gpu_check_runs_in_quick_mode_on_the_cpu(data_dir, tmp_path):
+    """bench/gpu_check.sh, prepared for a CUDA machine, runs its three steps in a tiny version
+    without one and writes its JSON files and summary."""
+    import os
+    from conftest import SHARED_DATA
+    env = {**os.environ, "FSL_DATA_SOURCE": str(SHARED_DATA)}
+    done = subprocess.run(["bash", "bench/gpu_check.sh", str(tmp_path / "out"), "--quick"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = tmp_path / "out"
+    assert json.loads((out / "environment.json").read_text())["quick"] is True
+    rows = json.loads((out / "throughput.json").read_text())
+    assert set(rows[0]["train_tasks_per_s_by_variant"]) == {"loop/fp32", "loop/bf16",
+                                                            "batched/fp32", "batched/bf16"}
+    slice_info = json.loads((out / "slice.json").read_text())
+    assert slice_info["epochs"] == 2 and slice_info["extrapolated_2048_epochs_min"] > 0
+    summary = (out / "summary.txt").read_text()
+    assert "passed" in summary and "published HyperMAML slice" in summary

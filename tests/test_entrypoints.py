@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, TEST_DEVICE
 
 
 def load_entry(name: str):
@@ -122,7 +122,8 @@ def train_command(data_dir, save_dir, method, *extra):
     return [sys.executable, str(REPO_ROOT / "train.py"), *TINY[:2], "--method", method,
             *TINY[4:-1], "50", "--save_freq", "1",
             "--lr_scheduler", "multisteplr", "--milestones", "3", "6", "--eval_freq", "2",
-            "--data_dir", str(data_dir), "--save_dir", str(save_dir), *extra]
+            "--data_dir", str(data_dir), "--save_dir", str(save_dir),
+            "--device", str(TEST_DEVICE), *extra]
 
 
 def run_until(command, epoch: int, sig: int) -> tuple[int, str]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import TEST_DEVICE
 from data.episodes import EpisodeSampler, fitting_query_count
 from data.store import (CACHE_NAME, CHANNEL_MEAN, CHANNEL_STD, RESIZE_TO, IMAGE_SIZE, ImageStore,
                         load_image, load_split)
@@ -28,8 +29,9 @@ def emnist_novel(data_dir):
 
 @pytest.mark.parametrize("n_way,n_shot,n_query", [(5, 1, 16), (5, 5, 15), (20, 1, 5)])
 def test_episode_shapes_and_labels(omniglot_base, n_way, n_shot, n_query):
-    sampler = EpisodeSampler(omniglot_base, n_way, n_shot, n_query, seed=3)
+    sampler = EpisodeSampler(omniglot_base, n_way, n_shot, n_query, seed=3, device=TEST_DEVICE)
     episode = sampler.episode(11)
+    assert episode.support_x.device.type == TEST_DEVICE.type
     assert episode.support_x.shape == (n_way * n_shot, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert episode.query_x.shape == (n_way * n_query, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert episode.support_x.dtype == torch.float32
@@ -52,16 +54,19 @@ def test_episode_images_are_the_split_images(emnist_novel, channels):
     """The tensor of an episode is exactly the drawn images of the drawn classes, as the
     reference feeds them: the grayscale image copied to RGB, channel c normalised with
     ImageNet's mean[c] and std[c] (the one-channel backbone reads channel 0)."""
-    sampler = EpisodeSampler(emnist_novel, 5, 2, 3, seed=1, channels=channels)
+    sampler = EpisodeSampler(emnist_novel, 5, 2, 3, seed=1, device=TEST_DEVICE,
+                             channels=channels)
     classes, picks, _ = sampler.draw(7)
     episode = sampler.episode(7)
+    assert episode.support_x.device.type == TEST_DEVICE.type
     gray = emnist_novel.images[classes[:, None], picks].float() / 255  # [5, 5, 28, 28]
     rgb = torch.stack([(gray - mean) / std
                        for mean, std in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))], 2)
     expected = rgb[:, :, :channels]
-    torch.testing.assert_close(episode.support_x,
+    torch.testing.assert_close(episode.support_x.cpu(),
                                expected[:, :2].reshape(-1, channels, 28, 28))
-    torch.testing.assert_close(episode.query_x, expected[:, 2:].reshape(-1, channels, 28, 28))
+    torch.testing.assert_close(episode.query_x.cpu(),
+                               expected[:, 2:].reshape(-1, channels, 28, 28))
 
 
 def test_episodes_are_a_function_of_seed_split_and_index(data_dir, omniglot_base):

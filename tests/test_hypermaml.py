@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from backbones import Conv4, Conv4S
+from conftest import TEST_DEVICE, on_test_device
 from data.episodes import Episode
 from errors import UserError
 from methods import MAML
@@ -19,17 +20,18 @@ N_WAY, N_SHOT, N_QUERY = 3, 2, 4
 
 def episode(seed=0, n_shot=N_SHOT) -> Episode:
     g = torch.Generator().manual_seed(seed)
-    return Episode(torch.randn(N_WAY * n_shot, 1, 8, 8, generator=g, dtype=torch.float64),
-                   torch.arange(N_WAY).repeat_interleave(n_shot),
-                   torch.randn(N_WAY * N_QUERY, 1, 8, 8, generator=g, dtype=torch.float64),
-                   torch.arange(N_WAY).repeat_interleave(N_QUERY))
+    return on_test_device(Episode(
+        torch.randn(N_WAY * n_shot, 1, 8, 8, generator=g, dtype=torch.float64),
+        torch.arange(N_WAY).repeat_interleave(n_shot),
+        torch.randn(N_WAY * N_QUERY, 1, 8, 8, generator=g, dtype=torch.float64),
+        torch.arange(N_WAY).repeat_interleave(N_QUERY)))
 
 
 def hypermaml(n_shot=N_SHOT, inner_steps=2, **settings) -> HyperMAML:
     torch.manual_seed(0)
     defaults = dict(hn_hidden_size=16, hn_tn_hidden_size=6, hm_use_class_batch_input=True)
     model = HyperMAML(Conv4S(width=4, depth=3), N_WAY, n_shot, inner_steps, 0.3,
-                      HyperSettings(**{**defaults, **settings})).double()
+                      HyperSettings(**{**defaults, **settings})).double().to(TEST_DEVICE)
     with torch.no_grad():
         for p in model.classifier.parameters():  # non-zero biases, so every path is exercised
             p.normal_()
@@ -91,7 +93,7 @@ def test_p1_is_maml_on_the_classifier_with_the_same_embeddings():
     model = hypermaml(hm_maml_warmup=True, hm_maml_warmup_epochs=10, hm_enhance_embeddings=True)
     model.set_epoch(3)
     maml = MAML(Conv4S(width=4, depth=3), N_WAY, 2, 0.3, adapt_classifier_only=True,
-                classifier_depth=1).double()
+                classifier_depth=1).double().to(TEST_DEVICE)
     maml.load_state_dict({k: v for k, v in model.state_dict().items()
                           if not k.startswith("hypernet.")})
     ep = episode(1)
@@ -256,10 +258,11 @@ def test_settings_mirror_the_command_line_options():
 
 def batched_episodes(n_shot, n_tasks=3):
     g = torch.Generator().manual_seed(n_shot)
-    return [Episode(torch.randn(N_WAY * n_shot, 1, 8, 8, generator=g, dtype=torch.float64),
-                    torch.arange(N_WAY).repeat_interleave(n_shot),
-                    torch.randn(N_WAY * N_QUERY, 1, 8, 8, generator=g, dtype=torch.float64),
-                    torch.arange(N_WAY).repeat_interleave(N_QUERY)) for _ in range(n_tasks)]
+    return [on_test_device(Episode(
+        torch.randn(N_WAY * n_shot, 1, 8, 8, generator=g, dtype=torch.float64),
+        torch.arange(N_WAY).repeat_interleave(n_shot),
+        torch.randn(N_WAY * N_QUERY, 1, 8, 8, generator=g, dtype=torch.float64),
+        torch.arange(N_WAY).repeat_interleave(N_QUERY))) for _ in range(n_tasks)]
 
 
 @pytest.mark.parametrize("method", ["hyper_maml", "bayes_hmaml"])
@@ -280,7 +283,7 @@ def test_batched_engine_equals_the_loop(method, n_shot, epoch):
         backbone = Conv4S(width=4, depth=3)
         model = (BayesHMAML(backbone, N_WAY, n_shot, 1, 0.3, settings, BayesSettings(3, 2))
                  if method == "bayes_hmaml"
-                 else HyperMAML(backbone, N_WAY, n_shot, 1, 0.3, settings)).double()
+                 else HyperMAML(backbone, N_WAY, n_shot, 1, 0.3, settings)).double().to(TEST_DEVICE)
         model.engine = engine
         model.set_epoch(epoch, 10)
         torch.manual_seed(1)  # BayesHMAML's samples: the same draws in the same order

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from backbones import Conv4, Conv4S
+from conftest import TEST_DEVICE, on_test_device
 from data.episodes import Episode
 from methods import MAML, MAMLApprox
 
@@ -16,17 +17,17 @@ N_WAY = 3
 def tiny_episode(seed: int = 0, n_shot: int = 2, n_query: int = 3) -> Episode:
     g = torch.Generator().manual_seed(seed)
     # 8x8 images through 3 blocks end at 1x1, so the feature is the block width.
-    return Episode(
+    return on_test_device(Episode(
         support_x=torch.randn(N_WAY * n_shot, 1, 8, 8, generator=g, dtype=torch.float64),
         support_y=torch.arange(N_WAY).repeat_interleave(n_shot),
         query_x=torch.randn(N_WAY * n_query, 1, 8, 8, generator=g, dtype=torch.float64),
-        query_y=torch.arange(N_WAY).repeat_interleave(n_query))
+        query_y=torch.arange(N_WAY).repeat_interleave(n_query)))
 
 
 def tiny_maml(cls=MAML, inner_steps: int = 2, inner_lr: float = 0.4, **kwargs) -> MAML:
     torch.manual_seed(0)
     model = cls(Conv4S(width=3, depth=3), N_WAY, inner_steps=inner_steps, inner_lr=inner_lr,
-                **kwargs).double()
+                **kwargs).double().to(TEST_DEVICE)
     with torch.no_grad():  # a non-zero classifier bias, so its gradient is exercised too
         model.classifier[0].bias.normal_()
     return model

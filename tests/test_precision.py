@@ -1,0 +1,68 @@
+"""--precision: bf16 autocast computes what fp32 computes, to bf16's accuracy, with float32
+weights and gradients; a run keeps its precision when resumed; TF32 is refused off CUDA."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import config
+import data
+from conftest import TEST_DEVICE
+from data.episodes import TRAIN_QUERY
+from methods import METHODS, build_method
+from test_entrypoints import TINY, TRAIN, assert_one_line_error, run
+
+PUBLISHED_HYPERNET = ["--hn_head_len", "3", "--hn_hidden_size", "512", "--hm_enhance_embeddings",
+                      "True", "--hm_use_class_batch_input", "--hm_maml_warmup"]
+
+
+@pytest.mark.parametrize("method,extra,epoch", [("maml", [], 0),
+                                                ("hyper_maml", PUBLISHED_HYPERNET, 60),
+                                                ("hyper_maml", PUBLISHED_HYPERNET, 700)])
+def test_bf16_is_close_to_fp32_on_a_real_episode(method, extra, epoch, data_dir):
+    argv = ["--dataset", "cross_char", "--method", method, "--n_shot", "1",
+            "--data_dir", str(data_dir), *extra]
+    opts = config.resolve(config.parse("train", list(METHODS), argv)[0], "train")
+    sampler = data.split_sampler(opts, data_dir, "base", 5, TRAIN_QUERY, 0, TEST_DEVICE,
+                                 lambda *_: None)
+    episodes = [sampler.episode(i) for i in range(2)]
+    torch.manual_seed(0)
+    model = build_method(opts, TEST_DEVICE).to(TEST_DEVICE)
+    model.set_epoch(epoch, 2048)
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        model.precision = precision
+        model.zero_grad(set_to_none=True)
+        with model.precision_context():
+            losses = [r.loss for r in model.accumulate_meta_gradient(episodes)]
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        assert all(g.dtype == torch.float32 for g in grads.values())  # float32 master weights
+        runs[precision] = losses, torch.cat([g.flatten() for g in grads.values()])
+    (loss32, grad32), (loss16, grad16) = runs["fp32"], runs["bf16"]
+    assert loss16 == pytest.approx(loss32, rel=0.03)
+    assert not torch.equal(grad16, grad32)  # bf16 really ran
+    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.95
+
+
+def test_a_resumed_run_keeps_its_precision(data_dir, tmp_path, capsys):
+    common = TINY + ["--data_dir", data_dir, "--save_dir", tmp_path]
+    code, out, _ = run(TRAIN, common + ["--precision", "bf16"], capsys)
+    assert code == 0 and "loop engine, bf16;" in out
+    code, out, _ = run(TRAIN, common + ["--stop_epoch", "2", "--resume"], capsys)
+    assert code == 0 and "loop engine, bf16;" in out and "epoch 3:" in out
+    folder = tmp_path / "checkpoints" / "cross_char" / "Conv4_maml_5way_1shot"
+    assert json.loads((folder / "args.json").read_text())["precision"] == "bf16"
+    state = torch.load(folder / "last_model.tar", weights_only=False)
+    assert state["config"]["precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in state["model"].values())
+
+
+def test_tf32_is_for_cuda(tmp_path, capsys):
+    if TEST_DEVICE.type == "cuda":
+        pytest.skip("TF32 is available here")
+    code, _, err = run(TRAIN, TINY + ["--device", "cpu", "--precision", "tf32",
+                                      "--save_dir", tmp_path, "--data_dir", tmp_path / "no",
+                                      "--no_download"], capsys)
+    assert_one_line_error(code, err, "tf32 is a CUDA GPU format")
