@@ -92,8 +92,10 @@ def write_text(path: Path, text: str) -> None:
 def load_checkpoint(path: Path, method: str) -> dict:
     """Read a checkpoint of ``method``; every failure is one clear line."""
     if not path.exists():
+        runs = sorted(p.parent.name for p in path.parent.parent.glob("*/last_model.tar"))
+        there = f" (runs in {path.parent.parent}: {', '.join(runs)})" if runs else ""
         raise UserError(f"no checkpoint at {path}; train first (same --dataset, --method, "
-                        "--n_shot, --train_n_way, --checkpoint_suffix and --save_dir)")
+                        f"--n_shot, --train_n_way, --checkpoint_suffix and --save_dir){there}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
         saved_method = state["config"]["method"]

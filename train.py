@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,7 @@ import evaluation
 import io_utils
 from data.episodes import TRAIN_QUERY
 from errors import UserError, run_cli
-from methods import METHODS, build_method, options_ignored_by
+from methods import METHODS, build_method, choose_precision, options_ignored_by
 
 
 def make_optimizer(opts, model):
@@ -126,6 +127,7 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
     opts = config.resolve(opts, "train")
     config.note_ignored(opts, given, options_ignored_by(opts.method), world.say)
     METHODS[opts.method].check_options(opts)
+    choose_precision(opts, device)  # refused before any work if the device lacks it
     if opts.hm_save_delta_params and not hasattr(METHODS[opts.method], "hypernet_update"):
         raise UserError(f"--hm_save_delta_params records a hypernetwork's updates; "
                         f"{opts.method} has no hypernetwork")
@@ -184,7 +186,7 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
               f"{opts.n_task} = {count(epochs, 'epoch')} of {count(updates, 'meta-update')} x "
               f"{count(opts.n_task, 'task')}; inner loop {count(opts.task_update_num, 'step')} "
               f"of lr {opts.train_lr}; "
-              f"{model.engine} engine; checkpoints in {folder}", flush=True)
+              f"{model.engine} engine, {model.precision}; checkpoints in {folder}", flush=True)
     if split_note:
         world.say(split_note)
     for note in METHODS[opts.method].training_notes(opts, epochs):
@@ -199,6 +201,7 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
                                           opts.n_episode, opts.n_task, world)
         bar = io_utils.progress(updates_iter, updates, f"epoch {epoch}/{epochs}", world.is_main)
         for batch in bar:
+            check_interrupt()
             results += batch
             bar.set_postfix(loss=f"{np.mean([r.loss for r in results]):.4f}",
                             acc=f"{np.mean([r.accuracy for r in results]):.2f}%", **schedule)
@@ -276,7 +279,27 @@ def final_test(opts, given: set[str], device: torch.device, world: distributed.W
     return evaluation.test_checkpoint(test_opts, given, device, world)
 
 
+_interrupted = False
+
+
+def _on_interrupt(signum, frame):
+    """Ctrl-C raises KeyboardInterrupt and is remembered: Python swallows an exception raised
+    inside a finaliser (seen: in tqdm's ``__del__``, and the run went on to its end), so the
+    training loop raises it again at the next meta-update (:func:`check_interrupt`)."""
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def check_interrupt() -> None:
+    if _interrupted:
+        raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
+    # Only where Ctrl-C would interrupt anyway (a background job ignores it, and still does).
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_interrupt)
     try:
         return run_cli(lambda: run(argv))
     except KeyboardInterrupt:

@@ -6,10 +6,10 @@ The hypernetwork's trunk gets a second head, the log-variance of every classifie
 bias. The task's classifier is N(mu, exp(logvar)) with mu = W - delta; predictions average the
 logits of ``hm_weight_set_num_train`` reparameterised samples in training and
 ``hm_weight_set_num_test`` at validation and test (0: the mean alone). The loss adds
-``hm_kl_w * kl_scale`` times KL(N(mu, exp(logvar)) || N(0, I)), summed over all classifier
-parameters, with kl_scale growing geometrically from ``--kl_scale`` to ``--kl_stop_val`` over the run.
-Only ``predict`` and ``penalty`` differ from HyperMAML; the warm-up mixes the mean exactly as
-HyperMAML mixes its update.
+``hm_kl_w * kl_scale`` times KL(N(mu, exp(logvar)) || N(0, I)), summed over all
+classifier parameters, with kl_scale growing geometrically from ``--kl_scale`` to
+``--kl_stop_val`` over the run. Only ``predict`` and ``penalty`` differ from HyperMAML; the
+warm-up mixes the mean exactly as HyperMAML mixes its update.
 """
 from __future__ import annotations
 

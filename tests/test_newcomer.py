@@ -13,7 +13,7 @@ import config
 import data.prepare as data_prepare
 from conftest import REPO_ROOT
 from methods import METHODS
-from test_entrypoints import TEST, TINY, TRAIN, assert_one_line_error, run
+from test_entrypoints import TEST, TINY, TRAIN, assert_one_line_error, run, tiny_run  # noqa: F401
 
 
 def train_options() -> set[str]:
@@ -126,3 +126,23 @@ def test_commands_sh_without_arguments_lists_the_experiments():
     assert "smoke" in done.stderr and "hyper_maml" in done.stderr
     assert "line " not in done.stderr
 
+
+
+def test_missing_checkpoint_lists_the_runs_there(data_dir, tiny_run, capsys):
+    """--resume or test.py with a mistyped run (here the default --n_shot 5) names the runs
+    that do exist."""
+    code, _, err = run(TEST, ["--dataset", "cross_char", "--method", "maml", "--data_dir",
+                              data_dir, "--save_dir", tiny_run], capsys)
+    assert_one_line_error(code, err, r"no checkpoint at .*5shot.* \(runs in .*: "
+                                     r"Conv4_maml_5way_1shot\)")
+
+
+def test_testing_a_warmup_checkpoint_says_the_hypernetwork_is_untrained(data_dir, tmp_path,
+                                                                       capsys):
+    common = ["--dataset", "cross_char", "--method", "hyper_maml", "--n_shot", "1",
+              "--data_dir", data_dir, "--save_dir", tmp_path, "--record_dir", tmp_path / "r",
+              "--hm_use_class_batch_input", "--hm_maml_warmup", "--n_episode", "2"]
+    assert run(TRAIN, common + ["--n_task", "2", "--stop_epoch", "1", "--final_test", "0"],
+               capsys)[0] == 0
+    code, out, _ = run(TEST, common + ["--repeat", "1"], capsys)
+    assert code == 0 and "is in the pure MAML warm-up: the hypernetwork" in out
