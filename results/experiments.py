@@ -1,0 +1,77 @@
+"""The experiments that RESULTS.md reports, each a ``train.py`` command line (``test.py`` runs
+with the same options) and the number of epochs the published schedule has.
+
+``python -m results.run NAME`` runs one (resumably), ``python -m results.report`` rebuilds
+RESULTS.md from the records the runs leave in ``results/runs/NAME/``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The reference's published cross_char commands (its commands.sh), word for word.
+PUBLISHED_HYPER_MAML = (
+    "--method hyper_maml --model Conv4 --dataset cross_char --num_classes 4112 --n_shot 1 "
+    "--test_n_way 5 --train_n_way 5 --stop_epoch 64 --lr_scheduler multisteplr --lr 1e-2 "
+    "--hm_maml_warmup --hm_maml_warmup_epochs 50 --hm_maml_warmup_switch_epochs 500 "
+    "--milestones 51 550 --hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True "
+    "--hm_use_class_batch_input")
+PUBLISHED_BAYES_HMAML = (
+    "--hm_weight_set_num_test 0 --es_threshold 10 --dataset cross_char --num_classes 4112 "
+    "--train_n_way 5 --seed 1 --method bayes_hmaml --stop_epoch 64 --model Conv4 "
+    "--hm_enhance_embeddings True --hm_use_class_batch_input --lr_scheduler multisteplr "
+    "--n_shot 1 --hm_maml_warmup --lr 0.01 --hm_maml_warmup_epochs 50 "
+    "--hm_maml_warmup_switch_epochs 500 --hn_head_len 3 --hn_hidden_size 512 --milestones 51 550 "
+    "--kl_stop_val 0.001 --kl_scale 1e-24 --hm_weight_set_num_train 5")
+
+# A sixteenth of HyperMAML's schedule (128 epochs): the published architecture with the
+# warm-up, switch and lr drop scaled down to fit (the README's short runs).
+SHORT_HYPERNET = (
+    "--stop_epoch 4 --lr 1e-2 --lr_scheduler multisteplr --milestones 100 --hm_maml_warmup "
+    "--hm_maml_warmup_epochs 10 --hm_maml_warmup_switch_epochs 40 --hn_head_len 3 "
+    "--hn_hidden_size 512 --hm_enhance_embeddings True --hm_use_class_batch_input")
+SHORT_BAYES = ("--kl_scale 1e-24 --kl_stop_val 0.001 --hm_weight_set_num_train 5 "
+               "--hm_weight_set_num_test 0")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One row of RESULTS.md: ``train`` is train.py's command line (test.py gets the same);
+    ``published_epochs`` the epochs of the method's published schedule; ``group`` the table."""
+    train: str
+    published_epochs: int
+    group: str
+
+    def argv(self) -> list[str]:
+        return self.train.split()
+
+
+def _short(method: str, shots: int, dataset: str = "cross_char", ways: int = 5) -> Experiment:
+    options = f"--dataset {dataset} --model Conv4 --method {method} --n_shot {shots}"
+    if ways != 5:
+        options += f" --train_n_way {ways} --test_n_way {ways}"
+    published = 2048 if method in ("hyper_maml", "bayes_hmaml") else (19200 if shots == 1
+                                                                      else 12800)
+    if method in ("hyper_maml", "bayes_hmaml"):
+        options += " " + SHORT_HYPERNET
+        if method == "bayes_hmaml":
+            options += " " + SHORT_BAYES
+        if shots > 1:
+            options += " --hn_sup_aggregation mean"
+    else:
+        options += " --stop_epoch 4"
+    group = "equal budget, cross_char" if dataset == "cross_char" else "Omniglot"
+    return Experiment(options, published, group)
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "hyper_maml_cross_char_1shot_published": Experiment(PUBLISHED_HYPER_MAML, 2048, "published"),
+    **{f"{method}_cross_char_{shots}shot_128": _short(method, shots)
+       for method in ("maml", "maml_approx", "hyper_maml", "bayes_hmaml") for shots in (1, 5)},
+    **{f"{method}_omniglot_{ways}way_1shot_128": _short(method, 1, "omniglot", ways)
+       for method in ("maml", "hyper_maml") for ways in (5, 20)},
+    "bayes_hmaml_cross_char_1shot_published": Experiment(PUBLISHED_BAYES_HMAML, 2048,
+                                                         "published"),
+    **{f"hyper_maml_cross_char_1shot_published_seed{seed}":
+       Experiment(f"{PUBLISHED_HYPER_MAML} --seed {seed}", 2048, "published")
+       for seed in (1, 2)},
+}

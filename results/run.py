@@ -1,0 +1,133 @@
+"""Run one experiment of results/experiments.py, resumably:
+
+    python -m results.run NAME [--threads N] [--device cpu|cuda] [-- extra train.py options]
+    python -m results.run --list
+
+Trains into ``results/runs/NAME/`` (continuing with ``--resume`` if that folder holds a run,
+e.g. after a stopped shell or a restarted machine), then tests the best model with test.py
+(5 x 600 episodes, calibration with temperature scaling, a reliability diagram). Each launch
+appends what it runs and where to ``results/runs/NAME/segments.jsonl`` (command, git commit,
+threads, device, CPU, torch) when it starts, and its wall time and exit status when it ends;
+``python -m results.report`` reads these records.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS = REPO / "results" / "runs"
+sys.path.insert(0, str(REPO))
+
+from results.experiments import EXPERIMENTS  # noqa: E402
+
+
+def run_folder(name: str) -> Path:
+    return RUNS / name
+
+
+def checkpoint_folder(name: str) -> Path:
+    """Where train.py writes the run of ``name`` (its checkpoint naming rule)."""
+    import config
+    from methods import METHODS
+    opts, _ = config.parse("train", list(METHODS), EXPERIMENTS[name].argv())
+    opts.save_dir = str(run_folder(name))
+    import io_utils
+    return io_utils.checkpoint_dir(opts)
+
+
+def machine() -> dict:
+    """What the records say about where a segment ran."""
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
+
+
+def git_commit() -> str:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout
+    commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "*.py").strip()
+    return commit + ("+uncommitted" if changed else "")
+
+
+def launch(kind: str, name: str, argv: list[str], threads: int) -> int:
+    """Run ``python {kind}.py argv`` with its output appended to ``{kind}.log``, after
+    recording the segment."""
+    folder = run_folder(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    segment = {"kind": kind, "started": datetime.datetime.now().isoformat(timespec="seconds"),
+               "commit": git_commit(), "threads": threads, "argv": argv, **machine()}
+    last = checkpoint_folder(name) / "last_model.tar"
+    if kind == "train" and last.exists():
+        import torch
+        segment["resumed_after_epoch"] = torch.load(last, map_location="cpu",
+                                                    weights_only=False)["epoch"]
+    record(folder, segment)  # before it runs: a segment cut short by a stop stays on record
+    started = time.time()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(folder / f"{kind}.log", "a") as log:
+        code = subprocess.call([sys.executable, str(REPO / f"{kind}.py"), *argv], cwd=REPO,
+                               env=env, stdout=log, stderr=subprocess.STDOUT)
+    record(folder, {"kind": kind, "ended": datetime.datetime.now().isoformat(timespec="seconds"),
+                    "seconds": round(time.time() - started, 1), "exit_code": code})
+    return code
+
+
+def record(folder: Path, entry: dict) -> None:
+    with open(folder / "segments.jsonl", "a") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name", nargs="?", choices=list(EXPERIMENTS), metavar="NAME",
+                        help="experiment (see --list)")
+    parser.add_argument("--list", action="store_true", help="list the experiments")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: two runs share a 2-core machine best)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--skip_test", action="store_true", help="train only")
+    parser.add_argument("extra", nargs="*", help="more options for train.py and test.py "
+                        "(after --), e.g. --precision bf16")
+    args = parser.parse_args(argv)
+    if args.list or not args.name:
+        for name, experiment in EXPERIMENTS.items():
+            print(f"{name}  [{experiment.group}]\n    {experiment.train}")
+        return 0
+    folder = run_folder(args.name)
+    common = EXPERIMENTS[args.name].argv() + ["--device", args.device, "--save_dir",
+                                              str(folder), *args.extra]
+    resume = ["--resume"] if (checkpoint_folder(args.name) / "last_model.tar").exists() else []
+    code = launch("train", args.name, common + ["--final_test", "0", *resume], args.threads)
+    if code != 0:
+        print(f"train.py stopped with status {code}; see {folder / 'train.log'}; run the same "
+              "command again to continue", file=sys.stderr)
+        return code
+    if args.skip_test:
+        return 0
+    code = launch("test", args.name, common + ["--record_dir", str(folder / "record"),
+                                               "--temperature_scaling", "--plot"], args.threads)
+    if code == 0:
+        print(f"done: {args.name}; python -m results.report rebuilds RESULTS.md")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
