@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -114,8 +115,8 @@ def details(row: dict) -> list[str]:
              f"  `python -m results.run {row['name']}`, i.e. "
              f"`python train.py {EXPERIMENTS[row['name']].train}`"]
     lines += [f"  note: {s['note']}" for s in row["segments"] if s.get("note")]
-    figure = FIGURES / f"{row['name']}_curves.png"
-    lines.append(f"  curves: [{figure.relative_to(REPO)}]({figure.relative_to(REPO)})")
+    figure = os.path.relpath(FIGURES / f"{row['name']}_curves.png", REPO)
+    lines.append(f"  curves: [{figure}]({figure})")
     return lines
 
 

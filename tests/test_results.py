@@ -1,0 +1,37 @@
+"""The results pipeline on a tiny experiment: results.run trains, tests and records each
+segment, continues a finished or interrupted run with --resume, and results.report builds its
+row from the records alone."""
+from __future__ import annotations
+
+import json
+
+from results import experiments, report
+from results import run as runner
+
+
+def test_run_resume_and_report_from_records(data_dir, tmp_path, monkeypatch):
+    tiny = experiments.Experiment(
+        f"--dataset cross_char --model Conv4 --method maml --n_shot 1 --n_task 2 "
+        f"--stop_epoch 1 --data_dir {data_dir}", 19200, "equal budget, cross_char")
+    monkeypatch.setitem(experiments.EXPERIMENTS, "tiny", tiny)
+    monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(report, "FIGURES", tmp_path / "figures")
+    short = ["--", "--n_episode", "4", "--repeat", "2"]
+    assert runner.main(["tiny", *short]) == 0
+    assert runner.main(["tiny", *short]) == 0  # a finished run: resumed, nothing to train
+    segments = [json.loads(line) for line in
+                (tmp_path / "runs" / "tiny" / "segments.jsonl").read_text().splitlines()]
+    starts = [s for s in segments if "started" in s]
+    assert [s["kind"] for s in starts] == ["train", "test", "train", "test"]
+    assert "resumed_after_epoch" not in starts[0] and starts[2]["resumed_after_epoch"] == 1
+    assert all(s["threads"] == 1 and s["commit"] for s in starts)
+    assert [s["exit_code"] for s in segments if "ended" in s] == [0, 0, 0, 0]
+
+    text = report.build()
+    row = next(line for line in text.splitlines() if line.startswith("| `tiny`"))
+    test = json.loads((tmp_path / "runs" / "tiny" / "record" / "results.jsonl")
+                      .read_text().splitlines()[-1])
+    assert f"**{test['acc_mean']:.2f} +-" in row and "| 2 / 2 / 19200 |" in row
+    assert "T " in row  # calibration after temperature scaling
+    assert (tmp_path / "figures" / "tiny_curves.png").exists()
+    assert "python -m results.run tiny" in text
