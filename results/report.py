@@ -27,8 +27,9 @@ hand). Each experiment runs with `python -m results.run NAME` (its command lines
 `results/experiments.py`; test.py gets the same options); test accuracy is as the reference
 prints it: 5 repeats of 600 EMNIST/Omniglot novel-split episodes (seeds 0-4), each with its 95%
 interval, and their mean +- the 95% interval of that mean over the repeats. ECE and NLL are
-over all 45,000 test queries (15-bin ECE), before and after a softmax temperature fitted on
-600 validation episodes. Wall time is the sum of the training epochs (validation included).
+over all test queries of the 5 repeats (225,000 in 5-way; 15-bin ECE), before and after a
+softmax temperature fitted on 600 validation episodes. Training hours are the sum of the
+training epochs' seconds (validation included).
 The reference's own numbers (its results log, cross_char 5-way 1-shot): MAML 75.11%,
 HyperMAML 77.61% (best logged runs 79.6-80.5%).
 
