@@ -33,13 +33,18 @@ SHORT_BAYES = ("--kl_scale 1e-24 --kl_stop_val 0.001 --hm_weight_set_num_train 5
                "--hm_weight_set_num_test 0")
 
 
+PRECISION_GROUP = "bf16 against fp32 and a second fp32 seed, cross_char 1-shot, 128 epochs"
+
+
 @dataclass(frozen=True)
 class Experiment:
     """One row of RESULTS.md: ``train`` is train.py's command line (test.py gets the same);
-    ``published_epochs`` the epochs of the method's published schedule; ``group`` the table."""
+    ``published_epochs`` the epochs of the method's published schedule; ``group`` the table;
+    ``compare`` rows of other tables repeated in this one, to be read side by side."""
     train: str
     published_epochs: int
     group: str
+    compare: tuple[str, ...] = ()
 
     def argv(self) -> list[str]:
         return self.train.split()
@@ -74,4 +79,11 @@ EXPERIMENTS: dict[str, Experiment] = {
     **{f"hyper_maml_cross_char_1shot_published_seed{seed}":
        Experiment(f"{PUBLISHED_HYPER_MAML} --seed {seed}", 2048, "published")
        for seed in (1, 2)},
+    # bf16 against fp32 (speed issue): the short 1-shot runs again in bf16 with the same seed,
+    # and with a second seed in fp32 to show how far apart two fp32 runs land.
+    **{f"{method}_cross_char_1shot_128_{variant}":
+       Experiment(f"{_short(method, 1).train} {option}", _short(method, 1).published_epochs,
+                  PRECISION_GROUP, (f"{method}_cross_char_1shot_128",))
+       for method in ("maml", "hyper_maml")
+       for variant, option in (("bf16", "--precision bf16"), ("seed1", "--seed 1"))},
 }
