@@ -91,16 +91,16 @@ def where(row: dict) -> str:
 
 def table(rows: list[dict]) -> list[str]:
     lines = ["| experiment | method | shots | dataset | epochs run / planned / published | "
-             "seed | best val (epoch) | novel test acc % | ECE / NLL -> after T-scaling | "
-             "training h |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "seed | precision | best val (epoch) | novel test acc % | "
+             "ECE / NLL -> after T-scaling | training h |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         args, best, test = row["args"], row["best"], row["test"]
         ways = f"{args['train_n_way']}-way" if args["train_n_way"] != 5 else ""
         lines.append(
             f"| `{row['name']}` | {args['method']} | {args['n_shot']} | "
             f"{args['dataset']} {ways} | {row['epochs']} / {row['planned']} / "
-            f"{row['published']} | {args['seed']} | "
+            f"{row['published']} | {args['seed']} | {args.get('precision', 'fp32')} | "
             + (f"{best['val_acc']:.2f} ({best['epoch']})" if best else "-") + " | "
             + (accuracy_text(test) if test else "not tested yet") + " | "
             + (calibration_text(test) if test else "-") + f" | {row['hours']:.2f} |")
@@ -130,6 +130,7 @@ def draw_curves(rows: list[dict]) -> None:
 
 def build() -> str:
     rows = [r for r in (summarise(name) for name in EXPERIMENTS) if r is not None]
+    ran = {r["name"]: r for r in rows}
     text = [HEADER.rstrip(), ""]
     for group in dict.fromkeys(EXPERIMENTS[n].group for n in EXPERIMENTS):
         mine = [r for r in rows if EXPERIMENTS[r["name"]].group == group]
@@ -137,7 +138,13 @@ def build() -> str:
         if not mine:
             text += ["Not run yet.", ""]
             continue
-        text += table(mine) + [""]
+        compared = dict.fromkeys(c for r in mine for c in EXPERIMENTS[r["name"]].compare
+                                 if c in ran)
+        text += table([ran[c] for c in compared] + mine) + [""]
+        if compared:
+            text += [("The first row repeats a run of another table" if len(compared) == 1
+                      else f"The first {len(compared)} rows repeat runs of other tables")
+                     + ", for comparison; the details are there.", ""]
         for row in mine:
             text += details(row)
         text.append("")

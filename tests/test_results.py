@@ -1,9 +1,10 @@
 """The results pipeline on a tiny experiment: results.run trains, tests and records each
 segment, continues a finished or interrupted run with --resume, and results.report builds its
-row from the records alone."""
+row from the records alone, repeating it in a table that compares another run with it."""
 from __future__ import annotations
 
 import json
+import shutil
 
 from results import experiments, report
 from results import run as runner
@@ -35,3 +36,13 @@ def test_run_resume_and_report_from_records(data_dir, tmp_path, monkeypatch):
     assert "T " in row  # calibration after temperature scaling
     assert (tmp_path / "figures" / "tiny_curves.png").exists()
     assert "python -m results.run tiny" in text
+
+    # A run of another table that names this one for comparison: its table shows both rows,
+    # the compared one first, and says it is repeated.
+    monkeypatch.setitem(experiments.EXPERIMENTS, "tiny_again",
+                        experiments.Experiment(tiny.train, 19200, "side by side", ("tiny",)))
+    shutil.copytree(tmp_path / "runs" / "tiny", tmp_path / "runs" / "tiny_again")
+    side = report.build().split("## Side by side")[1].split("## ")[0]
+    rows = [line.split("|")[1].strip() for line in side.splitlines() if line.startswith("| `")]
+    assert rows == ["`tiny`", "`tiny_again`"]
+    assert "The first row repeats a run of another table" in side
