@@ -123,13 +123,20 @@ def _upgrade(state: dict, path: Path) -> dict:
     return state
 
 
-def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
+def _load_state(module: torch.nn.Module, state: dict, what: str) -> None:
+    """``module.load_state_dict(state)``, a mismatch told in one line that starts with
+    ``what``: load_state_dict's message has a header line, then the missing/unexpected keys
+    and the size mismatches, which are what the user needs to see."""
     try:
-        model.load_state_dict(state["model"])
+        module.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[1:3]) or first[0]
-        raise UserError(f"checkpoint {path} does not fit the requested model: {detail}") from None
+        lines = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in lines[1:3]) or lines[0]
+        raise UserError(f"{what}: {detail}") from None
+
+
+def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
+    _load_state(model, state["model"], f"checkpoint {path} does not fit the requested model")
 
 
 def save_feature_net(feature: torch.nn.Module, epoch: int, path: Path) -> None:
@@ -165,13 +172,7 @@ def load_feature_net(feature: torch.nn.Module, path: Path) -> int:
     if any(k.startswith("trunk.") for k in state):
         state = {f"blocks.{m[1]}.{0 if m[2] == 'C' else 1}.{m[3]}": v
                  for k, v in state.items() if (m := _REFERENCE_KEY.match(k))}
-    try:
-        feature.load_state_dict(state)
-    except RuntimeError as exc:
-        lines = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in lines[1:3]) or lines[0]
-        raise UserError(f"--hm_feature_net_path {path} does not fit the backbone: {detail}"
-                        ) from None
+    _load_state(feature, state, f"--hm_feature_net_path {path} does not fit the backbone")
     return int(epoch)
 
 
