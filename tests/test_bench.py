@@ -41,6 +41,12 @@ def test_gpu_check_runs_in_quick_mode_on_the_cpu(data_dir, tmp_path):
     assert set(rows[0]["train_tasks_per_s_by_variant"]) == {"loop/fp32", "loop/bf16",
                                                             "batched/fp32", "batched/bf16"}
     slice_info = json.loads((out / "slice.json").read_text())
-    assert slice_info["epochs"] == 2 and slice_info["extrapolated_2048_epochs_min"] > 0
+    # One epoch of each phase, weighted by the published schedule's 50 / 500 / 1498 epochs.
+    assert slice_info["epochs"] == 3
+    median = slice_info["median_epoch_s"]
+    assert set(median) == {"maml-warmup", "switch", "hypernet"} and min(median.values()) > 0
+    full_min = (50 * median["maml-warmup"] + 500 * median["switch"]
+                + 1498 * median["hypernet"]) / 60
+    assert slice_info["extrapolated_2048_epochs_min"] == round(full_min, 1)
     summary = (out / "summary.txt").read_text()
     assert "passed" in summary and "published HyperMAML slice" in summary
