@@ -33,7 +33,8 @@ SHORT_BAYES = ("--kl_scale 1e-24 --kl_stop_val 0.001 --hm_weight_set_num_train 5
                "--hm_weight_set_num_test 0")
 
 
-PRECISION_GROUP = "bf16 against fp32 and a second fp32 seed, cross_char 1-shot, 128 epochs"
+PRECISION_GROUP = ("precision: bf16 against fp32, and a second fp32 seed (cross_char 1-shot, "
+                   "128 epochs)")
 
 
 @dataclass(frozen=True)
