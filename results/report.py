@@ -118,6 +118,12 @@ def details(row: dict) -> list[str]:
     lines += [f"  note: {s['note']}" for s in row["segments"] if s.get("note")]
     figure = os.path.relpath(FIGURES / f"{row['name']}_curves.png", REPO)
     lines.append(f"  curves: [{figure}]({figure})")
+    if row["test"] and row["test"].get("reliability_diagram"):
+        # The record holds the absolute path test.py wrote on the machine that ran it; the
+        # committed copy lies in the run's record folder under the same name.
+        diagram = os.path.relpath(run_folder(row["name"]) / "record" /
+                                  Path(row["test"]["reliability_diagram"]).name, REPO)
+        lines.append(f"  reliability: [{diagram}]({diagram})")
     return lines
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from results import experiments, report
 from results import run as runner
@@ -35,6 +36,10 @@ def test_run_resume_and_report_from_records(data_dir, tmp_path, monkeypatch):
     assert f"**{test['acc_mean']:.2f} +-" in row and "| 2 / 2 / 19200 |" in row
     assert "T " in row  # calibration after temperature scaling
     assert (tmp_path / "figures" / "tiny_curves.png").exists()
+    diagram = next(line for line in text.splitlines() if line.startswith("  reliability: "))
+    assert (report.REPO / diagram.split("(")[1].rstrip(")")).resolve() == \
+        (tmp_path / "runs" / "tiny" / "record" / Path(test["reliability_diagram"]).name)
+    assert Path(test["reliability_diagram"]).exists()
     assert "python -m results.run tiny" in text
 
     # A run of another table that names this one for comparison: its table shows both rows,
