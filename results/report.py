@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from results.experiments import EXPERIMENTS  # noqa: E402
-from results.run import checkpoint_folder, run_folder  # noqa: E402
+from results.run import checkpoint_folder, record_folder, run_folder  # noqa: E402
 
 FIGURES = REPO / "results" / "figures"
 HEADER = """# Results
@@ -51,7 +51,7 @@ def summarise(name: str) -> dict | None:
     validated = [m for m in metrics if "val_acc" in m]
     best = max(validated, key=lambda m: m["val_acc"]) if validated else None
     segments = read_jsonl(run_folder(name) / "segments.jsonl")
-    tests = read_jsonl(run_folder(name) / "record" / "results.jsonl")
+    tests = read_jsonl(record_folder(name) / "results.jsonl")
     planned = args["stop_epoch"] * args["n_task"]
     row = {"name": name, "args": args, "epochs": len(metrics), "planned": planned,
            "published": EXPERIMENTS[name].published_epochs, "best": best,
@@ -121,7 +121,7 @@ def details(row: dict) -> list[str]:
     if row["test"] and row["test"].get("reliability_diagram"):
         # The record holds the absolute path test.py wrote on the machine that ran it; the
         # committed copy lies in the run's record folder under the same name.
-        diagram = os.path.relpath(run_folder(row["name"]) / "record" /
+        diagram = os.path.relpath(record_folder(row["name"]) /
                                   Path(row["test"]["reliability_diagram"]).name, REPO)
         lines.append(f"  reliability: [{diagram}]({diagram})")
     return lines

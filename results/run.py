@@ -33,6 +33,11 @@ def run_folder(name: str) -> Path:
     return RUNS / name
 
 
+def record_folder(name: str) -> Path:
+    """Where test.py writes the records (results.jsonl, reliability diagram) of ``name``."""
+    return run_folder(name) / "record"
+
+
 def checkpoint_folder(name: str) -> Path:
     """Where train.py writes the run of ``name`` (its checkpoint naming rule)."""
     import config
@@ -122,7 +127,7 @@ def main(argv=None) -> int:
         return code
     if args.skip_test:
         return 0
-    code = launch("test", args.name, common + ["--record_dir", str(folder / "record"),
+    code = launch("test", args.name, common + ["--record_dir", str(record_folder(args.name)),
                                                "--temperature_scaling", "--plot"], args.threads)
     if code == 0:
         print(f"done: {args.name}; python -m results.report rebuilds RESULTS.md")
