@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The reference's published cross_char commands (its commands.sh), word for word.
+# The reference's published cross_char commands (its commands.sh), word for word
+# (../shared/reference/published-commands.txt).
 PUBLISHED_HYPER_MAML = (
     "--method hyper_maml --model Conv4 --dataset cross_char --num_classes 4112 --n_shot 1 "
     "--test_n_way 5 --train_n_way 5 --stop_epoch 64 --lr_scheduler multisteplr --lr 1e-2 "
     "--hm_maml_warmup --hm_maml_warmup_epochs 50 --hm_maml_warmup_switch_epochs 500 "
     "--milestones 51 550 --hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True "
     "--hm_use_class_batch_input")
+PUBLISHED_HYPER_MAML_5SHOT = (
+    "--method hyper_maml --model Conv4 --dataset cross_char --num_classes 4112 --n_shot 5 "
+    "--test_n_way 5 --train_n_way 5 --stop_epoch 64 --lr_scheduler multisteplr --lr 1e-2 "
+    "--hm_maml_warmup --hm_maml_warmup_epochs 50 --hm_maml_warmup_switch_epochs 500 "
+    "--milestones 51 550 --hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True "
+    "--hm_use_class_batch_input --hn_sup_aggregation mean")
 PUBLISHED_BAYES_HMAML = (
     "--hm_weight_set_num_test 0 --es_threshold 10 --dataset cross_char --num_classes 4112 "
     "--train_n_way 5 --seed 1 --method bayes_hmaml --stop_epoch 64 --model Conv4 "
@@ -22,6 +29,14 @@ PUBLISHED_BAYES_HMAML = (
     "--n_shot 1 --hm_maml_warmup --lr 0.01 --hm_maml_warmup_epochs 50 "
     "--hm_maml_warmup_switch_epochs 500 --hn_head_len 3 --hn_hidden_size 512 --milestones 51 550 "
     "--kl_stop_val 0.001 --kl_scale 1e-24 --hm_weight_set_num_train 5")
+PUBLISHED_BAYES_HMAML_5SHOT = (
+    "--model Conv4 --dataset cross_char --num_classes 4112 --n_shot 5 --train_n_way 5 "
+    "--method bayes_hmaml --stop_epoch 64 --lr_scheduler multisteplr --hm_maml_warmup "
+    "--hm_maml_warmup_epochs 50 --hm_maml_warmup_switch_epochs 500 --milestones 51 550 "
+    "--hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True "
+    "--hm_use_class_batch_input --hn_sup_aggregation mean --hm_weight_set_num_test 0 "
+    "--es_threshold 0.0 --kl_scale=1e-24 --hm_weight_set_num_train 5 --kl_stop_val 0.001 "
+    "--lr 0.01")
 
 # A sixteenth of HyperMAML's schedule (128 epochs): the published architecture with the
 # warm-up, switch and lr drop scaled down to fit (the README's short runs).
@@ -76,6 +91,10 @@ EXPERIMENTS: dict[str, Experiment] = {
     **{f"{method}_omniglot_{ways}way_1shot_128": _short(method, 1, "omniglot", ways)
        for method in ("maml", "hyper_maml") for ways in (5, 20)},
     "bayes_hmaml_cross_char_1shot_published": Experiment(PUBLISHED_BAYES_HMAML, 2048,
+                                                         "published"),
+    "hyper_maml_cross_char_5shot_published": Experiment(PUBLISHED_HYPER_MAML_5SHOT, 2048,
+                                                        "published"),
+    "bayes_hmaml_cross_char_5shot_published": Experiment(PUBLISHED_BAYES_HMAML_5SHOT, 2048,
                                                          "published"),
     **{f"hyper_maml_cross_char_1shot_published_seed{seed}":
        Experiment(f"{PUBLISHED_HYPER_MAML} --seed {seed}", 2048, "published")

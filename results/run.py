@@ -48,6 +48,30 @@ def checkpoint_folder(name: str) -> Path:
     return io_utils.checkpoint_dir(opts)
 
 
+# What train.py writes beside its checkpoints: the records a lost run leaves behind.
+RUN_RECORDS = ("metrics.jsonl", "args.json", "delta_params.jsonl")
+
+
+def set_aside_lost_run(name: str) -> str | None:
+    """If the checkpoint folder of ``name`` holds a run's records but no ``last_model.tar``
+    (its checkpoints stayed on another machine), move the records into ``earlier/N/`` of the
+    run folder, so that a restart neither refuses nor overwrites them; say what was done."""
+    folder = checkpoint_folder(name)
+    if (folder / "last_model.tar").exists() or not (folder / "metrics.jsonl").exists():
+        return None
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    last_epoch = json.loads(lines[-1])["epoch"] if lines else None
+    earlier = run_folder(name) / "earlier"
+    target = earlier / str(1 + sum(1 for p in earlier.glob("*") if p.is_dir()))
+    target.mkdir(parents=True)
+    for record_name in RUN_RECORDS:
+        if (folder / record_name).exists():
+            os.replace(folder / record_name, target / record_name)
+    return (f"restarted from epoch 0: the checkpoints of the earlier attempt (to epoch "
+            f"{last_epoch}) were not on this machine; its records are in "
+            f"{target.relative_to(run_folder(name))}/")
+
+
 def machine() -> dict:
     """What the records say about where a segment ran."""
     import torch
@@ -101,6 +125,8 @@ def record(folder: Path, entry: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog="Options after -- go to train.py and test.py, "
+                                     "e.g. -- --precision bf16.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", nargs="?", choices=list(EXPERIMENTS), metavar="NAME",
                         help="experiment (see --list)")
@@ -109,14 +135,22 @@ def main(argv=None) -> int:
                         help="torch threads (1: two runs share a 2-core machine best)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--skip_test", action="store_true", help="train only")
-    parser.add_argument("extra", nargs="*", help="more options for train.py and test.py "
-                        "(after --), e.g. --precision bf16")
-    args = parser.parse_args(argv)
+    # Split at "--" here: argparse gives a trailing nargs="*" positional nothing once an
+    # option stands between it and NAME (``NAME --skip_test -- --precision bf16``).
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.extra = argv[cut + 1:]
     if args.list or not args.name:
         for name, experiment in EXPERIMENTS.items():
             print(f"{name}  [{experiment.group}]\n    {experiment.train}")
         return 0
     folder = run_folder(args.name)
+    lost = set_aside_lost_run(args.name)
+    if lost:
+        print(f"{args.name}: {lost}", file=sys.stderr)
+        record(folder, {"kind": "restart", "note": lost,
+                        "at": datetime.datetime.now().isoformat(timespec="seconds")})
     common = EXPERIMENTS[args.name].argv() + ["--device", args.device, "--save_dir",
                                               str(folder), *args.extra]
     resume = ["--resume"] if (checkpoint_folder(args.name) / "last_model.tar").exists() else []

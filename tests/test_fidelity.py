@@ -42,6 +42,17 @@ def test_the_reference_file_holds_the_four_published_commands():
                                          "bayes_hmaml 1-shot", "bayes_hmaml 5-shot"}
 
 
+def test_results_run_the_published_commands_word_for_word():
+    """The published experiments of RESULTS.md are the reference's commands, unchanged."""
+    if not PUBLISHED.exists():
+        pytest.skip(f"no {PUBLISHED}")
+    from results.experiments import EXPERIMENTS
+    for heading, argv in published_commands().items():
+        method, shots = heading.split()
+        name = f"{method}_cross_char_{shots.replace('-', '')}_published"
+        assert EXPERIMENTS[name].argv() == argv, name
+
+
 @pytest.mark.parametrize("name", sorted(published_commands()))
 def test_published_command_trains_and_tests_literally(name, data_dir, tmp_path, capsys):
     """The command as published (``--num_classes 4112``, ``--kl_scale=1e-24``, ``True``

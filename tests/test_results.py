@@ -51,3 +51,34 @@ def test_run_resume_and_report_from_records(data_dir, tmp_path, monkeypatch):
     rows = [line.split("|")[1].strip() for line in side.splitlines() if line.startswith("| `")]
     assert rows == ["`tiny`", "`tiny_again`"]
     assert "The first row repeats a run of another table" in side
+
+
+def test_run_whose_checkpoints_were_lost_restarts_and_keeps_its_records(data_dir, tmp_path,
+                                                                        monkeypatch):
+    """A run folder that arrived without its checkpoints (the records are committed, the
+    checkpoints stayed on another machine): results.run moves the earlier records to
+    earlier/1/, says so in segments.jsonl and trains from epoch 0."""
+    tiny = experiments.Experiment(
+        f"--dataset cross_char --model Conv4 --method maml --n_shot 1 --n_task 2 "
+        f"--stop_epoch 1 --data_dir {data_dir}", 19200, "equal budget, cross_char")
+    monkeypatch.setitem(experiments.EXPERIMENTS, "tiny", tiny)
+    monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
+    short = ["--", "--n_episode", "4"]
+    assert runner.main(["tiny", "--skip_test", *short]) == 0
+    folder = runner.checkpoint_folder("tiny")
+    first = (folder / "metrics.jsonl").read_text()
+    for checkpoint in folder.glob("*.tar"):
+        checkpoint.unlink()
+    assert runner.main(["tiny", "--skip_test", *short]) == 0
+    earlier = tmp_path / "runs" / "tiny" / "earlier" / "1"
+    assert (earlier / "metrics.jsonl").read_text() == first
+    assert (earlier / "args.json").exists()
+    assert [json.loads(line)["epoch"] for line in
+            (folder / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    segments = [json.loads(line) for line in
+                (tmp_path / "runs" / "tiny" / "segments.jsonl").read_text().splitlines()]
+    restart = [s for s in segments if s["kind"] == "restart"]
+    assert len(restart) == 1 and "to epoch 1" in restart[0]["note"]
+    assert "earlier/1/" in restart[0]["note"]
+    second_train = [s for s in segments if s["kind"] == "train" and "started" in s][1]
+    assert "--resume" not in second_train["argv"]
