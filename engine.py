@@ -10,6 +10,7 @@ import torch
 
 from data.episodes import EpisodeSampler
 from distributed import World
+from errors import UserError
 from methods.meta_template import MetaTemplate, TaskResult
 
 ALONE = World()  # a plain single-process run
@@ -49,9 +50,36 @@ def train_epoch(model: MetaTemplate, optimizer: torch.optim.Optimizer, sampler: 
             meta.add_grads()
         meta.present, results = world.sum_meta_gradient(meta.sums, meta.present, results,
                                                         n_task)
-        meta.write_grads()
-        optimizer.step()
+        # Every rank has the same sums and results here, so all stop together.
+        problem = non_finite_loss(results) or meta.non_finite()
+        if problem is None:
+            meta.write_grads()
+            optimizer.step()
+            problem = non_finite_weights(parameters)
+        if problem is not None:
+            raise Diverged(f"at epoch {epoch}, meta-update {update}", problem)
         yield results
+
+
+class Diverged(Exception):
+    """Training produced a non-finite loss, meta-gradient, weight or validation logit; the
+    update that did is not taken (or, for weights and logits, nothing after it is saved)."""
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(f"{where}: {problem}")
+
+
+def non_finite_loss(results: list[TaskResult]) -> str | None:
+    bad = [r.loss for r in results if not math.isfinite(r.loss)]
+    return (f"the training loss is {bad[0]} in {len(bad)} of {len(results)} tasks"
+            if bad else None)
+
+
+def non_finite_weights(parameters: list[torch.nn.Parameter]) -> str | None:
+    """One reduction and one device-to-host sync per update: a float64 sum of float32 values
+    is finite exactly when every value is."""
+    total = torch.stack([p.detach().sum(dtype=torch.float64) for p in parameters]).sum()
+    return None if torch.isfinite(total) else "a weight became non-finite after the step"
 
 
 class MetaGradient:
@@ -78,6 +106,11 @@ class MetaGradient:
                 self.present[i] = True
                 p.grad = None
 
+    def non_finite(self) -> str | None:
+        """Whether a task's gradient held inf or NaN (then so does its float64 sum)."""
+        total = torch.stack([s.sum() for s in self.sums]).sum()
+        return None if torch.isfinite(total) else "the meta-gradient is not finite"
+
     def write_grads(self) -> None:
         """Set ``.grad`` to the sum, in the parameters' dtype; None where no task gave one."""
         for p, total, present in zip(self.parameters, self.sums, self.present):
@@ -97,6 +130,22 @@ def evaluate(model: MetaTemplate, sampler: EpisodeSampler, n_episode: int,
         with model.precision_context():
             results = model.evaluate_batch([sampler.episode(i) for i in indices])
         yield from results
+
+
+def non_finite_logits(results: list[TaskResult]) -> str | None:
+    """Whether evaluated episodes have non-finite logits: the argmax of NaNs is class 0, which
+    would read as chance accuracy instead of a broken model, so they are not scored."""
+    bad = [i for i, r in enumerate(results)
+           if not (math.isfinite(r.loss) and bool(torch.isfinite(r.logits).all()))]
+    return (f"the model's logits are not finite in {len(bad)} of {len(results)} episodes "
+            f"(the first is episode {bad[0]})" if bad else None)
+
+
+def require_finite(results: list[TaskResult], what: str) -> None:
+    problem = non_finite_logits(results)
+    if problem:
+        raise UserError(f"{what}: {problem}: its weights diverged or overflowed in training, "
+                        "so no accuracy is reported")
 
 
 def mean_and_ci95(accuracies: list[float]) -> tuple[float, float]:

@@ -16,11 +16,16 @@ class UserError(Exception):
 
 def run_cli(run: Callable[[], int]) -> int:
     """Run an entry point's body: a :class:`UserError` becomes one ``error:`` line on stderr
-    and exit status 1."""
+    and exit status 1; so does an operating-system error no layer below turned into one (a
+    disk that filled, a folder that vanished: the file and the reason are what matter)."""
     try:
         return run()
     except UserError as exc:
         report(exc)
+        return 1
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        report(UserError(f"could not access{where}: {exc.strerror or exc}"))
         return 1
 
 

@@ -32,6 +32,7 @@ def evaluate_episodes(opts, model, sampler, desc: str, world: distributed.World)
     mine = list(io_utils.progress(episodes, len(world.share(opts.n_episode)), desc,
                                   world.is_main))
     results = world.gather_results(mine)
+    engine.require_finite(results, desc)
     return ([r.accuracy for r in results], torch.cat([r.logits for r in results]),
             torch.cat([r.labels for r in results]))
 

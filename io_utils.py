@@ -1,19 +1,39 @@
-"""Files of a run: checkpoint folder, atomic writes, checkpoint loading, result records."""
+"""Files of a run: checkpoint folder, its lock, atomic writes, safe checkpoint loading,
+result records.
+
+Every file is read without running code (``torch.load(weights_only=True)``: tensors and plain
+containers only), and every write either completes or leaves nothing behind; a failure of
+either is one :class:`UserError` line.
+"""
 from __future__ import annotations
 
+import datetime
+import fcntl
 import json
+import math
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from errors import UserError
 
 # 2: Conv4 reads three channels; format 1 (before) held the one-channel network, now Conv4S.
-CHECKPOINT_FORMAT = 2
+# 3: loadable with weights_only=True: no numpy RNG state (formats 1-2 held one).
+CHECKPOINT_FORMAT = 3
+
+# The numpy types of the RNG state that checkpoints of formats 1 and 2 held. Safe to allow:
+# they rebuild an array of numbers, and anything inside still goes through the restricted
+# unpickler.
+_FORMAT_2_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+                     np.dtypes.UInt32DType]
+
+CONVERT_HINT = "python convert_checkpoint.py"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -62,31 +82,190 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through a temporary file in the same folder (created if need be), then rename: a
-    reader (or a crash) never sees a half-written file, and the previous version survives a
-    failed write."""
+class WriteError(UserError):
+    """A file of a run could not be written (disk full, folder removed, permissions)."""
+
+    def __init__(self, path: Path, exc: OSError):
+        super().__init__(f"could not write {path}: {exc.strerror or exc}")
+
+
+def write_file(path: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename: a reader (or a crash)
+    never sees a half-written file, and the previous version survives a failed write. The
+    folder must exist: a run folder removed mid-run is an error, not silently made anew."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.chmod(tmp, _file_mode())
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.chmod(tmp, _file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(exc)
+        if cause is not None:
+            raise WriteError(path, cause) from None
         raise
 
 
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError behind ``exc``: torch.save, for one, answers a full disk with a
+    RuntimeError raised while handling the OSError."""
+    while exc is not None and not isinstance(exc, OSError):
+        exc = exc.__context__
+    return exc
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append ``text`` to ``path`` (created if missing), all of it or nothing: a failed write
+    is cut back off, so a record file never ends in half a line."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _file_mode())
+    except OSError as exc:
+        raise WriteError(path, exc) from None
+    try:
+        size = os.fstat(fd).st_size
+        data = text.encode()
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        except OSError as exc:
+            os.ftruncate(fd, size)
+            raise WriteError(path, exc) from None
+    finally:
+        os.close(fd)
+
+
+def json_line(record: dict) -> str:
+    """``record`` as one line of strict JSON: a non-finite number (which JSON cannot hold and
+    strict parsers reject) is written as null."""
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+    return json.dumps(finite(record), allow_nan=False) + "\n"
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
-    _atomic(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **state}, f))
+    write_file(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, **state}, f))
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode()))
+    write_file(path, lambda f: f.write(text.encode()))
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while a run writes there: a second run into
+    the same folder stops at once instead of interleaving its records and checkpoints with
+    the first's. ``flock`` locks belong to the open file, so the operating system releases
+    them when the process ends, however it ends: a killed run leaves no stale lock."""
+
+    NAME = ".run.lock"
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / self.NAME
+        self.fd: int | None = None
+        self.created: list[Path] = []
+
+    def acquire(self) -> None:
+        """Lock the folder, creating it if need be; refused in one line if another process
+        holds it."""
+        ensure_writable(self.folder)
+        self.created = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _file_mode())
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.read(fd, 300).decode(errors="replace").strip()
+                    os.close(fd)
+                    self._remove_created()
+                    raise UserError(
+                        f"{self.folder} is in use by another run ({holder or 'a process'}); "
+                        "two runs in one folder would overwrite each other's checkpoints and "
+                        "records: wait for it to end, or use another --checkpoint_suffix or "
+                        "--save_dir") from None
+                # A holder that was releasing removed the file we opened: lock the new one.
+                if os.path.exists(self.path) and os.path.samestat(os.fstat(fd),
+                                                                  os.stat(self.path)):
+                    break
+                os.close(fd)
+            started = datetime.datetime.now().isoformat(timespec="seconds")
+            os.ftruncate(fd, 0)
+            os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, since "
+                         f"{started}\n".encode())
+        except OSError as exc:
+            self._remove_created()
+            raise UserError(f"cannot write to {self.folder}: {exc.strerror or exc}") from None
+        self.fd = fd
+
+    def release(self) -> None:
+        """Unlock; folders that :meth:`acquire` created and that stayed empty are removed (a
+        start refused before any work leaves nothing behind)."""
+        if self.fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still locked: see acquire
+        os.close(self.fd)
+        self.fd = None
+        self._remove_created()
+
+    def _remove_created(self) -> None:
+        for folder in self.created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty (the run wrote there), or gone
+                break
+        self.created = []
+
+
+def load_safely(path: Path, what: str):
+    """``torch.load`` that cannot run code: only tensors and plain containers are rebuilt
+    (and the numpy RNG state of checkpoints of formats 1-2). A file that names any other
+    Python object (which a plain ``torch.load`` would call, whatever it does) is refused in
+    one line, with the way to convert a file one trusts."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_FORMAT_2_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{what} {path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a folder, not a file") from None
+    except PermissionError as exc:
+        raise UserError(f"{what} {path} cannot be read: {exc.strerror}") from None
+    except Exception as exc:
+        names = _unsafe_globals(path)
+        if names:
+            raise UserError(
+                f"{what} {path} is not a plain checkpoint: it names Python objects beyond "
+                f"tensors and plain containers ({', '.join(names[:3])}), which loading would "
+                f"run, so it was not loaded; if you trust its source, `{CONVERT_HINT} "
+                f"{path} NEW_FILE` converts it") from None
+        raise UserError(f"{what} {path} is unreadable ({type(exc).__name__}); it may be "
+                        "corrupt, truncated or not a PyTorch file") from None
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The Python objects a pickle file names that the safe loader does not allow (read
+    from its opcodes, nothing is run)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:
+        return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _FORMAT_2_GLOBALS}
+    return [n for n in names if n not in allowed]
 
 
 def load_checkpoint(path: Path, method: str) -> dict:
@@ -96,20 +275,20 @@ def load_checkpoint(path: Path, method: str) -> dict:
         there = f" (runs in {path.parent.parent}: {', '.join(runs)})" if runs else ""
         raise UserError(f"no checkpoint at {path}; train first (same --dataset, --method, "
                         f"--n_shot, --train_n_way, --checkpoint_suffix and --save_dir){there}")
+    state = load_safely(path, "checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
         saved_method = state["config"]["method"]
         state["model"]
-    except Exception as exc:
-        raise UserError(f"checkpoint {path} is unreadable or not one of this toolkit "
-                        f"({type(exc).__name__}); it may be corrupt or truncated") from None
+    except (KeyError, TypeError):
+        raise UserError(f"checkpoint {path} is not one of this toolkit (no config and model "
+                        "in it)") from None
     if saved_method != method:
         raise UserError(f"checkpoint {path} holds a {saved_method} model, not {method}")
     return _upgrade(state, path)
 
 
 def _upgrade(state: dict, path: Path) -> dict:
-    """Read a checkpoint of an older format as the network it holds.
+    """Read a checkpoint of an older format as what the current format holds.
 
     ``state["former_names"]`` maps an option to the value an older format called it by, so
     the command line that trained the run (``--model Conv4``) still names it.
@@ -120,19 +299,31 @@ def _upgrade(state: dict, path: Path) -> dict:
         state["former_names"]["model"] = "Conv4"
         print(f"note: {path} was written before Conv4 read three channels; it holds the "
               "one-channel network, now called Conv4S, and runs as that")
+    if "rng" in state:
+        state["rng"].pop("numpy", None)  # formats 1-2; nothing draws from numpy's global RNG
     return state
 
 
 def _load_state(module: torch.nn.Module, state: dict, what: str) -> None:
     """``module.load_state_dict(state)``, a mismatch told in one line that starts with
-    ``what``: load_state_dict's message has a header line, then the missing/unexpected keys
-    and the size mismatches, which are what the user needs to see."""
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as exc:
-        lines = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in lines[1:3]) or lines[0]
-        raise UserError(f"{what}: {detail}") from None
+    ``what``: how many keys are missing, unexpected or of another shape, and the first few
+    of each."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [f"{k} (saved {list(state[k].shape)}, model {list(expected[k].shape)})"
+                for k in expected if k in state and state[k].shape != expected[k].shape]
+    problems = [_few(len(keys), kind, keys) for keys, kind in
+                ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape"))
+                if keys]
+    if problems:
+        raise UserError(f"{what}: {'; '.join(problems)}")
+    module.load_state_dict(state)
+
+
+def _few(count: int, kind: str, keys: list[str], shown: int = 3) -> str:
+    more = f", ... ({count - shown} more)" if count > shown else ""
+    return f"{count} key{'s' if count != 1 else ''} {kind}: {', '.join(keys[:shown])}{more}"
 
 
 def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
@@ -142,7 +333,7 @@ def load_model_state(model: torch.nn.Module, state: dict, path: Path) -> None:
 def save_feature_net(feature: torch.nn.Module, epoch: int, path: Path) -> None:
     """The backbone alone, as the reference's ``--maml_save_feature_network`` writes it:
     ``{"epoch": epoch, "state": backbone state_dict}``."""
-    _atomic(path, lambda f: torch.save({"epoch": epoch, "state": feature.state_dict()}, f))
+    write_file(path, lambda f: torch.save({"epoch": epoch, "state": feature.state_dict()}, f))
 
 
 # The reference's Conv4 state_dict keys (ConvBlock ``C`` and ``BN`` of ``trunk.{i}``) -> ours.
@@ -156,19 +347,17 @@ def load_feature_net(feature: torch.nn.Module, path: Path) -> int:
     the reference's keys ``trunk.{i}.C.*`` / ``trunk.{i}.BN.*`` are mapped to ours and its
     unused BatchNorm running statistics dropped), or a run checkpoint of this toolkit (its
     ``feature.*`` weights)."""
+    saved = load_safely(path, "--hm_feature_net_path")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
         if "model" in saved:  # a whole run checkpoint
             state = {k[len("feature."):]: v for k, v in saved["model"].items()
                      if k.startswith("feature.")}
             epoch = saved.get("epoch", -1)
         else:
             state, epoch = saved["state"], saved.get("epoch", -1)
-    except FileNotFoundError:
-        raise UserError(f"--hm_feature_net_path {path}: no such file") from None
-    except Exception as exc:
-        raise UserError(f"--hm_feature_net_path {path} is not a saved feature network "
-                        f"({type(exc).__name__})") from None
+    except (KeyError, TypeError, AttributeError):
+        raise UserError(f"--hm_feature_net_path {path} is not a saved feature network (no "
+                        "state or model in it)") from None
     if any(k.startswith("trunk.") for k in state):
         state = {f"blocks.{m[1]}.{0 if m[2] == 'C' else 1}.{m[3]}": v
                  for k, v in state.items() if (m := _REFERENCE_KEY.match(k))}
@@ -179,11 +368,12 @@ def load_feature_net(feature: torch.nn.Module, path: Path) -> int:
 def append_result(record_dir: Path, line: str, record: dict) -> None:
     """Append one human-readable line to results.txt and one JSON record to results.jsonl."""
     ensure_writable(record_dir)
-    Path(record_dir).mkdir(parents=True, exist_ok=True)
-    with open(record_dir / "results.txt", "a") as f:
-        f.write(line + "\n")
-    with open(record_dir / "results.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        Path(record_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(record_dir, exc) from None
+    append_text(record_dir / "results.txt", line + "\n")
+    append_text(record_dir / "results.jsonl", json_line(record))
 
 
 def progress(iterable, total: int, desc: str, shown: bool = True):

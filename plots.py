@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import io_utils
 from calibration import ReliabilityBins
 from errors import UserError, run_cli
 
@@ -56,9 +57,16 @@ def reliability_diagram(panels: dict[str, ReliabilityBins], path: Path, title: s
         bottom.set(xlabel="confidence", ylabel="predictions")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return path
+
+
+def save_figure(plt, fig, path: Path) -> None:
+    """A PNG written whole or not at all (a full disk leaves no half image)."""
+    try:
+        io_utils.write_file(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def read_metrics(run: Path) -> list[dict]:
@@ -88,8 +96,7 @@ def training_curves(runs: list[Path], path: Path) -> Path:
     loss_ax.legend()
     acc_ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(plt, fig, path)
     return path
 
 

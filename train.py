@@ -55,7 +55,9 @@ def count(n: int, noun: str) -> str:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state()}
+    """torch's generators, which draw the initial weights and BayesHMAML's samples (episodes
+    come from generators of their own, seeded by (seed, split, index))."""
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -63,28 +65,28 @@ def rng_state() -> dict:
 
 def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
 class EpochLog:
-    """One JSON line per epoch (``metrics.jsonl``, ``delta_params.jsonl``); on resume, lines of
-    epochs the checkpoint does not contain (written after it, before an interruption) are
-    dropped."""
+    """One line of strict JSON per epoch (``metrics.jsonl``, ``delta_params.jsonl``), written
+    before the epoch's checkpoints; on resume, lines of epochs the checkpoint does not contain
+    (written after it, before an interruption or a failed checkpoint write) are dropped, and
+    so is a last line cut short by a killed process."""
 
     def __init__(self, path, resume_after_epoch: int | None):
         self.path = path
         if resume_after_epoch is None:
             io_utils.write_text(path, "")
         elif path.exists():
-            kept = [line for line in path.read_text().splitlines()
+            complete = path.read_text().split("\n")[:-1]  # the part after the last newline
+            kept = [line for line in complete
                     if line and json.loads(line)["epoch"] <= resume_after_epoch]
             io_utils.write_text(path, "".join(line + "\n" for line in kept))
 
     def append(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        io_utils.append_text(self.path, io_utils.json_line(record))
 
 
 def find_run(opts, last_path) -> dict | None:
@@ -112,6 +114,17 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
     if opts.evaluate_model:
         return final_test(opts, given, device, world)
     folder = io_utils.checkpoint_dir(opts)
+    # Rank 0 holds the folder's lock from before it reads a checkpoint to after the final test.
+    lock = io_utils.RunLock(folder)
+    world.from_main(lock.acquire)
+    try:
+        return train_in(folder, opts, given, device, world)
+    finally:
+        lock.release()
+
+
+def train_in(folder: Path, opts, given: set[str], device: torch.device,
+             world: distributed.World) -> int:
     last_path = folder / "last_model.tar"
     # Rank 0 reads the checkpoint and sends it: the other ranks need no shared file system.
     resume_state = world.from_main(lambda: find_run(opts, last_path))
@@ -134,8 +147,6 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
     if resume_state is None:
         world.from_main(lambda: refuse_to_overwrite(last_path))
     split_note = world.check_fits(opts.n_task, opts.n_episode)
-    if world.is_main:
-        io_utils.ensure_writable(folder)
 
     if opts.test_n_way != opts.train_n_way:
         raise UserError(f"--test_n_way {opts.test_n_way} differs from --train_n_way "
@@ -154,13 +165,15 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
     epochs = total_epochs(opts)
     scheduler = make_scheduler(opts, optimizer, epochs)
     start_epoch, best_acc, best_epoch = opts.start_epoch, -1.0, -1
+    saved_epoch = None  # the epoch last_model.tar holds
     if resume_state is not None:
         io_utils.load_model_state(model, resume_state, last_path)
         optimizer.load_state_dict(resume_state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(resume_state["scheduler"])
         restore_rng(resume_state["rng"])
-        start_epoch = resume_state["epoch"] + 1
+        saved_epoch = resume_state["epoch"]
+        start_epoch = saved_epoch + 1
         best_acc, best_epoch = resume_state["best_val_acc"], resume_state["best_epoch"]
         saved_world = resume_state.get("world_size", 1)
         world.say(f"Resuming {last_path} after epoch {resume_state['epoch']}"
@@ -200,11 +213,14 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
         updates_iter = engine.train_epoch(model, optimizer, train_sampler, epoch,
                                           opts.n_episode, opts.n_task, world)
         bar = io_utils.progress(updates_iter, updates, f"epoch {epoch}/{epochs}", world.is_main)
-        for batch in bar:
-            check_interrupt()
-            results += batch
-            bar.set_postfix(loss=f"{np.mean([r.loss for r in results]):.4f}",
-                            acc=f"{np.mean([r.accuracy for r in results]):.2f}%", **schedule)
+        try:
+            for batch in bar:
+                check_interrupt()
+                results += batch
+                bar.set_postfix(loss=f"{np.mean([r.loss for r in results]):.4f}",
+                                acc=f"{np.mean([r.accuracy for r in results]):.2f}%", **schedule)
+        except engine.Diverged as exc:
+            raise UserError(divergence_message(exc, opts, last_path, saved_epoch)) from None
         if scheduler is not None:
             scheduler.step()
         record = {"epoch": epoch, "train_loss": float(np.mean([r.loss for r in results])),
@@ -214,8 +230,14 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
             val_iter = engine.evaluate(model, val_sampler, opts.n_episode, opts.n_task, world)
             mine = list(io_utils.progress(val_iter, len(world.share(opts.n_episode)),
                                           "validation", world.is_main))
-            val = [r.accuracy for r in world.gather_results(mine)]
-            record["val_acc"], record["val_ci95"] = engine.mean_and_ci95(val)
+            val = world.gather_results(mine)
+            problem = engine.non_finite_logits(val)
+            if problem:
+                raise UserError(divergence_message(
+                    engine.Diverged(f"in the validation after epoch {epoch}", problem), opts,
+                    last_path, saved_epoch))
+            record["val_acc"], record["val_ci95"] = engine.mean_and_ci95(
+                [r.accuracy for r in val])
             if record["val_acc"] > best_acc:
                 best_acc, best_epoch = record["val_acc"], epoch
                 record["best"] = True
@@ -227,18 +249,17 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
                      "scheduler": None if scheduler is None else scheduler.state_dict(),
                      "rng": rng_state(), "best_val_acc": best_acc, "best_epoch": best_epoch,
                      "schedule": schedule, "world_size": world.size}
-            if record.get("best"):
-                io_utils.save_checkpoint(state, folder / "best_model.tar")
-            io_utils.save_checkpoint(state, last_path)
-            if epoch % opts.save_freq == 0 or epoch == epochs - 1:
-                io_utils.save_checkpoint(state, folder / f"{epoch}.tar")
-            if opts.maml_save_feature_network and "val_acc" in record:
-                if record.get("best"):
-                    io_utils.save_feature_net(model.feature, epoch, folder / "best_feature_net.tar")
-                io_utils.save_feature_net(model.feature, epoch, folder / "last_feature_net.tar")
-            metrics.append(record)
-            if deltas is not None:
-                deltas.append(delta_record(model, train_sampler, epoch, opts.n_episode, schedule))
+            try:
+                save_epoch(opts, folder, state, record, model, metrics, deltas, train_sampler,
+                           epochs)
+            except io_utils.WriteError as exc:
+                again = ("no checkpoint was saved yet: run the same command again"
+                         if saved_epoch is None else
+                         f"{last_path} holds epoch {saved_epoch}: --resume continues from it "
+                         "(dropping the records of later epochs)")
+                raise UserError(f"{exc}; training stopped in epoch {epoch}; {again} once the "
+                                "folder can be written again") from None
+            saved_epoch = epoch
         val_text = (f", val {record['val_acc']:.2f}% +- {record['val_ci95']:.2f}%"
                     f" (best {best_acc:.2f}% at epoch {best_epoch})" if "val_acc" in record else "")
         schedule_text = "".join(f", {k} {v:.3g}" if isinstance(v, float) else f", {k} {v}"
@@ -255,6 +276,38 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
     world.say(f"Done. Best validation accuracy {best_acc:.2f}% at epoch {best_epoch}; "
               f"checkpoints in {folder}")
     return final_test(opts, given, device, world) if opts.final_test else 0
+
+
+def save_epoch(opts, folder: Path, state: dict, record: dict, model, metrics: EpochLog,
+               deltas: EpochLog | None, sampler, epochs: int) -> None:
+    """The epoch's records, then its checkpoints, ``last_model.tar`` last: a write that fails
+    part-way leaves ``last_model.tar`` at the previous epoch, and the records of the unsaved
+    epoch are dropped when ``--resume`` continues from it (:class:`EpochLog`)."""
+    epoch = state["epoch"]
+    metrics.append(record)
+    if deltas is not None:
+        deltas.append(delta_record(model, sampler, epoch, opts.n_episode, state["schedule"]))
+    if record.get("best"):
+        io_utils.save_checkpoint(state, folder / "best_model.tar")
+    if epoch % opts.save_freq == 0 or epoch == epochs - 1:
+        io_utils.save_checkpoint(state, folder / f"{epoch}.tar")
+    if opts.maml_save_feature_network and "val_acc" in record:
+        if record.get("best"):
+            io_utils.save_feature_net(model.feature, epoch, folder / "best_feature_net.tar")
+        io_utils.save_feature_net(model.feature, epoch, folder / "last_feature_net.tar")
+    io_utils.save_checkpoint(state, folder / "last_model.tar")
+
+
+def divergence_message(exc: engine.Diverged, opts, last_path: Path,
+                       saved_epoch: int | None) -> str:
+    cause = f"the learning rate (--lr {opts.lr:g}) is too high for this model"
+    if opts.precision == "bf16":
+        cause += ", or bfloat16 overflowed (--precision fp32 avoids that)"
+    kept = (f"{last_path} (epoch {saved_epoch}) and the other checkpoints are the last finite "
+            "ones, kept" if saved_epoch is not None else
+            "no checkpoint was saved before it")
+    return (f"training diverged {exc}; usually {cause}; {kept}; training stopped, start "
+            "again with a lower --lr")
 
 
 def delta_record(model, sampler, epoch: int, n_episode: int, schedule: dict) -> dict:

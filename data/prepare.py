@@ -223,8 +223,12 @@ def _remove_leftovers(dataset_dir: Path, name: str) -> None:
 
 def _write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(path.name + ".partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    except OSError:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 # How to point each entry point at an offline copy of the raw files (a folder laid out like

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+import io_utils
 from errors import UserError
 
 IMAGE_SIZE = 28
@@ -94,9 +95,12 @@ class ImageStore:
             print(f"Decoding {len(paths):,} images of {folder} into {cache.name} (once) ...",
                   flush=True)
         images = torch.from_numpy(_decode_all([folder / p for p in paths]))
-        tmp = cache.with_name(cache.name + f".tmp{os.getpid()}")
-        torch.save({"fingerprint": fingerprint, "paths": paths, "images": images}, tmp)
-        os.replace(tmp, cache)
+        stored = {"fingerprint": fingerprint, "paths": paths, "images": images}
+        try:
+            io_utils.write_file(cache, lambda f: torch.save(stored, f))
+        except io_utils.WriteError as exc:  # a read-only or full data folder: decode each time
+            print(f"note: {exc}; the images stay decoded in memory for this run only",
+                  flush=True)
         return cls(folder, paths, images)
 
 

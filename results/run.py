@@ -26,6 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "results" / "runs"
 sys.path.insert(0, str(REPO))
 
+import config  # noqa: E402
+import io_utils  # noqa: E402
+from errors import run_cli  # noqa: E402
+from methods import METHODS  # noqa: E402
 from results.experiments import EXPERIMENTS  # noqa: E402
 
 
@@ -40,11 +44,8 @@ def record_folder(name: str) -> Path:
 
 def checkpoint_folder(name: str) -> Path:
     """Where train.py writes the run of ``name`` (its checkpoint naming rule)."""
-    import config
-    from methods import METHODS
     opts, _ = config.parse("train", list(METHODS), EXPERIMENTS[name].argv())
     opts.save_dir = str(run_folder(name))
-    import io_utils
     return io_utils.checkpoint_dir(opts)
 
 
@@ -104,9 +105,7 @@ def launch(kind: str, name: str, argv: list[str], threads: int) -> int:
                "commit": git_commit(), "threads": threads, "argv": argv, **machine()}
     last = checkpoint_folder(name) / "last_model.tar"
     if kind == "train" and last.exists():
-        import torch
-        segment["resumed_after_epoch"] = torch.load(last, map_location="cpu",
-                                                    weights_only=False)["epoch"]
+        segment["resumed_after_epoch"] = io_utils.load_safely(last, "checkpoint")["epoch"]
     record(folder, segment)  # before it runs: a segment cut short by a stop stays on record
     started = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -119,8 +118,7 @@ def launch(kind: str, name: str, argv: list[str], threads: int) -> int:
 
 
 def record(folder: Path, entry: dict) -> None:
-    with open(folder / "segments.jsonl", "a") as f:
-        f.write(json.dumps(entry) + "\n")
+    io_utils.append_text(folder / "segments.jsonl", io_utils.json_line(entry))
 
 
 def main(argv=None) -> int:
@@ -145,6 +143,17 @@ def main(argv=None) -> int:
         for name, experiment in EXPERIMENTS.items():
             print(f"{name}  [{experiment.group}]\n    {experiment.train}")
         return 0
+    # One results.run per experiment at a time: a second would move or interleave the
+    # first's records (its train.py locks the checkpoint folder below this one).
+    lock = io_utils.RunLock(run_folder(args.name))
+    lock.acquire()
+    try:
+        return run_experiment(args)
+    finally:
+        lock.release()
+
+
+def run_experiment(args) -> int:
     folder = run_folder(args.name)
     lost = set_aside_lost_run(args.name)
     if lost:
@@ -169,4 +178,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

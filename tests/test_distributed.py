@@ -65,8 +65,8 @@ def epoch_records(folder: Path) -> list[dict]:
 
 
 def assert_same_weights(path_a: Path, path_b: Path) -> None:
-    a = torch.load(path_a, weights_only=False)
-    b = torch.load(path_b, weights_only=False)
+    a = torch.load(path_a, weights_only=True)
+    b = torch.load(path_b, weights_only=True)
     assert a["epoch"] == b["epoch"]
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), (
@@ -192,7 +192,7 @@ def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(failure, data_di
         "answer within --dist_timeout 15s" in last, err
     assert waited < 60
     # The checkpoints written so far are intact.
-    state = torch.load(run_folder(tmp_path, "maml") / "last_model.tar", weights_only=False)
+    state = torch.load(run_folder(tmp_path, "maml") / "last_model.tar", weights_only=True)
     assert state["world_size"] == 2
 
 

@@ -54,7 +54,7 @@ def test_a_resumed_run_keeps_its_precision(data_dir, tmp_path, capsys):
     assert code == 0 and "loop engine, bf16;" in out and "epoch 3:" in out
     folder = tmp_path / "checkpoints" / "cross_char" / "Conv4_maml_5way_1shot"
     assert json.loads((folder / "args.json").read_text())["precision"] == "bf16"
-    state = torch.load(folder / "last_model.tar", weights_only=False)
+    state = torch.load(folder / "last_model.tar", weights_only=True)
     assert state["config"]["precision"] == "bf16"
     assert all(v.dtype == torch.float32 for v in state["model"].values())
 

@@ -1,0 +1,336 @@
+"""Reliability: a file can never run code when loaded, a diverging run stops, one run per
+folder, and a failed write (full disk, vanished folder) is one line that leaves the run
+resumable exactly."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, run, run_folder,
+                              run_until, tiny_run, train_command)  # noqa: F401
+
+
+class RunsCode:
+    """Unpickling this calls ``open(marker, "w")``: a file that creates a marker when loaded
+    with full pickle (any callable would do, a shell command included)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def strict_json_lines(path) -> list[dict]:
+    """The lines of ``path`` as strict JSON parsers read them (NaN/Infinity refused)."""
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+# --- safe loading ---------------------------------------------------------------------------
+def test_a_file_that_would_run_code_is_refused_everywhere(data_dir, tiny_run, tmp_path, capsys):
+    marker = tmp_path / "marker"
+    save = tmp_path / "save"
+    shutil.copytree(run_folder(tiny_run), run_folder(save))
+    bomb = {"config": {"method": "maml"}, "model": {}, "epoch": RunsCode(marker)}
+    for name in ("best_model.tar", "last_model.tar"):
+        torch.save(bomb, run_folder(save) / name)
+    test_options = TINY[:6] + ["--data_dir", data_dir, "--save_dir", save, "--n_episode", "5",
+                               "--repeat", "1", "--record_dir", tmp_path / "rec"]
+    code, _, err = run(TEST, test_options, capsys)
+    assert_one_line_error(code, err, r"best_model.tar is not a plain checkpoint: .*\(io"
+                                     r"\.open\).*python convert_checkpoint.py")
+    code, _, err = run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", save, "--resume"],
+                       capsys)
+    assert_one_line_error(code, err, "last_model.tar is not a plain checkpoint")
+    torch.save({"epoch": 1, "state": RunsCode(marker)}, tmp_path / "feature.tar")
+    code, _, err = run(TRAIN, TINY[:2] + ["--method", "hyper_maml"] + TINY[4:] + [
+        "--hm_load_feature_net", "--hm_feature_net_path", tmp_path / "feature.tar",
+        "--data_dir", data_dir, "--save_dir", tmp_path / "other"], capsys)
+    assert_one_line_error(code, err, "feature.tar is not a plain checkpoint")
+    assert not marker.exists()
+
+
+def test_checkpoints_of_format_2_resume_exactly(data_dir, tmp_path, capsys):
+    """Format 2 saved numpy's RNG state (numpy arrays, which the safe loader takes only as
+    that); such a run still resumes, and continues exactly as an uninterrupted one."""
+    options = TINY + ["--stop_epoch", "2", "--data_dir", data_dir]
+    assert run(TRAIN, options + ["--save_dir", tmp_path / "straight"], capsys)[0] == 0
+    assert run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", tmp_path / "old"],
+               capsys)[0] == 0
+    last = run_folder(tmp_path / "old") / "last_model.tar"
+    state = torch.load(last, weights_only=True)
+    state.update(format=2)
+    state["rng"]["numpy"] = np.random.get_state()
+    torch.save(state, last)
+    with pytest.raises(Exception):  # not loadable by the plain safe loader: the real test
+        torch.load(last, weights_only=True)
+    code, out, err = run(TRAIN, options + ["--save_dir", tmp_path / "old", "--resume"], capsys)
+    assert code == 0, err
+    assert "Resuming" in out and "after epoch 1" in out
+    a = torch.load(run_folder(tmp_path / "straight") / "last_model.tar", weights_only=True)
+    b = torch.load(last, weights_only=True)
+    assert a["epoch"] == b["epoch"] == 3 and "numpy" not in b["rng"]
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+def test_a_trusted_file_with_other_objects_converts_deliberately(tmp_path, capsys):
+    """A feature network saved beside numpy scalars and an argparse Namespace (as research
+    code often does) is refused, then converted on purpose, then loads."""
+    import argparse
+
+    import convert_checkpoint
+    import io_utils
+    from backbones import Conv4
+    from errors import UserError
+    torch.manual_seed(0)
+    source = Conv4()
+    saved = {"epoch": np.int64(7), "best": np.float64(0.5),
+             "args": argparse.Namespace(lr=0.01, milestones=[51, 550]),
+             "state": {k: v.numpy() for k, v in source.state_dict().items()}}
+    torch.save(saved, tmp_path / "foreign.tar")
+    with pytest.raises(UserError, match="is not a plain checkpoint.*convert_checkpoint.py"):
+        io_utils.load_feature_net(Conv4(), tmp_path / "foreign.tar")
+    assert convert_checkpoint.main([str(tmp_path / "foreign.tar"),
+                                    str(tmp_path / "plain.tar")]) == 0
+    target = Conv4()
+    assert io_utils.load_feature_net(target, tmp_path / "plain.tar") == 7
+    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
+        assert torch.equal(a, b), name
+    plain = torch.load(tmp_path / "plain.tar", weights_only=True)
+    assert plain["args"] == {"lr": 0.01, "milestones": [51, 550]} and plain["best"] == 0.5
+    # The original is never replaced.
+    assert convert_checkpoint.main([str(tmp_path / "foreign.tar"),
+                                    str(tmp_path / "plain.tar")]) == 1
+    assert "exists" in capsys.readouterr().err
+
+
+def test_a_mismatch_names_counts_and_the_first_keys():
+    import io_utils
+    from backbones import Conv4
+    from errors import UserError
+    state = {k: v for k, v in Conv4().state_dict().items() if not k.startswith("blocks.3")}
+    state["extra.weight"] = torch.zeros(1)
+    with pytest.raises(UserError) as caught:
+        io_utils._load_state(Conv4(), state, "it does not fit")
+    message = str(caught.value)
+    expected = [k for k in Conv4().state_dict() if k.startswith("blocks.3")]
+    assert message.startswith(f"it does not fit: {len(expected)} keys missing: "
+                              f"{', '.join(expected[:3])}, ... ({len(expected) - 3} more); "
+                              "1 key unexpected: extra.weight")
+    assert len(message) < 250
+
+
+# --- divergence -------------------------------------------------------------------------------
+@pytest.mark.parametrize("method", ["maml", "hyper_maml"])
+def test_a_diverging_run_stops_and_keeps_the_last_finite_checkpoint(method, data_dir, tmp_path,
+                                                                    capsys):
+    """--lr 1e30: the first update's weights are finite but huge, the second's loss is NaN.
+    With one update per epoch and validation every second epoch, epoch 0 is saved and the
+    run stops in epoch 1 without saving it; the model of epoch 0 is refused by test.py
+    (non-finite logits) instead of scoring chance."""
+    options = TINY[:2] + ["--method", method] + TINY[4:] + [
+        "--n_episode", "2", "--stop_epoch", "5", "--eval_freq", "2", "--lr", "1e30",
+        "--data_dir", data_dir, "--save_dir", tmp_path]
+    code, out, err = run(TRAIN, options, capsys)
+    assert_one_line_error(code, err, r"training diverged at epoch 1, meta-update 0: the "
+                                     r"training loss is nan .*--lr 1e\+30.*last_model.tar "
+                                     r"\(epoch 0\) .* kept; training stopped")
+    folder = run_folder(tmp_path, method)
+    assert "epoch 0:" in out and "epoch 1:" not in out
+    assert sorted(n for n in os.listdir(folder) if n.endswith(".tar")) == ["0.tar",
+                                                                           "last_model.tar"]
+    last = torch.load(folder / "last_model.tar", weights_only=True)
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+    assert [m["epoch"] for m in strict_json_lines(folder / "metrics.jsonl")] == [0]
+
+    code, _, err = run(TEST, options + ["--save_iter", "0", "--n_episode", "5", "--repeat",
+                                        "1", "--record_dir", tmp_path / "rec"], capsys)
+    assert_one_line_error(code, err, "logits are not finite in 5 of 5 episodes")
+    assert not (tmp_path / "rec" / "results.jsonl").exists()
+
+
+def test_a_non_finite_validation_stops_before_saving(data_dir, tmp_path, capsys):
+    options = TINY + ["--n_episode", "2", "--lr", "1e30", "--data_dir", data_dir,
+                      "--save_dir", tmp_path]
+    code, _, err = run(TRAIN, options, capsys)
+    assert_one_line_error(code, err, "training diverged in the validation after epoch 0: the "
+                                     "model's logits are not finite .*no checkpoint was saved")
+    assert not list(run_folder(tmp_path).glob("*.tar"))
+    assert strict_json_lines(run_folder(tmp_path) / "metrics.jsonl") == []
+
+
+def test_json_records_stay_strict():
+    import io_utils
+    line = io_utils.json_line({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2.5}})
+    assert json.loads(line, parse_constant=lambda t: pytest.fail(t)) == {
+        "a": None, "b": [1.0, None], "c": {"d": 2.5}}
+
+
+# --- one run per folder -------------------------------------------------------------------------
+def test_a_second_run_into_a_busy_folder_stops_and_changes_nothing(data_dir, tmp_path):
+    """While a run trains, a second launch (fresh or --resume) into its folder stops at once
+    naming the holder; after the first is killed (-9), --resume takes the folder over."""
+    command = train_command(data_dir, tmp_path, "maml")
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        for line in first.stdout:
+            if line.startswith("epoch 1:"):
+                break
+        folder = run_folder(tmp_path)
+        for extra in ([], ["--resume"]):
+            second = subprocess.run(command + extra, capture_output=True, text=True,
+                                    cwd=REPO_ROOT, timeout=120)
+            assert second.returncode == 1, second.stderr
+            lines = second.stderr.strip().splitlines()
+            holder = f"error: {folder} is in use by another run (process {first.pid} "
+            assert len(lines) == 1 and lines[0].startswith(holder), lines
+            assert first.poll() is None  # the first run went on
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+    metrics = [m["epoch"] for m in strict_json_lines(folder / "metrics.jsonl")]
+    assert metrics == sorted(set(metrics))  # every epoch once, in order
+    code, out = run_until(command + ["--resume"], metrics[-1] + 1, signal.SIGKILL)
+    assert "Resuming" in out, out
+
+
+def test_two_launches_at_once_leave_one_run(data_dir, tmp_path):
+    """The same command started twice at the same moment: one trains, the other stops."""
+    command = [sys.executable, str(REPO_ROOT / "train.py"), *TINY, "--data_dir", str(data_dir),
+               "--save_dir", str(tmp_path)]
+    launched = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, cwd=REPO_ROOT) for _ in range(2)]
+    finished = [(p.wait(timeout=300), p.stderr.read()) for p in launched]
+    codes = sorted(code for code, _ in finished)
+    # The loser either met the lock, or (starting after the winner had finished) the run.
+    assert codes == [0, 1], finished
+    loser = next(err for code, err in finished if code == 1)
+    assert "is in use by another run" in loser or "already holds a run" in loser, loser
+    metrics = [m["epoch"] for m in strict_json_lines(run_folder(tmp_path) / "metrics.jsonl")]
+    assert metrics == [0, 1]
+
+
+def test_results_run_holds_its_folder(tmp_path, monkeypatch):
+    import io_utils
+    from errors import UserError
+    from results import run as runner
+    monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
+    name = "maml_cross_char_1shot_128"
+    holder = io_utils.RunLock(runner.run_folder(name))
+    holder.acquire()
+    try:
+        with pytest.raises(UserError, match=f"is in use by another run \\(process {os.getpid()} "):
+            runner.main([name])
+    finally:
+        holder.release()
+    assert not (tmp_path / "runs").exists()  # nothing was recorded; the lock's folders went
+
+
+# --- failed writes ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def straight_run(data_dir, tmp_path_factory):
+    """An uninterrupted 4-epoch run: what a run stopped by a failed write must resume to."""
+    save = tmp_path_factory.mktemp("straight")
+    assert TRAIN.main(TINY + ["--stop_epoch", "2", "--data_dir", str(data_dir),
+                              "--save_dir", str(save)]) == 0
+    return run_folder(save)
+
+
+def assert_resumes_exactly(straight, save, data_dir, capsys):
+    folder = run_folder(save)
+    assert not [n for n in os.listdir(folder) if n.startswith(".")]  # no temporary, no lock
+    code, _, err = run(TRAIN, TINY + ["--stop_epoch", "2", "--data_dir", data_dir,
+                                      "--save_dir", save, "--resume"], capsys)
+    assert code == 0, err
+    a = torch.load(straight / "last_model.tar", weights_only=True)
+    b = torch.load(folder / "last_model.tar", weights_only=True)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    strip = lambda lines: [{k: v for k, v in m.items() if k != "seconds"} for m in lines]  # noqa
+    assert strip(strict_json_lines(folder / "metrics.jsonl")) == \
+        strip(strict_json_lines(straight / "metrics.jsonl"))
+
+
+# The write in epoch 1 of each: metrics.jsonl is written when the run starts, then once per
+# epoch; the checkpoints once per epoch (epoch 1 improves on epoch 0's validation).
+@pytest.mark.parametrize("failing,nth", [("metrics.jsonl", 3), ("best_model.tar", 2),
+                                         ("last_model.tar", 2)])
+def test_a_full_disk_is_one_line_and_resumes_exactly(failing, nth, data_dir, straight_run,
+                                                     tmp_path, monkeypatch, capsys):
+    """The disk fills at the ``nth`` write of ``failing`` (injected at its fsync, where a
+    file system reports that the data found no room): one line, no partial file, and
+    --resume then gives the very run that never stopped."""
+    real_fsync, writes = os.fsync, []
+
+    def fsync(fd):
+        name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        if name == failing or name.startswith(f".{failing}."):
+            writes.append(name)
+            if len(writes) == nth:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    code, _, err = run(TRAIN, TINY + ["--stop_epoch", "2", "--data_dir", data_dir,
+                                      "--save_dir", tmp_path], capsys)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert_one_line_error(code, err, f"could not write .*{failing}: No space left on device; "
+                                     r"training stopped in epoch 1; .*last_model.tar holds "
+                                     r"epoch 0: --resume continues")
+    assert_resumes_exactly(straight_run, tmp_path, data_dir, capsys)
+
+
+def test_a_run_folder_removed_mid_run_is_one_line(data_dir, tmp_path, monkeypatch, capsys):
+    import io_utils
+    real_append, appends = io_utils.append_text, []
+
+    def append_text(path, text):
+        appends.append(path)
+        if len(appends) == 2:  # the second epoch's metrics line
+            shutil.rmtree(path.parent)
+        return real_append(path, text)
+
+    monkeypatch.setattr(io_utils, "append_text", append_text)
+    code, _, err = run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", tmp_path], capsys)
+    assert_one_line_error(code, err, "could not write .*metrics.jsonl: No such file or "
+                                     "directory; training stopped in epoch 1")
+    assert not run_folder(tmp_path).exists()  # not made anew with half the records
+
+
+def test_a_real_full_disk(data_dir, straight_run, tmp_path, capsys):
+    """A 5 MiB tmpfs (in a private mount namespace): epoch 0's three checkpoints (1.4 MB
+    each) fit, epoch 1's new best_model.tar beside them does not. torch.save reports that as
+    a RuntimeError raised while handling the OSError, which must still be one line."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (f"mount -t tmpfs -o size=5m tmpfs {disk} && cd {REPO_ROOT} && "
+              f"{sys.executable} train.py {' '.join(map(str, TINY))} --stop_epoch 2 "
+              f"--data_dir {data_dir} --save_dir {disk}/save; echo $? > {tmp_path}/code; "
+              f"cp -a {disk}/save {tmp_path}/save")
+    try:
+        done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if not (tmp_path / "code").exists():
+        pytest.skip(f"no private tmpfs here: {done.stderr.strip()[:200]}")
+    assert (tmp_path / "code").read_text().strip() == "1", done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device; training stopped in epoch 1" in \
+        lines[0], done.stderr
+    assert_resumes_exactly(straight_run, tmp_path / "save", data_dir, capsys)
