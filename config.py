@@ -53,9 +53,10 @@ def _opt(default: Any, help: str, scope: str = "run", **argparse_kwargs: Any) ->
 class Options:
     # --- what to run -------------------------------------------------------------------------
     dataset: str = _opt(None, "benchmark: omniglot (Vinyals splits) or cross_char "
-                        "(Omniglot without Latin -> EMNIST)", "model", choices=DATASETS,
-                        required=True)
-    method: str = _opt(None, "meta-learning method", "model", required=True)
+                        "(Omniglot without Latin -> EMNIST); required, except beside test.py "
+                        "--checkpoint", "model", choices=DATASETS)
+    method: str = _opt(None, "meta-learning method; required, except beside test.py "
+                       "--checkpoint", "model")
     model: str = _opt("Conv4", "backbone: Conv4 reads the image as three normalised RGB "
                       "channels, as the published runs; Conv4S the first channel alone "
                       "(cheaper first layer, not the published model)", "model", choices=MODELS)
@@ -223,6 +224,10 @@ class Options:
     split: str = _opt("novel", "split to test on", "test", choices=("base", "val", "novel"))
     save_iter: int = _opt(-1, "test the checkpoint of this epoch instead of best_model.tar",
                           "test")
+    checkpoint: Optional[str] = _opt(None, "test this file instead of a run folder's "
+                                     "checkpoint: a model file (models/*.safetensors) or any "
+                                     "run checkpoint (.tar); every model option, --dataset and "
+                                     "--method included, comes from it", "test")
     repeat: int = _opt(5, "test repeats, with seeds seed .. seed+repeat-1", "eval")
     adaptation: bool = _opt(False, "adapt more at test time, --hn_val_epochs steps (-1: 100): "
                             "MAML's inner steps; the hypernetwork methods fine-tune on the "
@@ -281,8 +286,7 @@ def build_parser(entry: str, method_names: Sequence[str]) -> argparse.ArgumentPa
             kwargs.update(type=str2bool, nargs="?", const=True, metavar="BOOL")
         elif "type" not in kwargs:
             kwargs["type"] = _scalar_type(f)
-        if not kwargs.get("required"):
-            kwargs["default"] = f.default if f.default is not dataclasses.MISSING else None
+        kwargs["default"] = f.default if f.default is not dataclasses.MISSING else None
         help_text = f.metadata["help"]
         scope = f.metadata["scope"]
         if scope == "eval" and entry == "train":
@@ -316,8 +320,15 @@ def parse(entry: str, method_names: Sequence[str], argv: Optional[Sequence[str]]
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(entry, method_names)
     namespace = parser.parse_args(argv)
+    # What to run comes from the command line, or from the file test.py --checkpoint names.
+    missing = [f"--{name}" for name in WHAT_TO_RUN if getattr(namespace, name) is None]
+    if missing and not (entry == "test" and namespace.checkpoint):
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     opts = Options(**vars(namespace))
     return opts, explicit_options(parser, argv)
+
+
+WHAT_TO_RUN = ("dataset", "method")
 
 
 def note_ignored(opts: Options, given: set[str], ignored: set[str], say=print) -> None:

@@ -26,27 +26,38 @@ from methods import METHODS, build_method, choose_precision, options_ignored_by
 
 
 def evaluate_episodes(opts, model, sampler, desc: str, world: distributed.World):
-    """Accuracy per episode, and all query logits and labels, of ``opts.n_episode`` episodes
-    (under torchrun each rank evaluates its share and every rank gets them all)."""
+    """The results of ``opts.n_episode`` episodes, in episode order (under torchrun each rank
+    evaluates its share and every rank gets them all), and all their query logits and
+    labels."""
     episodes = engine.evaluate(model, sampler, opts.n_episode, opts.n_task, world)
     mine = list(io_utils.progress(episodes, len(world.share(opts.n_episode)), desc,
                                   world.is_main))
     results = world.gather_results(mine)
     engine.require_finite(results, desc)
-    return ([r.accuracy for r in results], torch.cat([r.logits for r in results]),
+    return (results, torch.cat([r.logits for r in results]),
             torch.cat([r.labels for r in results]))
+
+
+def checkpoint_path(opts) -> Path:
+    """The file test.py tests: ``--checkpoint``, or ``best_model.tar`` (``{save_iter}.tar``)
+    of the run folder the options name."""
+    if opts.checkpoint:
+        if opts.save_iter >= 0:
+            raise UserError("--save_iter picks a checkpoint of a run folder and --checkpoint "
+                            "names the file itself: give one of them")
+        return Path(opts.checkpoint)
+    name = f"{opts.save_iter}.tar" if opts.save_iter >= 0 else "best_model.tar"
+    return io_utils.checkpoint_dir(opts) / name
 
 
 def test_checkpoint(opts, given: set[str], device: torch.device, world: distributed.World
                     ) -> int:
-    """Test the checkpoint the options name (``best_model.tar`` or ``{save_iter}.tar`` of the
-    run folder) on ``--repeat`` x ``--n_episode`` episodes of ``--split``; print the report
-    and append it to the record files. The body of test.py and of train.py's final test."""
-    folder = io_utils.checkpoint_dir(opts)
-    name = f"{opts.save_iter}.tar" if opts.save_iter >= 0 else "best_model.tar"
-    path = folder / name
+    """Test the checkpoint the options name (see :func:`checkpoint_path`) on ``--repeat`` x
+    ``--n_episode`` episodes of ``--split``; print the report and append it to the record
+    files. The body of test.py and of train.py's final test."""
+    path = checkpoint_path(opts)
     state = world.from_main(lambda: io_utils.load_checkpoint(path, opts.method))
-    ignored = options_ignored_by(opts.method)
+    ignored = options_ignored_by(state["config"]["method"])
     config.adopt_saved(opts, state["config"], given, str(path), state["former_names"], ignored)
     config.note_ignored(opts, given, ignored, world.say)
     opts = config.resolve(opts, "test")
@@ -90,11 +101,14 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
 
     repeats, all_logits, all_labels = [], [], []
     for r in range(opts.repeat):
-        accuracies, logits, labels = evaluate_episodes(
+        results, logits, labels = evaluate_episodes(
             opts, model, sampler.with_seed(opts.seed + r), f"repeat {r + 1}/{opts.repeat}", world)
-        mean, ci95 = engine.mean_and_ci95(accuracies)
+        mean, ci95 = engine.mean_and_ci95([e.accuracy for e in results])
         report = calibration.calibration_report(logits, labels)
-        entry = {"seed": opts.seed + r, "acc": mean, "ci95": ci95, **report.as_dict()}
+        # Each episode's count of correct queries: what a shipped model must reproduce.
+        entry = {"seed": opts.seed + r, "acc": mean, "ci95": ci95, **report.as_dict(),
+                 "episode_correct": [e.correct for e in results],
+                 "episode_queries": results[0].total}
         # The accuracy line exactly as the reference prints it; calibration on the next.
         world.say(f"{opts.n_episode} Test Acc = {mean:.2f}% +- {ci95:.2f}%")
         text = f"  calibration: {report}"

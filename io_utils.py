@@ -268,23 +268,67 @@ def _unsafe_globals(path: Path) -> list[str]:
     return [n for n in names if n not in allowed]
 
 
-def load_checkpoint(path: Path, method: str) -> dict:
-    """Read a checkpoint of ``method``; every failure is one clear line."""
+def load_checkpoint(path: Path, method: str | None) -> dict:
+    """Read a run checkpoint (``.tar``) or a model file (``.safetensors``) of ``method``
+    (None: of any method); every failure is one clear line."""
+    path = Path(path)
     if not path.exists():
         runs = sorted(p.parent.name for p in path.parent.parent.glob("*/last_model.tar"))
         there = f" (runs in {path.parent.parent}: {', '.join(runs)})" if runs else ""
         raise UserError(f"no checkpoint at {path}; train first (same --dataset, --method, "
                         f"--n_shot, --train_n_way, --checkpoint_suffix and --save_dir){there}")
-    state = load_safely(path, "checkpoint")
+    if path.suffix == MODEL_SUFFIX:
+        state = load_model_file(path)
+    else:
+        state = load_safely(path, "checkpoint")
     try:
         saved_method = state["config"]["method"]
         state["model"]
     except (KeyError, TypeError):
         raise UserError(f"checkpoint {path} is not one of this toolkit (no config and model "
                         "in it)") from None
-    if saved_method != method:
+    if method is not None and saved_method != method:
         raise UserError(f"checkpoint {path} holds a {saved_method} model, not {method}")
     return _upgrade(state, path)
+
+
+# A model file: the trained network's weights in safetensors (a format that holds tensors
+# and a string table, nothing that runs), the run's configuration in its metadata.
+MODEL_SUFFIX = ".safetensors"
+MODEL_FORMAT = "few-shot-hypernets model 1"
+
+
+def save_model_file(state: dict, path: Path, experiment: str = "") -> None:
+    """The network of checkpoint ``state`` alone (no optimiser state), float32 as trained,
+    with everything test.py and predict.py need to rebuild it: the run's configuration, the
+    epoch and its validation accuracy, the schedule state (warm-up phase)."""
+    from safetensors.torch import save
+    tensors = {name: value.detach().contiguous() for name, value in state["model"].items()}
+    metadata = {"format": MODEL_FORMAT, "experiment": experiment,
+                "config": json.dumps(state["config"]), "epoch": str(state["epoch"]),
+                "best_val_acc": repr(float(state["best_val_acc"])),
+                "schedule": json.dumps(state.get("schedule", {}))}
+    write_file(path, lambda f: f.write(save(tensors, metadata)))
+
+
+def load_model_file(path: Path) -> dict:
+    """A model file as the checkpoint state it came from (without optimiser state)."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            model = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"model file {path} is unreadable ({exc}); it may be corrupt or "
+                        "truncated") from None
+    if metadata.get("format") != MODEL_FORMAT:
+        raise UserError(f"{path} is a safetensors file but not a model file of this toolkit "
+                        f"(its metadata has no format {MODEL_FORMAT!r})")
+    return {"format": CHECKPOINT_FORMAT, "config": json.loads(metadata["config"]),
+            "model": model, "epoch": int(metadata["epoch"]),
+            "best_val_acc": float(metadata["best_val_acc"]),
+            "schedule": json.loads(metadata["schedule"]),
+            "experiment": metadata.get("experiment", "")}
 
 
 def _upgrade(state: dict, path: Path) -> dict:

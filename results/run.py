@@ -5,7 +5,8 @@
 
 Trains into ``results/runs/NAME/`` (continuing with ``--resume`` if that folder holds a run,
 e.g. after a stopped shell or a restarted machine), then tests the best model with test.py
-(5 x 600 episodes, calibration with temperature scaling, a reliability diagram). Each launch
+(5 x 600 episodes, calibration with temperature scaling, a reliability diagram) and writes it
+as the model file ``models/NAME.safetensors``. Each launch
 appends what it runs and where to ``results/runs/NAME/segments.jsonl`` (command, git commit,
 threads, device, CPU, torch) when it starts, and its wall time and exit status when it ends;
 ``python -m results.report`` reads these records.
@@ -24,6 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "results" / "runs"
+MODELS = REPO / "models"
 sys.path.insert(0, str(REPO))
 
 import config  # noqa: E402
@@ -49,25 +51,39 @@ def checkpoint_folder(name: str) -> Path:
     return io_utils.checkpoint_dir(opts)
 
 
+def model_file(name: str) -> Path:
+    """The trained model of ``name`` that the repository ships."""
+    return MODELS / f"{name}{io_utils.MODEL_SUFFIX}"
+
+
+def earlier_attempts(name: str) -> list[Path]:
+    """The folders of the attempts of ``name`` set aside by :func:`set_aside_lost_run`, in
+    order; each holds the records of one attempt as the run folder does."""
+    earlier = run_folder(name) / "earlier"
+    return sorted((p for p in earlier.glob("*") if p.is_dir()), key=lambda p: int(p.name))
+
+
 # What train.py writes beside its checkpoints: the records a lost run leaves behind.
 RUN_RECORDS = ("metrics.jsonl", "args.json", "delta_params.jsonl")
 
 
 def set_aside_lost_run(name: str) -> str | None:
     """If the checkpoint folder of ``name`` holds a run's records but no ``last_model.tar``
-    (its checkpoints stayed on another machine), move the records into ``earlier/N/`` of the
-    run folder, so that a restart neither refuses nor overwrites them; say what was done."""
+    (its checkpoints stayed on another machine), move its records, and the test records of
+    the model that went with them, into ``earlier/N/`` of the run folder, so that a restart
+    neither refuses nor overwrites them; say what was done."""
     folder = checkpoint_folder(name)
     if (folder / "last_model.tar").exists() or not (folder / "metrics.jsonl").exists():
         return None
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     last_epoch = json.loads(lines[-1])["epoch"] if lines else None
-    earlier = run_folder(name) / "earlier"
-    target = earlier / str(1 + sum(1 for p in earlier.glob("*") if p.is_dir()))
+    target = run_folder(name) / "earlier" / str(len(earlier_attempts(name)) + 1)
     target.mkdir(parents=True)
     for record_name in RUN_RECORDS:
         if (folder / record_name).exists():
             os.replace(folder / record_name, target / record_name)
+    if record_folder(name).exists():
+        os.replace(record_folder(name), target / "record")
     return (f"restarted from epoch 0: the checkpoints of the earlier attempt (to epoch "
             f"{last_epoch}) were not on this machine; its records are in "
             f"{target.relative_to(run_folder(name))}/")
@@ -172,9 +188,14 @@ def run_experiment(args) -> int:
         return 0
     code = launch("test", args.name, common + ["--record_dir", str(record_folder(args.name)),
                                                "--temperature_scaling", "--plot"], args.threads)
-    if code == 0:
-        print(f"done: {args.name}; python -m results.report rebuilds RESULTS.md")
-    return code
+    if code != 0:
+        return code
+    best = io_utils.load_checkpoint(checkpoint_folder(args.name) / "best_model.tar", None)
+    MODELS.mkdir(exist_ok=True)
+    io_utils.save_model_file(best, model_file(args.name), args.name)
+    print(f"done: {args.name}; model in {model_file(args.name)}; python -m results.report "
+          "rebuilds RESULTS.md")
+    return 0
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import json
 import shutil
 from pathlib import Path
 
+import torch
+
 from results import experiments, report
 from results import run as runner
 
@@ -17,9 +19,16 @@ def test_run_resume_and_report_from_records(data_dir, tmp_path, monkeypatch):
         f"--stop_epoch 1 --data_dir {data_dir}", 19200, "equal budget, cross_char")
     monkeypatch.setitem(experiments.EXPERIMENTS, "tiny", tiny)
     monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(runner, "MODELS", tmp_path / "models")
     monkeypatch.setattr(report, "FIGURES", tmp_path / "figures")
     short = ["--", "--n_episode", "4", "--repeat", "2"]
     assert runner.main(["tiny", *short]) == 0
+    # The finished run's model file holds the best checkpoint's weights and configuration.
+    import io_utils
+    best = io_utils.load_checkpoint(runner.checkpoint_folder("tiny") / "best_model.tar", "maml")
+    shipped = io_utils.load_checkpoint(tmp_path / "models" / "tiny.safetensors", "maml")
+    assert shipped["config"] == best["config"] and shipped["epoch"] == best["epoch"]
+    assert all(torch.equal(shipped["model"][k], v) for k, v in best["model"].items())
     assert runner.main(["tiny", *short]) == 0  # a finished run: resumed, nothing to train
     segments = [json.loads(line) for line in
                 (tmp_path / "runs" / "tiny" / "segments.jsonl").read_text().splitlines()]
@@ -63,6 +72,7 @@ def test_run_whose_checkpoints_were_lost_restarts_and_keeps_its_records(data_dir
         f"--stop_epoch 1 --data_dir {data_dir}", 19200, "equal budget, cross_char")
     monkeypatch.setitem(experiments.EXPERIMENTS, "tiny", tiny)
     monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(runner, "MODELS", tmp_path / "models")
     short = ["--", "--n_episode", "4"]
     assert runner.main(["tiny", "--skip_test", *short]) == 0
     folder = runner.checkpoint_folder("tiny")
