@@ -54,6 +54,21 @@ def fitting_query_count(split: SplitImages, n_support: int, wanted: int) -> int:
     return n_query
 
 
+class Normaliser:
+    """uint8 images ``[..., 28, 28]`` -> the backbone's float input ``[..., channels, 28, 28]``:
+    each channel a copy of the image, normalised with its ImageNet statistics (as the
+    reference's RGB conversion and Normalize), in one multiply-add per channel."""
+
+    def __init__(self, channels: int, device: torch.device | str = "cpu"):
+        std = torch.tensor(CHANNEL_STD[:channels], device=device).view(channels, 1, 1)
+        mean = torch.tensor(CHANNEL_MEAN[:channels], device=device).view(channels, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
+        self.channels = channels
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, pixels.unsqueeze(-3).float(), self.scale)
+
+
 class EpisodeSampler:
     """Draws episodes of one split; ``episode(i)`` is the same tensor for the same (seed, i)."""
 
@@ -73,10 +88,7 @@ class EpisodeSampler:
         self.seed = seed
         self.device = torch.device(device)
         self.images = split.images.to(self.device)
-        # x -> (x - mean_c) / std_c for channel c, as one multiply-add per channel.
-        std = torch.tensor(CHANNEL_STD[:channels], device=self.device).view(channels, 1, 1)
-        mean = torch.tensor(CHANNEL_MEAN[:channels], device=self.device).view(channels, 1, 1)
-        self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
+        self.normalise = Normaliser(channels, self.device)
         self.counts = split.counts
         self.support_y = torch.arange(n_way, device=self.device).repeat_interleave(n_support)
         self.query_y = torch.arange(n_way, device=self.device).repeat_interleave(n_query)
@@ -103,8 +115,8 @@ class EpisodeSampler:
         classes_t = torch.as_tensor(classes, device=self.device)
         picks_t = torch.as_tensor(picks, device=self.device)
         pixels = self.images[classes_t[:, None], picks_t]  # [n_way, shots+queries, 28, 28]
-        x = torch.addcmul(self.shift, pixels.unsqueeze(2).float(), self.scale)
-        shape = (-1, self.scale.shape[0], IMAGE_SIZE, IMAGE_SIZE)
+        x = self.normalise(pixels)
+        shape = (-1, self.normalise.channels, IMAGE_SIZE, IMAGE_SIZE)
         return Episode(support_x=x[:, :self.n_support].reshape(shape), support_y=self.support_y,
                        query_x=x[:, self.n_support:].reshape(shape), query_y=self.query_y,
                        seed=task_seed)

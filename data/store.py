@@ -47,12 +47,17 @@ _ROTATION = re.compile(r"/rot(\d{3})$")
 
 
 def load_image(path: Path) -> np.ndarray:
-    """Decode one image into the preprocessed ``uint8 [28, 28]`` array."""
+    """Decode one image of a prepared dataset into the preprocessed ``uint8 [28, 28]``."""
     try:
-        with Image.open(path) as im:
-            im = im.convert("L").resize((RESIZE_TO, RESIZE_TO), Image.BILINEAR)
+        return decode(path)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}; prepare the data again") from None
+
+
+def decode(path: Path) -> np.ndarray:
+    """Any image PIL reads -> ``uint8 [28, 28]`` grayscale: resized to 32x32, centre crop."""
+    with Image.open(path) as im:
+        im = im.convert("L").resize((RESIZE_TO, RESIZE_TO), Image.BILINEAR)
     offset = (RESIZE_TO - IMAGE_SIZE) // 2
     return np.asarray(im)[offset:offset + IMAGE_SIZE, offset:offset + IMAGE_SIZE].copy()
 

@@ -170,6 +170,14 @@ class HyperMAML(MAML):
         HyperSettings.from_options(opts).check(opts.train_n_way)
 
     @classmethod
+    def fixed_shots(cls, opts) -> int | None:
+        """The hypernetwork's input rows hold n_shot embeddings per class, except where a
+        class row is their mean."""
+        if opts.hm_use_class_batch_input and opts.hn_sup_aggregation == "mean":
+            return None
+        return opts.n_shot
+
+    @classmethod
     def own_options(cls) -> set[str]:
         # The warm-up's gradient steps read the inner-loop options; the classifier is never
         # adapted alone by MAML here, so maml_adapt_classifier is not one of them.

@@ -130,6 +130,12 @@ class MetaTemplate(nn.Module):
     def check_options(cls, opts) -> None:
         """Refuse option combinations this method cannot run, before any work starts."""
 
+    @classmethod
+    def fixed_shots(cls, opts) -> int | None:
+        """The support images per class a model of ``opts`` must be given, or None where any
+        number works (the inner loop takes whatever support set it gets)."""
+        return None
+
     def set_epoch(self, epoch: int | None, total_epochs: int | None = None) -> None:
         """Tell a method with an epoch-dependent schedule where training is, out of how many
         epochs (None: not training, evaluate as at test time)."""

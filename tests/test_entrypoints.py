@@ -23,6 +23,7 @@ def load_entry(name: str):
     """Load train.py / test.py by path (``test`` would otherwise be the standard library's)."""
     spec = importlib.util.spec_from_file_location(f"entry_{name}", REPO_ROOT / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -1,0 +1,217 @@
+"""Classify your own images from a few labelled examples with a trained model:
+
+    python predict.py MODEL SUPPORT_DIR QUERY [QUERY ...] [--json]
+
+MODEL is a model file (models/*.safetensors) or a run checkpoint (.tar). SUPPORT_DIR holds one
+folder per class, named as the class, with that class's example images; QUERY are images, or
+folders of images, to classify. The model adapts to the support set exactly as in test.py
+(HyperMAML's hypernetwork update, MAML's inner steps, BayesHMAML's classifier posterior) and
+prints, for each query, the predicted class and the probability of every class; for
+BayesHMAML also the spread (standard deviation) of those probabilities over classifiers
+sampled from its posterior.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import config
+import io_utils
+from backbones import BACKBONES
+from data.episodes import Episode, Normaliser
+from data.store import IMAGE_SIZE, decode
+from errors import UserError, run_cli
+from methods import METHODS, build_method
+
+EXPECTS = f"""
+What the images should be: anything PIL reads, any size, colour or grayscale. Each is turned
+into the training data's form: grayscale, resized to 32x32 (aspect ratio not kept), centre
+crop {IMAGE_SIZE}x{IMAGE_SIZE}, dark strokes on a light background (Omniglot's polarity, to
+which EMNIST was inverted); --invert auto inverts an image whose border is darker than
+mid-grey. The character should fill most of the image, as in Omniglot and EMNIST.
+
+The support set needs as many classes as the model's ways. Each class needs as many images
+as the model's shots where its hypernetwork reads a fixed number (HyperMAML and BayesHMAML
+with --hn_sup_aggregation concat); otherwise any number, the same for every class.
+
+The queries are normalised together, as a test's query set is (BatchNorm uses the
+statistics of the batch it is given, at test time too): classify them in one call, a
+handful or more. Labels are given to the classes in an order fixed by the images' content,
+so renaming or reordering the class folders changes nothing.
+"""
+
+
+def image_files(path: Path) -> list[Path]:
+    """``path`` if it is a file, else the files inside it (not hidden), sorted."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise UserError(f"{path}: no such file or folder")
+    return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def read_image(path: Path, invert: str) -> np.ndarray:
+    """``uint8 [28, 28]`` in the training data's polarity (dark strokes on light)."""
+    try:
+        pixels = decode(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+    if invert == "yes" or (invert == "auto" and border.mean() < 128):
+        pixels = 255 - pixels
+    return pixels
+
+
+@dataclasses.dataclass
+class SupportSet:
+    """The classes in label order and their images ``uint8 [classes, shots, 28, 28]``."""
+    names: list[str]
+    images: np.ndarray
+
+
+def read_support(folder: Path, invert: str) -> SupportSet:
+    if not folder.is_dir():
+        raise UserError(f"support set {folder}: no such folder (it needs one folder per class)")
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"support set {folder} has no class folders (one folder per class, "
+                        "holding that class's images)")
+    images = {}
+    for cls in classes:
+        files = image_files(cls)
+        if not files:
+            raise UserError(f"class {cls.name} of {folder} has no image")
+        images[cls.name] = [read_image(f, invert) for f in files]
+    counts = {name: len(shots) for name, shots in images.items()}
+    if len(set(counts.values())) > 1:
+        raise UserError(f"the classes of {folder} hold different numbers of images "
+                        f"({', '.join(f'{n}: {c}' for n, c in counts.items())}); give each "
+                        "the same number")
+    # Label order and shot order from the pixels alone, so that neither file names nor the
+    # order the file system lists them in can change a prediction.
+    digest = lambda pixels: hashlib.sha256(pixels.tobytes()).hexdigest()  # noqa: E731
+    for name in images:
+        images[name].sort(key=digest)
+    names = sorted(images, key=lambda n: hashlib.sha256(
+        "".join(digest(p) for p in images[n]).encode()).hexdigest())
+    return SupportSet(names, np.stack([np.stack(images[n]) for n in names]))
+
+
+def load_model(path: Path, device: torch.device, shots: int):
+    """The trained model in ``path`` (test-time behaviour) and its options, built for a
+    support set of ``shots`` images per class."""
+    state = io_utils.load_checkpoint(path, None)
+    known = {f.name for f in dataclasses.fields(config.Options)}
+    opts = config.Options(**{k: v for k, v in state["config"].items() if k in known})
+    fixed = METHODS[opts.method].fixed_shots(opts)
+    if fixed is not None and shots != fixed:
+        raise UserError(f"{path} holds a {opts.train_n_way}-way {opts.n_shot}-shot {opts.method} "
+                        f"model whose hypernetwork reads exactly {fixed} image(s) per class; "
+                        f"the support set has {shots}")
+    opts.n_shot = shots
+    model = build_method(opts, device).to(device)
+    io_utils.load_model_state(model, state, path)
+    model.eval()
+    model.set_epoch(None)
+    if state.get("schedule", {}).get("phase") == "maml-warmup":
+        print(f"note: {path} was saved in the pure MAML warm-up: its hypernetwork is untrained",
+              file=sys.stderr)
+    return model, opts
+
+
+def posterior_spread(model, opts, episode: Episode, samples: int, device) -> torch.Tensor:
+    """BayesHMAML: the standard deviation of each query's class probabilities over
+    ``samples`` classifiers drawn from the task's posterior: the same weights, asked for one
+    sampled classifier per call, each call with its own seed."""
+    single = build_method(dataclasses.replace(opts, hm_weight_set_num_test=1), device).to(device)
+    single.load_state_dict(model.state_dict())
+    single.eval()
+    single.set_epoch(None)
+    return torch.stack([query_probabilities(single, dataclasses.replace(episode, seed=seed))
+                        for seed in range(episode.seed + 1, episode.seed + 1 + samples)]
+                       ).std(dim=0)
+
+
+def query_probabilities(model, episode: Episode) -> torch.Tensor:
+    """``[queries, classes]`` softmax of the adapted model, exactly as test.py evaluates an
+    episode (its loss uses the placeholder query labels and is not looked at)."""
+    with model.precision_context():
+        result = model.evaluate(episode)
+    return torch.softmax(result.logits.float(), dim=1)
+
+
+def predict(args) -> int:
+    device = io_utils.resolve_device(args.device)
+    support = read_support(args.support, args.invert)
+    n_way, shots = support.images.shape[:2]
+    model, opts = load_model(args.model, device, shots)
+    if n_way != opts.train_n_way:
+        raise UserError(f"{args.model} holds a {opts.train_n_way}-way model; the support set "
+                        f"{args.support} has {n_way} classes")
+    queries = [f for q in args.queries for f in image_files(q)]
+    if not queries:
+        raise UserError("no query image given")
+    normalise = Normaliser(BACKBONES[opts.model].input_channels, device)
+    query_pixels = np.stack([read_image(q, args.invert) for q in queries])
+    episode = Episode(
+        support_x=normalise(torch.from_numpy(support.images).to(device)).flatten(0, 1),
+        support_y=torch.arange(n_way, device=device).repeat_interleave(shots),
+        query_x=normalise(torch.from_numpy(query_pixels).to(device)),
+        query_y=torch.zeros(len(queries), dtype=torch.long, device=device), seed=args.seed)
+    probabilities = query_probabilities(model, episode)
+    spread = (posterior_spread(model, opts, episode, args.samples, device)
+              if opts.method == "bayes_hmaml" else None)
+    report(queries, support.names, probabilities, spread, args.json)
+    return 0
+
+
+def report(queries: list[Path], names: list[str], probabilities: torch.Tensor,
+           spread: torch.Tensor | None, as_json: bool) -> None:
+    shown = sorted(range(len(names)), key=lambda i: names[i])  # classes by name
+    rows = []
+    for q, path in enumerate(queries):
+        row = {"query": str(path), "prediction": names[int(probabilities[q].argmax())],
+               "probabilities": {names[i]: round(float(probabilities[q, i]), 6) for i in shown}}
+        if spread is not None:
+            row["spread"] = {names[i]: round(float(spread[q, i]), 6) for i in shown}
+        rows.append(row)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        cells = [f"{name} {p:.3f}" + (f" +- {row['spread'][name]:.3f}" if spread is not None
+                                     else "") for name, p in row["probabilities"].items()]
+        print(f"{row['query']}: {row['prediction']}  ({', '.join(cells)})")
+
+
+def main(argv=None) -> int:
+    parser = config.OneLineParser(description=__doc__,
+                                  epilog=EXPECTS,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="a model file (.safetensors) or run "
+                        "checkpoint (.tar)")
+    parser.add_argument("support", type=Path, help="folder with one folder of images per class")
+    parser.add_argument("queries", type=Path, nargs="+", help="images or folders of images")
+    parser.add_argument("--json", action="store_true", help="print JSON, one object per query")
+    parser.add_argument("--invert", default="auto", choices=("auto", "yes", "no"),
+                        help="turn light strokes on a dark background into the training data's "
+                        "dark on light (default: auto, by the image's border)")
+    parser.add_argument("--samples", type=int, default=20, help="BayesHMAML: classifiers "
+                        "sampled for the spread of the probabilities (default 20)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled classifiers")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    args = parser.parse_args(argv)
+    if args.samples < 2:
+        parser.error(f"--samples must be at least 2 (a spread needs two), got {args.samples}")
+    return run_cli(lambda: predict(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Model files: written from a run, tested with test.py --checkpoint exactly as the run folder,
+every shipped model reproducing what its record (and so RESULTS.md) reports, and predict.py
+classifying real EMNIST images from a few examples."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO_ROOT
+from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, load_entry, run,
+                              run_folder, tiny_run)  # noqa: F401
+
+PREDICT = load_entry("predict")
+MODELS = REPO_ROOT / "models"
+SHIPPED = sorted(MODELS.glob("*.safetensors"))
+# The model of the published HyperMAML command, tested in full; the models the prediction
+# test uses (1-shot cross_char, so EMNIST novel classes are new to them).
+PUBLISHED = MODELS / "hyper_maml_cross_char_1shot_published.safetensors"
+PREDICTORS = [MODELS / f"{name}_cross_char_1shot_128.safetensors"
+              for name in ("hyper_maml", "bayes_hmaml", "maml")]
+
+
+def records(experiment: str) -> dict:
+    """The last test record of ``experiment``: what RESULTS.md reports for it."""
+    path = REPO_ROOT / "results" / "runs" / experiment / "record" / "results.jsonl"
+    return json.loads(path.read_text().splitlines()[-1])
+
+
+def episode_counts(record_dir: Path) -> list[list[int]]:
+    record = json.loads((record_dir / "results.jsonl").read_text().splitlines()[-1])
+    return [r["episode_correct"] for r in record["repeats"]]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_run, tmp_path_factory) -> Path:
+    import io_utils
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    state = io_utils.load_checkpoint(run_folder(tiny_run) / "best_model.tar", "maml")
+    io_utils.save_model_file(state, path, "tiny")
+    return path
+
+
+# --- test.py --checkpoint ---------------------------------------------------------------------
+def test_a_model_file_tests_as_its_run_folder(data_dir, tiny_run, tiny_model, tmp_path, capsys):
+    """Weights only, yet the same model: test.py --checkpoint FILE (no model option given)
+    gives every episode the run folder's best_model.tar gives, with the test options."""
+    options = ["--data_dir", data_dir, "--n_episode", "10", "--repeat", "2",
+               "--temperature_scaling", "--plot", "--adaptation", "--hn_val_epochs", "2"]
+    code, _, err = run(TEST, TINY[:6] + options + ["--save_dir", tiny_run,
+                                                   "--record_dir", tmp_path / "folder"], capsys)
+    assert code == 0, err
+    code, out, err = run(TEST, ["--checkpoint", tiny_model, *options,
+                                "--record_dir", tmp_path / "file"], capsys)
+    assert code == 0, err
+    assert f"Testing {tiny_model} (epoch 1" in out and "cross_char novel, 5-way 1-shot" in out
+    assert episode_counts(tmp_path / "file") == episode_counts(tmp_path / "folder")
+    record = json.loads((tmp_path / "file" / "results.jsonl").read_text())
+    assert record["temperature"] > 0 and Path(record["reliability_diagram"]).exists()
+    assert record["config"]["method"] == "maml" and record["config"]["adaptation"]
+    # A run checkpoint is taken the same way.
+    code, _, err = run(TEST, ["--checkpoint", run_folder(tiny_run) / "best_model.tar",
+                              *options, "--record_dir", tmp_path / "tar"], capsys)
+    assert code == 0, err
+    assert episode_counts(tmp_path / "tar") == episode_counts(tmp_path / "folder")
+
+
+def test_model_file_holds_weights_and_configuration_only(tiny_run, tiny_model):
+    from safetensors import safe_open
+    state = torch.load(run_folder(tiny_run) / "best_model.tar", weights_only=True)
+    with safe_open(str(tiny_model), framework="pt") as f:
+        assert set(f.keys()) == set(state["model"])
+        assert json.loads(f.metadata()["config"]) == state["config"]
+        assert all(f.get_tensor(k).dtype == torch.float32 for k in f.keys())
+    checkpoint = run_folder(tiny_run) / "best_model.tar"
+    assert tiny_model.stat().st_size < 0.5 * checkpoint.stat().st_size  # no optimiser state
+
+
+def test_bad_model_files_are_one_line(data_dir, tiny_model, tmp_path, capsys):
+    base = ["--data_dir", data_dir, "--n_episode", "2", "--repeat", "1",
+            "--record_dir", tmp_path / "rec"]
+    code, _, err = run(TEST, ["--checkpoint", tmp_path / "missing.safetensors", *base], capsys)
+    assert_one_line_error(code, err, "no checkpoint at .*missing.safetensors")
+    code, _, err = run(TEST, ["--checkpoint", tiny_model, "--save_iter", "3", *base], capsys)
+    assert_one_line_error(code, err, "give one of them")
+    code, _, err = run(TEST, ["--checkpoint", tiny_model, "--method", "hyper_maml", *base], capsys)
+    assert_one_line_error(code, err, "holds a maml model, not hyper_maml")
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, tmp_path / "other.safetensors")
+    code, _, err = run(TEST, ["--checkpoint", tmp_path / "other.safetensors", *base], capsys)
+    assert_one_line_error(code, err, "not a model file of this toolkit")
+    (tmp_path / "cut.safetensors").write_bytes(tiny_model.read_bytes()[:5000])
+    code, _, err = run(TEST, ["--checkpoint", tmp_path / "cut.safetensors", *base], capsys)
+    assert_one_line_error(code, err, "is unreadable .*corrupt or truncated")
+    with pytest.raises(SystemExit) as stopped:  # argparse's way: status 2
+        TEST.main(["--n_episode", "2"])
+    assert stopped.value.code == 2
+    assert "required: --dataset, --method" in capsys.readouterr().err
+
+
+# --- the shipped models ------------------------------------------------------------------------
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_model_reproduces_its_record(path, data_dir, tmp_path, capsys):
+    """The first 10 episodes of each of the 5 repeats give, episode by episode, the correct
+    counts recorded when the run was tested (and summarised in RESULTS.md)."""
+    recorded = [r["episode_correct"][:10] for r in records(path.stem)["repeats"]]
+    code, _, err = run(TEST, ["--checkpoint", path, "--data_dir", data_dir, "--n_episode", "10",
+                              "--device", "cpu", "--record_dir", tmp_path], capsys)
+    assert code == 0, err
+    assert episode_counts(tmp_path) == recorded
+    assert path.stat().st_size <= 4 * 2 ** 20
+
+
+def test_published_hypermaml_model_gives_the_reported_mean(data_dir, tmp_path, capsys):
+    """The whole test, 5 x 600 episodes (about a minute): the reported mean to the
+    hundredth."""
+    if not PUBLISHED.exists():
+        pytest.skip(f"{PUBLISHED.name} is not shipped yet (its run is being redone)")
+    reported = records(PUBLISHED.stem)
+    code, _, err = run(TEST, ["--checkpoint", PUBLISHED, "--data_dir", data_dir,
+                              "--device", "cpu", "--record_dir", tmp_path], capsys)
+    assert code == 0, err
+    mine = json.loads((tmp_path / "results.jsonl").read_text())
+    assert f"{mine['acc_mean']:.2f}" == f"{reported['acc_mean']:.2f}"
+
+
+# --- predict.py ----------------------------------------------------------------------------------
+def emnist_task(data_dir: Path, folder: Path, rng: np.random.Generator, shots: int = 1,
+                queries: int = 5) -> list[str]:
+    """A 5-way task of EMNIST novel classes as predict.py takes it: support/CLASS/*.png and
+    query/*.png; returns the query files' true classes, in file order."""
+    novel = json.loads((data_dir / "emnist" / "novel.json").read_text())
+    per_class: dict[int, list[str]] = {}
+    for name, label in zip(novel["image_names"], novel["image_labels"]):
+        per_class.setdefault(label, []).append(name)
+    truth = []
+    for label in rng.choice(len(novel["label_names"]), 5, replace=False):
+        cls = novel["label_names"][label]
+        picks = rng.choice(per_class[label], shots + queries, replace=False)
+        (folder / "support" / cls).mkdir(parents=True)
+        for i, name in enumerate(picks[:shots]):
+            shutil.copy(data_dir / "emnist" / name, folder / "support" / cls / f"{i}.png")
+        (folder / "query").mkdir(exist_ok=True)
+        for i, name in enumerate(picks[shots:]):
+            shutil.copy(data_dir / "emnist" / name, folder / "query" / f"{cls}_{i}.png")
+            truth.append(cls)
+    order = sorted(range(len(truth)), key=lambda i: f"{truth[i]}_{i % queries}.png")
+    return [truth[i] for i in order]
+
+
+def predictions(folder: Path, model: Path, capsys, *extra) -> list[dict]:
+    code = PREDICT.main([str(model), str(folder / "support"), str(folder / "query"), "--json",
+                         "--device", "cpu", *map(str, extra)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("model", PREDICTORS, ids=[p.stem for p in PREDICTORS])
+def test_predict_on_emnist_matches_the_test_accuracy(model, data_dir, tmp_path, capsys):
+    """4 tasks of 5 new classes, 1 example and 5 queries each (100 queries): the accuracy is
+    within 15 points of the model's recorded test accuracy (its standard error here is
+    about 4.5 points), and renaming and reordering the class folders changes no probability."""
+    if not model.exists():
+        pytest.skip(f"{model.name} is not shipped yet")
+    rng = np.random.default_rng(2026)
+    right = total = 0
+    for t in range(4):
+        truth = emnist_task(data_dir, tmp_path / str(t), rng)
+        got = predictions(tmp_path / str(t), model, capsys)
+        right += sum(g["prediction"] == c for g, c in zip(got, truth))
+        total += len(truth)
+    accuracy = 100 * right / total
+    assert abs(accuracy - records(model.stem)["acc_mean"]) < 15, accuracy
+
+    support = tmp_path / "0" / "support"
+    renamed = {cls: f"{9 - i}_{cls}" for i, cls in enumerate(sorted(p.name for p in
+                                                                      support.iterdir()))}
+    before = predictions(tmp_path / "0", model, capsys)
+    for cls, new in renamed.items():
+        (support / cls).rename(support / new)
+    after = predictions(tmp_path / "0", model, capsys)
+    for b, a in zip(before, after):
+        assert {renamed[c]: p for c, p in b["probabilities"].items()} == a["probabilities"]
+
+
+def test_predict_reads_images_as_the_training_data(data_dir, tmp_path):
+    """A prepared EMNIST image gives predict.py the pixels episodes are built from; the same
+    image as light strokes on dark, resized and in colour, comes back to them (to rounding)."""
+    from data.store import load_image
+    path = data_dir / "emnist" / json.loads((data_dir / "emnist" / "novel.json").read_text())[
+        "image_names"][0]
+    stored = load_image(path)
+    assert np.array_equal(PREDICT.read_image(path, "auto"), stored)
+    with Image.open(path) as im:
+        inverted = Image.eval(im.convert("L"), lambda v: 255 - v).convert("RGB")
+    inverted.save(tmp_path / "inverted.png")
+    again = PREDICT.read_image(tmp_path / "inverted.png", "auto").astype(int)
+    assert np.abs(again - stored).max() <= 1
+    assert np.abs(PREDICT.read_image(tmp_path / "inverted.png", "no").astype(int)
+                  - (255 - stored)).max() <= 1
+
+
+def test_predict_with_a_bayesian_model_gives_the_spread(data_dir, tmp_path, capsys):
+    options = ["--dataset", "cross_char", "--method", "bayes_hmaml", "--n_shot", "1",
+               "--n_task", "2", "--n_episode", "4", "--stop_epoch", "1", "--final_test", "0",
+               "--hm_use_class_batch_input", "--hm_weight_set_num_test", "0",
+               "--data_dir", data_dir, "--save_dir", tmp_path / "save"]
+    assert run(TRAIN, options, capsys)[0] == 0
+    model = run_folder(tmp_path / "save", "bayes_hmaml") / "best_model.tar"
+    emnist_task(data_dir, tmp_path / "task", np.random.default_rng(0))
+    got = predictions(tmp_path / "task", model, capsys, "--samples", "5")
+    assert len(got) == 25
+    for row in got:
+        assert sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+        assert set(row["spread"]) == set(row["probabilities"])
+        assert any(s > 0 for s in row["spread"].values())
+    code = PREDICT.main([str(model), str(tmp_path / "task" / "support"),
+                         str(tmp_path / "task" / "query")])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0 and len(out) == 25 and " +- " in out[0]
+    # Its hypernetwork reads one image per class (concatenated rows): two are refused.
+    for cls in (tmp_path / "task" / "support").iterdir():
+        shutil.copy(next(cls.iterdir()), cls / "again.png")
+    code = PREDICT.main([str(model), str(tmp_path / "task" / "support"),
+                         str(tmp_path / "task" / "query")])
+    assert_one_line_error(code, capsys.readouterr().err,
+                          "reads exactly 1 image.* per class; the support set has 2")
+
+
+def test_predict_bad_input_is_one_line(data_dir, tiny_model, tmp_path, capsys):
+    emnist_task(data_dir, tmp_path, np.random.default_rng(1))
+    support, query = tmp_path / "support", tmp_path / "query"
+
+    def fails(pattern, model=tiny_model, *paths):
+        code = PREDICT.main([str(model), str(support), *(map(str, paths or (query,)))])
+        assert_one_line_error(code, capsys.readouterr().err, pattern)
+
+    first = sorted(support.iterdir())[0]
+    extra = support / "extra"
+    extra.mkdir()
+    fails("class extra of .* has no image")
+    shutil.copy(next(first.iterdir()), extra / "0.png")
+    fails("holds a 5-way model; the support set .* has 6 classes")
+    shutil.rmtree(extra)
+    (query / "notes.txt").write_text("not an image")
+    fails("cannot read image .*notes.txt")
+    (query / "notes.txt").unlink()
+    shutil.copy(next(first.iterdir()), first / "again.png")
+    fails("hold different numbers of images")
+    (first / "again.png").unlink()
+    fails("nowhere: no such file or folder", tiny_model, tmp_path / "nowhere")
