@@ -33,7 +33,10 @@ over all test queries of the 5 repeats (225,000 in 5-way; 15-bin ECE), before an
 softmax temperature fitted on 600 validation episodes. Training hours are the sum of the
 training epochs' seconds (validation included).
 The reference's own numbers (its results log, cross_char 5-way 1-shot): MAML 75.11%,
-HyperMAML 77.61% (best logged runs 79.6-80.5%).
+HyperMAML 77.61% (best logged runs 79.6-80.5%). The trained model of each tested run is
+shipped in [models/](models/README.md): `python test.py --checkpoint models/NAME.safetensors`
+repeats its test. A run whose checkpoints were lost (they stayed on the machine that trained
+it) was run again; its earlier attempt and number are listed under it.
 
 """
 

@@ -7,13 +7,16 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 
 from results import experiments, report
 from results import run as runner
 
 
-def test_run_resume_and_report_from_records(data_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def tiny(data_dir, tmp_path, monkeypatch) -> experiments.Experiment:
+    """A two-epoch experiment "tiny", its runs, models and figures under tmp_path."""
     tiny = experiments.Experiment(
         f"--dataset cross_char --model Conv4 --method maml --n_shot 1 --n_task 2 "
         f"--stop_epoch 1 --data_dir {data_dir}", 19200, "equal budget, cross_char")
@@ -21,6 +24,10 @@ def test_run_resume_and_report_from_records(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
     monkeypatch.setattr(runner, "MODELS", tmp_path / "models")
     monkeypatch.setattr(report, "FIGURES", tmp_path / "figures")
+    return tiny
+
+
+def test_run_resume_and_report_from_records(tiny, tmp_path, monkeypatch):
     short = ["--", "--n_episode", "4", "--repeat", "2"]
     assert runner.main(["tiny", *short]) == 0
     # The finished run's model file holds the best checkpoint's weights and configuration.
@@ -50,6 +57,14 @@ def test_run_resume_and_report_from_records(data_dir, tmp_path, monkeypatch):
         (tmp_path / "runs" / "tiny" / "record" / Path(test["reliability_diagram"]).name)
     assert Path(test["reliability_diagram"]).exists()
     assert "python -m results.run tiny" in text
+    assert "  model: [" in text and "tiny.safetensors" in text
+    # The models page: the file with its test numbers and checksum.
+    import hashlib
+    page = report.models_page([report.summarise("tiny")])
+    model = tmp_path / "models" / "tiny.safetensors"
+    line = next(line for line in page.splitlines() if "tiny.safetensors" in line)
+    assert hashlib.sha256(model.read_bytes()).hexdigest() in line
+    assert f"**{test['acc_mean']:.2f} +-" in line and "| maml | cross_char | 1 |" in line
 
     # A run of another table that names this one for comparison: its table shows both rows,
     # the compared one first, and says it is repeated.
@@ -62,27 +77,26 @@ def test_run_resume_and_report_from_records(data_dir, tmp_path, monkeypatch):
     assert "The first row repeats a run of another table" in side
 
 
-def test_run_whose_checkpoints_were_lost_restarts_and_keeps_its_records(data_dir, tmp_path,
-                                                                        monkeypatch):
-    """A run folder that arrived without its checkpoints (the records are committed, the
-    checkpoints stayed on another machine): results.run moves the earlier records to
-    earlier/1/, says so in segments.jsonl and trains from epoch 0."""
-    tiny = experiments.Experiment(
-        f"--dataset cross_char --model Conv4 --method maml --n_shot 1 --n_task 2 "
-        f"--stop_epoch 1 --data_dir {data_dir}", 19200, "equal budget, cross_char")
-    monkeypatch.setitem(experiments.EXPERIMENTS, "tiny", tiny)
-    monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
-    monkeypatch.setattr(runner, "MODELS", tmp_path / "models")
-    short = ["--", "--n_episode", "4"]
-    assert runner.main(["tiny", "--skip_test", *short]) == 0
+def test_run_whose_checkpoints_were_lost_restarts_and_keeps_its_records(tiny, tmp_path):
+    """A tested run folder that arrived without its checkpoints (the records are committed,
+    the checkpoints stayed on another machine): results.run moves the earlier records to
+    earlier/1/, says so in segments.jsonl and trains from epoch 0; the report gives the
+    earlier attempt's number under the new one."""
+    short = ["--", "--n_episode", "4", "--repeat", "1"]
+    assert runner.main(["tiny", *short]) == 0
     folder = runner.checkpoint_folder("tiny")
     first = (folder / "metrics.jsonl").read_text()
+    tested = (runner.record_folder("tiny") / "results.jsonl").read_text()
     for checkpoint in folder.glob("*.tar"):
         checkpoint.unlink()
     assert runner.main(["tiny", "--skip_test", *short]) == 0
     earlier = tmp_path / "runs" / "tiny" / "earlier" / "1"
     assert (earlier / "metrics.jsonl").read_text() == first
-    assert (earlier / "args.json").exists()
+    assert (earlier / "record" / "results.jsonl").read_text() == tested
+    assert (earlier / "args.json").exists() and not runner.record_folder("tiny").exists()
+    acc = json.loads(tested)["acc_mean"]
+    assert f"  earlier attempt 1: 2 epochs, best val " in report.build()
+    assert f"tested **{acc:.2f} +- " in report.build()
     assert [json.loads(line)["epoch"] for line in
             (folder / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     segments = [json.loads(line) for line in
