@@ -33,7 +33,7 @@ def episode(seed=0) -> Episode:
 def bayes(train_samples=5, test_samples=0, **hyper) -> BayesHMAML:
     torch.manual_seed(0)
     settings = HyperSettings(**{"hn_hidden_size": 16, "hm_use_class_batch_input": True, **hyper})
-    return BayesHMAML(Conv4S(width=4, depth=3), N_WAY, 2, 1, 0.3, settings,
+    return BayesHMAML(Conv4S(image_size=8, width=4, depth=3), N_WAY, 2, 1, 0.3, settings,
                       BayesSettings(train_samples, test_samples, 1e-6, 1e-2)).double()
 
 

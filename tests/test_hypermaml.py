@@ -30,7 +30,7 @@ def episode(seed=0, n_shot=N_SHOT) -> Episode:
 def hypermaml(n_shot=N_SHOT, inner_steps=2, **settings) -> HyperMAML:
     torch.manual_seed(0)
     defaults = dict(hn_hidden_size=16, hn_tn_hidden_size=6, hm_use_class_batch_input=True)
-    model = HyperMAML(Conv4S(width=4, depth=3), N_WAY, n_shot, inner_steps, 0.3,
+    model = HyperMAML(Conv4S(image_size=8, width=4, depth=3), N_WAY, n_shot, inner_steps, 0.3,
                       HyperSettings(**{**defaults, **settings})).double().to(TEST_DEVICE)
     with torch.no_grad():
         for p in model.classifier.parameters():  # non-zero biases, so every path is exercised
@@ -92,7 +92,7 @@ def test_warmup_p_schedule_boundaries():
 def test_p1_is_maml_on_the_classifier_with_the_same_embeddings():
     model = hypermaml(hm_maml_warmup=True, hm_maml_warmup_epochs=10, hm_enhance_embeddings=True)
     model.set_epoch(3)
-    maml = MAML(Conv4S(width=4, depth=3), N_WAY, 2, 0.3, adapt_classifier_only=True,
+    maml = MAML(Conv4S(image_size=8, width=4, depth=3), N_WAY, 2, 0.3, adapt_classifier_only=True,
                 classifier_depth=1).double().to(TEST_DEVICE)
     maml.load_state_dict({k: v for k, v in model.state_dict().items()
                           if not k.startswith("hypernet.")})
@@ -280,7 +280,7 @@ def test_batched_engine_equals_the_loop(method, n_shot, epoch):
                                  hm_maml_warmup_epochs=1, hm_maml_warmup_switch_epochs=2,
                                  hn_sup_aggregation="mean" if n_shot > 1 else "concat")
         # Bayes evaluates with 2 samples, so evaluation draws random numbers too.
-        backbone = Conv4S(width=4, depth=3)
+        backbone = Conv4S(image_size=8, width=4, depth=3)
         model = (BayesHMAML(backbone, N_WAY, n_shot, 1, 0.3, settings, BayesSettings(3, 2))
                  if method == "bayes_hmaml"
                  else HyperMAML(backbone, N_WAY, n_shot, 1, 0.3, settings)).double().to(TEST_DEVICE)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from backbones import Conv4, Conv4S
+from backbones import BACKBONES, Conv4, Conv4S
 from conftest import TEST_DEVICE, on_test_device
 from data.episodes import Episode
 from methods import MAML, MAMLApprox
@@ -26,8 +26,8 @@ def tiny_episode(seed: int = 0, n_shot: int = 2, n_query: int = 3) -> Episode:
 
 def tiny_maml(cls=MAML, inner_steps: int = 2, inner_lr: float = 0.4, **kwargs) -> MAML:
     torch.manual_seed(0)
-    model = cls(Conv4S(width=3, depth=3), N_WAY, inner_steps=inner_steps, inner_lr=inner_lr,
-                **kwargs).double().to(TEST_DEVICE)
+    model = cls(Conv4S(image_size=8, width=3, depth=3), N_WAY, inner_steps=inner_steps,
+                inner_lr=inner_lr, **kwargs).double().to(TEST_DEVICE)
     with torch.no_grad():  # a non-zero classifier bias, so its gradient is exercised too
         model.classifier[0].bias.normal_()
     return model
@@ -44,10 +44,7 @@ def query_loss(model: MAML, episode: Episode) -> float:
     return float(loss.detach())
 
 
-@pytest.mark.parametrize("adapt_classifier_only", [False, True])
-def test_second_order_meta_gradient_matches_finite_differences(adapt_classifier_only):
-    model = tiny_maml(adapt_classifier_only=adapt_classifier_only)
-    episode = tiny_episode()
+def assert_meta_gradient_matches_finite_differences(model: MAML, episode: Episode) -> None:
     analytic = meta_gradient(model, episode)
     eps = 1e-6
     for param, grad in zip(model.parameters(), analytic):
@@ -62,6 +59,29 @@ def test_second_order_meta_gradient_matches_finite_differences(adapt_classifier_
             flat[i] = original
             numeric[i] = (plus - minus) / (2 * eps)
         torch.testing.assert_close(grad.view(-1), numeric, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("adapt_classifier_only", [False, True])
+def test_second_order_meta_gradient_matches_finite_differences(adapt_classifier_only):
+    assert_meta_gradient_matches_finite_differences(
+        tiny_maml(adapt_classifier_only=adapt_classifier_only), tiny_episode())
+
+
+@pytest.mark.parametrize("backbone", ["Conv4Pool", "Conv6"])
+def test_the_other_backbones_adapt_with_exact_meta_gradients(backbone):
+    """Average pooling, and blocks without max-pooling, through MAML's second-order inner
+    loop: 16-pixel three-channel images, where Conv6's last two blocks work on 1x1 maps and
+    Conv4Pool's average is over its 1x1 map (16 / 2**4)."""
+    torch.manual_seed(0)
+    model = MAML(BACKBONES[backbone](image_size=16, width=2), N_WAY, inner_steps=2,
+                 inner_lr=0.4).double().to(TEST_DEVICE)
+    g = torch.Generator().manual_seed(1)
+    episode = on_test_device(Episode(
+        support_x=torch.randn(N_WAY * 2, 3, 16, 16, generator=g, dtype=torch.float64),
+        support_y=torch.arange(N_WAY).repeat_interleave(2),
+        query_x=torch.randn(N_WAY * 2, 3, 16, 16, generator=g, dtype=torch.float64),
+        query_y=torch.arange(N_WAY).repeat_interleave(2)))
+    assert_meta_gradient_matches_finite_differences(model, episode)
 
 
 def test_first_order_gradient_is_the_query_gradient_at_the_adapted_weights():
@@ -203,10 +223,15 @@ def test_batched_engine_equals_the_loop(cls, n_shot, adapt_classifier_only):
         torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-13)
 
 
-def test_grouped_conv4_equals_each_task_alone():
+# (backbone, image size): maps of 1x1 and of more than one pixel at the end.
+@pytest.mark.parametrize("name,size", [("Conv4S", 8), ("Conv4", 36), ("Conv4Pool", 36),
+                                       ("Conv6", 36)])
+def test_grouped_backbone_equals_each_task_alone(name, size):
     torch.manual_seed(0)
-    backbone = Conv4S(width=5, depth=3).double()
-    x = torch.randn(3, 4, 1, 8, 8, dtype=torch.float64)
+    depth = 3 if name == "Conv4S" else None
+    backbone = BACKBONES[name](image_size=size, width=5, depth=depth).double()
+    channels = backbone.input_channels
+    x = torch.randn(3, 4, channels, size, size, dtype=torch.float64)
     stacked = {n: p.unsqueeze(0) + 0.1 * torch.randn(3, *p.shape, dtype=torch.float64)
                for n, p in backbone.named_parameters()}
     together = backbone.forward_tasks(x, stacked)
@@ -214,3 +239,28 @@ def test_grouped_conv4_equals_each_task_alone():
     alone = torch.stack([functional_call(backbone, {n: v[t] for n, v in stacked.items()},
                                          (x[t],)) for t in range(3)])
     torch.testing.assert_close(together, alone, rtol=0, atol=1e-12)
+    assert together.shape == (3, 4, backbone.feature_dim)
+    # The batched engine's other path: several sets through one forward call.
+    grouped = backbone(x.flatten(0, 1), groups=3).reshape(3, 4, -1)
+    each = torch.stack([backbone(x[t]) for t in range(3)])
+    torch.testing.assert_close(grouped, each, rtol=0, atol=1e-12)
+
+
+def test_backbones_have_the_reference_layout():
+    """CloserLookFewShot's ConvNet(depth, pool): conv 3x3 padding 1 -> BatchNorm -> ReLU in
+    every block, max-pool 2 after the first four only, then flatten (Conv4, Conv6) or global
+    average pooling (Conv4Pool); 64 channels. At 84 pixels the map ends 5 x 5, so Conv4 and
+    Conv6 give 1,600 features and Conv4Pool 64; at 28 pixels all give 64."""
+    for name, depth, features_84 in (("Conv4", 4, 1600), ("Conv6", 6, 1600),
+                                     ("Conv4Pool", 4, 64)):
+        backbone = BACKBONES[name](image_size=84)
+        assert len(backbone.blocks) == depth
+        for i, block in enumerate(backbone.blocks):
+            conv, norm, relu = block[:3]
+            assert (conv.kernel_size, conv.padding, conv.out_channels) == ((3, 3), (1, 1), 64)
+            assert conv.in_channels == (3 if i == 0 else 64)
+            assert isinstance(norm, torch.nn.BatchNorm2d) and isinstance(relu, torch.nn.ReLU)
+            assert [type(m) for m in block[3:]] == ([torch.nn.MaxPool2d] if i < 4 else [])
+        assert backbone.feature_dim == features_84
+        assert backbone(torch.randn(2, 3, 84, 84)).shape == (2, features_84)
+        assert BACKBONES[name](image_size=28)(torch.randn(2, 3, 28, 28)).shape == (2, 64)

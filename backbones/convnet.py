@@ -1,7 +1,9 @@
-"""Conv4, the four-block convolutional backbone of the few-shot literature.
+"""The convolutional backbones of the few-shot literature (CloserLookFewShot's ConvNet family).
 
-Each block is conv 3x3 (64 channels, padding 1) -> BatchNorm -> ReLU -> max-pool 2x2; a 28x28
-image becomes 64 x 1 x 1, flattened to a 64-d feature.
+A block is conv 3x3 (64 channels, padding 1) -> BatchNorm -> ReLU, then max-pool 2x2 in the
+first four blocks only. ``Conv4`` is four blocks, flattened: a 28x28 image becomes 64 x 1 x 1
+(a 64-d feature), an 84x84 one 64 x 5 x 5 (1,600). ``Conv6`` adds two blocks without pooling.
+``Conv4Pool`` ends with global average pooling: 64 features at any image size.
 
 BatchNorm keeps no running statistics (``track_running_stats=False``): in the MAML family
 every call normalises with the statistics of the batch it is given, in training and at test
@@ -27,32 +29,47 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+POOLED_BLOCKS = 4  # the reference max-pools after the first four blocks only
+
 
 class Conv4(nn.Module):
-    feature_dim = 64
     # Image channels the backbone reads; the episode sampler builds inputs to match.
     input_channels = 3
+    default_depth = 4
+    # Global average pooling of the last block's map (Conv4Pool) instead of flattening it.
+    average_pool = False
 
-    def __init__(self, width: int = 64, depth: int = 4):
+    def __init__(self, image_size: int = 28, width: int = 64, depth: int | None = None):
         super().__init__()
-        blocks = []
+        depth = self.default_depth if depth is None else depth
+        blocks, side = [], image_size
         for i in range(depth):
             conv = nn.Conv2d(self.input_channels if i == 0 else width, width, 3, padding=1)
             # He-style init of the reference: N(0, sqrt(2 / (k * k * out_channels))).
             nn.init.normal_(conv.weight, 0.0, math.sqrt(2.0 / (3 * 3 * width)))
             nn.init.zeros_(conv.bias)
             norm = nn.BatchNorm2d(width, track_running_stats=False)
-            blocks.append(nn.Sequential(conv, norm, nn.ReLU(inplace=False), nn.MaxPool2d(2)))
+            layers = [conv, norm, nn.ReLU(inplace=False)]
+            if i < POOLED_BLOCKS:
+                layers.append(nn.MaxPool2d(2))
+                side //= 2
+            blocks.append(nn.Sequential(*layers))
+        if side < 1:
+            raise ValueError(f"{image_size}-pixel images are too small for {depth} blocks")
         self.blocks = nn.Sequential(*blocks)
-        self.feature_dim = width
+        self.feature_dim = width if self.average_pool else width * side * side
+
+    def _features(self, maps: torch.Tensor) -> torch.Tensor:
+        """``[n, C, H, W]`` -> ``[n, feature_dim]`` (``C`` may hold several tasks' channels)."""
+        return maps.mean(dim=(2, 3)) if self.average_pool else maps.flatten(1)
 
     def forward(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
         """Features of ``x``; with ``groups`` > 1, ``x`` is that many equal consecutive sets
         (the support or query sets of several tasks), each normalised by its own BatchNorm
         statistics, exactly as if each went through alone."""
         if groups == 1:
-            return self.blocks(x).flatten(1)
-        for conv, norm, relu, pool in self.blocks:
+            return self._features(self.blocks(x))
+        for conv, norm, *after in self.blocks:
             x = conv(x)
             n, (c, h, w) = x.shape[0] // groups, x.shape[1:]
             # Channels of every set side by side: batch_norm's per-channel statistics are then
@@ -60,8 +77,10 @@ class Conv4(nn.Module):
             side_by_side = x.reshape(groups, n, c, h, w).transpose(0, 1).reshape(n, groups * c, h, w)
             normed = F.batch_norm(side_by_side, None, None, norm.weight.repeat(groups),
                                   norm.bias.repeat(groups), training=True, eps=norm.eps)
-            x = pool(relu(normed.reshape(n, groups, c, h, w).transpose(0, 1).reshape(-1, c, h, w)))
-        return x.flatten(1)
+            x = normed.reshape(n, groups, c, h, w).transpose(0, 1).reshape(-1, c, h, w)
+            for layer in after:  # ReLU, and max-pool in the first four blocks
+                x = layer(x)
+        return self._features(x)
 
     def forward_tasks(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Features of T tasks' image sets ``x [T, n, C, H, W]``, each task with its own
@@ -71,7 +90,7 @@ class Conv4(nn.Module):
         tasks, n = x.shape[:2]
         # [n, T * C, H, W]: the channels of task t are group t of every grouped call below.
         h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
-        for i, (conv, norm, _, _) in enumerate(self.blocks):
+        for i, (conv, norm, *_) in enumerate(self.blocks):
             weight = params[f"blocks.{i}.0.weight"]
             h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]),
                          params[f"blocks.{i}.0.bias"].reshape(-1), stride=conv.stride,
@@ -79,10 +98,24 @@ class Conv4(nn.Module):
             h = F.batch_norm(h, None, None, params[f"blocks.{i}.1.weight"].reshape(-1),
                              params[f"blocks.{i}.1.bias"].reshape(-1), training=True,
                              eps=norm.eps)
-            h = F.max_pool2d(F.relu(h), 2)
-        return h.reshape(n, tasks, -1).transpose(0, 1)
+            h = F.relu(h)
+            if i < POOLED_BLOCKS:
+                h = F.max_pool2d(h, 2)
+        # [n, T * C, H, W] holds task t's map in channels t*C .. (t+1)*C - 1.
+        return self._features(h).reshape(n, tasks, -1).transpose(0, 1)
 
 
 class Conv4S(Conv4):
     """Conv4 on the first image channel alone (CloserLookFewShot's Omniglot backbone)."""
     input_channels = 1
+
+
+class Conv4Pool(Conv4):
+    """Conv4 with global average pooling: 64 features at any image size (the reference's
+    backbone for CUB and mini-ImageNet in its HyperMAML/BayesHMAML commands)."""
+    average_pool = True
+
+
+class Conv6(Conv4):
+    """Six blocks, the last two without pooling."""
+    default_depth = 6
