@@ -17,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import io_utils  # noqa: E402
 from results.experiments import EXPERIMENTS  # noqa: E402
 from results.run import (checkpoint_folder, earlier_attempts, model_file,  # noqa: E402
                          record_folder, run_folder)
@@ -223,12 +224,12 @@ def build() -> str:
 
 
 def main() -> int:
-    (REPO / "RESULTS.md").write_text(build())
+    io_utils.write_text(REPO / "RESULTS.md", build())
     print(f"wrote {REPO / 'RESULTS.md'}")
     rows = [r for r in (summarise(name) for name in EXPERIMENTS) if r is not None]
     if any(model_file(r["name"]).exists() for r in rows):
         page = model_file(rows[0]["name"]).parent / "README.md"
-        page.write_text(models_page(rows))
+        io_utils.write_text(page, models_page(rows))
         print(f"wrote {page}")
     return 0
 
