@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
 
+from data.benchmarks import BENCHMARKS
 from errors import UserError
 
-DATASETS = ("omniglot", "cross_char")
-# Conv4: the reference's three-channel network; Conv4S: one channel (backbones/conv4.py).
-MODELS = ("Conv4", "Conv4S")
-# Both benchmarks use the reference's MAML-family overrides (n_task 32, one inner step of 0.1).
-CHARACTER_DATASETS = ("omniglot", "cross_char")
+DATASETS = tuple(BENCHMARKS)
+# Conv4: the reference's three-channel network; Conv4S: one channel; Conv4Pool: average
+# pooled; Conv6: six blocks (backbones/convnet.py).
+MODELS = ("Conv4", "Conv4S", "Conv4Pool", "Conv6")
 
 
 def str2bool(text: str) -> bool:
@@ -52,9 +52,10 @@ def _opt(default: Any, help: str, scope: str = "run", **argparse_kwargs: Any) ->
 @dataclass
 class Options:
     # --- what to run -------------------------------------------------------------------------
-    dataset: str = _opt(None, "benchmark: omniglot (Vinyals splits) or cross_char "
-                        "(Omniglot without Latin -> EMNIST); required, except beside test.py "
-                        "--checkpoint", "model", choices=DATASETS)
+    dataset: str = _opt(None, "benchmark: omniglot (Vinyals splits), cross_char (Omniglot "
+                        "without Latin -> EMNIST), CUB, miniImagenet or cross (mini-ImageNet "
+                        "-> CUB); required, except beside test.py --checkpoint", "model",
+                        choices=DATASETS)
     method: str = _opt(None, "meta-learning method; required, except beside test.py "
                        "--checkpoint", "model")
     model: str = _opt("Conv4", "backbone: Conv4 reads the image as three normalised RGB "
@@ -143,8 +144,9 @@ class Options:
                                       "the classifier update the hypernetwork gives the "
                                       "epoch's first training task to delta_params.jsonl",
                                       "train")
-    train_aug: bool = _opt(False, "data augmentation: refused, as in the reference, which "
-                           "trains Omniglot and cross_char without it")
+    train_aug: bool = _opt(False, "augment the training images as the reference (random "
+                           "resized crop, colour jitter, flip): CUB, miniImagenet and cross; "
+                           "refused for omniglot and cross_char, as the reference refuses it")
     warmup: bool = _opt(False, "start from a baseline method's checkpoint: refused, this "
                         "toolkit has no baseline methods (the reference notes it never used it)",
                         "train")
@@ -344,7 +346,9 @@ def resolve(opts: Options, entry: str) -> Options:
 
     Only options left at ``None`` / ``-1`` are filled, each with the reference's value.
     """
-    character = opts.dataset in CHARACTER_DATASETS
+    # The reference's MAML-family overrides on the character benchmarks (n_task 32, one
+    # inner step of 0.1); its defaults elsewhere.
+    character = not BENCHMARKS[opts.dataset].colour
     if opts.n_task is None:
         opts.n_task = 32 if character else 4
     if opts.task_update_num is None:
@@ -385,9 +389,12 @@ def _check(opts: Options, entry: str) -> None:
         raise UserError(f"--train_lr must be >= 0, got {opts.train_lr}")
     if entry == "train" and opts.start_epoch < 0:
         raise UserError(f"--start_epoch must be >= 0, got {opts.start_epoch}")
-    if opts.train_aug:
+    if opts.train_aug and not BENCHMARKS[opts.dataset].augmentable:
         raise UserError(f"--train_aug: {opts.dataset} is trained without augmentation (the "
                         "reference asserts it for omniglot and cross_char)")
+    if BENCHMARKS[opts.dataset].colour and opts.model == "Conv4S":
+        raise UserError(f"--model Conv4S reads one channel; {opts.dataset} is in colour: use "
+                        "Conv4, Conv4Pool or Conv6")
     if entry == "train" and opts.warmup:
         raise UserError("--warmup starts from a checkpoint of the reference's baseline "
                         "method, which this toolkit does not have (the reference's authors "

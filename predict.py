@@ -25,17 +25,22 @@ import torch
 import config
 import io_utils
 from backbones import BACKBONES
+from data import augment
+from data.benchmarks import BENCHMARKS, Benchmark
 from data.episodes import Episode, Normaliser
-from data.store import IMAGE_SIZE, decode
+from data.store import ImageForm, decode
 from errors import UserError, run_cli
 from methods import METHODS, build_method
 
-EXPECTS = f"""
+EXPECTS = """
 What the images should be: anything PIL reads, any size, colour or grayscale. Each is turned
-into the training data's form: grayscale, resized to 32x32 (aspect ratio not kept), centre
-crop {IMAGE_SIZE}x{IMAGE_SIZE}, dark strokes on a light background (Omniglot's polarity, to
-which EMNIST was inverted); --invert auto inverts an image whose border is darker than
-mid-grey. The character should fill most of the image, as in Omniglot and EMNIST.
+into the form of the model's training data (its dataset is in the model file):
+- characters (omniglot, cross_char): grayscale, resized to 32x32 (aspect ratio not kept),
+  centre crop 28x28, dark strokes on a light background (Omniglot's polarity, to which
+  EMNIST was inverted); --invert auto inverts an image whose border is darker than
+  mid-grey. The character should fill most of the image, as in Omniglot and EMNIST;
+- photographs (CUB, miniImagenet, cross): colour, resized to 96x96 (aspect ratio not
+  kept), centre crop 84x84, as the reference tests them.
 
 The support set needs as many classes as the model's ways. Each class needs as many images
 as the model's shots where its hypernetwork reads a fixed number (HyperMAML and BayesHMAML
@@ -57,43 +62,59 @@ def image_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
-def read_image(path: Path, invert: str) -> np.ndarray:
-    """``uint8 [28, 28]`` in the training data's polarity (dark strokes on light)."""
-    try:
-        pixels = decode(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
-    border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
-    if invert == "yes" or (invert == "auto" and border.mean() < 128):
-        pixels = 255 - pixels
-    return pixels
+class ImageReader:
+    """Images as the model's training data was stored: grayscale characters in Omniglot's
+    polarity (inverted if asked, or if ``auto`` finds a dark border), or colour photographs
+    resized to the Resize square and centre-cropped to the input size."""
+
+    def __init__(self, benchmark: Benchmark, invert: str):
+        self.form = ImageForm(benchmark.stored_size, benchmark.colour)
+        self.crop = benchmark.image_size
+        self.invert = invert
+
+    def __call__(self, path: Path) -> np.ndarray:
+        try:
+            pixels = decode(path, self.form)
+        except (OSError, ValueError) as exc:
+            raise UserError(f"cannot read image {path}: {exc}") from None
+        if self.form.colour:
+            return augment.centre_crop(pixels, self.crop).copy()
+        border = np.concatenate([pixels[0], pixels[-1], pixels[1:-1, 0], pixels[1:-1, -1]])
+        if self.invert == "yes" or (self.invert == "auto" and border.mean() < 128):
+            pixels = 255 - pixels
+        return pixels
 
 
-@dataclasses.dataclass
-class SupportSet:
-    """The classes in label order and their images ``uint8 [classes, shots, 28, 28]``."""
-    names: list[str]
-    images: np.ndarray
-
-
-def read_support(folder: Path, invert: str) -> SupportSet:
+def support_files(folder: Path) -> dict[str, list[Path]]:
+    """The image files of each class folder of the support set, checked: at least one each,
+    the same number for every class."""
     if not folder.is_dir():
         raise UserError(f"support set {folder}: no such folder (it needs one folder per class)")
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise UserError(f"support set {folder} has no class folders (one folder per class, "
                         "holding that class's images)")
-    images = {}
-    for cls in classes:
-        files = image_files(cls)
-        if not files:
-            raise UserError(f"class {cls.name} of {folder} has no image")
-        images[cls.name] = [read_image(f, invert) for f in files]
-    counts = {name: len(shots) for name, shots in images.items()}
+    files = {cls.name: image_files(cls) for cls in classes}
+    for name, found in files.items():
+        if not found:
+            raise UserError(f"class {name} of {folder} has no image")
+    counts = {name: len(found) for name, found in files.items()}
     if len(set(counts.values())) > 1:
         raise UserError(f"the classes of {folder} hold different numbers of images "
                         f"({', '.join(f'{n}: {c}' for n, c in counts.items())}); give each "
                         "the same number")
+    return files
+
+
+@dataclasses.dataclass
+class SupportSet:
+    """The classes in label order and their images ``uint8 [classes, shots, ...]``."""
+    names: list[str]
+    images: np.ndarray
+
+
+def read_support(files: dict[str, list[Path]], read: ImageReader) -> SupportSet:
+    images = {name: [read(f) for f in found] for name, found in files.items()}
     # Label order and shot order from the pixels alone, so that neither file names nor the
     # order the file system lists them in can change a prediction.
     digest = lambda pixels: hashlib.sha256(pixels.tobytes()).hexdigest()  # noqa: E731
@@ -149,21 +170,25 @@ def query_probabilities(model, episode: Episode) -> torch.Tensor:
 
 def predict(args) -> int:
     device = io_utils.resolve_device(args.device)
-    support = read_support(args.support, args.invert)
-    n_way, shots = support.images.shape[:2]
+    files = support_files(args.support)
+    n_way, shots = len(files), len(next(iter(files.values())))
     model, opts = load_model(args.model, device, shots)
     if n_way != opts.train_n_way:
         raise UserError(f"{args.model} holds a {opts.train_n_way}-way model; the support set "
                         f"{args.support} has {n_way} classes")
+    benchmark = BENCHMARKS[opts.dataset]
+    read = ImageReader(benchmark, args.invert)
+    support = read_support(files, read)
     queries = [f for q in args.queries for f in image_files(q)]
     if not queries:
         raise UserError("no query image given")
     normalise = Normaliser(BACKBONES[opts.model].input_channels, device)
-    query_pixels = np.stack([read_image(q, args.invert) for q in queries])
+    query_pixels = np.stack([read(q) for q in queries])
+    pixels = lambda images: torch.from_numpy(images).to(device)  # noqa: E731
     episode = Episode(
-        support_x=normalise(torch.from_numpy(support.images).to(device)).flatten(0, 1),
+        support_x=normalise(pixels(support.images), benchmark.colour).flatten(0, 1),
         support_y=torch.arange(n_way, device=device).repeat_interleave(shots),
-        query_x=normalise(torch.from_numpy(query_pixels).to(device)),
+        query_x=normalise(pixels(query_pixels), benchmark.colour),
         query_y=torch.zeros(len(queries), dtype=torch.long, device=device), seed=args.seed)
     probabilities = query_probabilities(model, episode)
     spread = (posterior_spread(model, opts, episode, args.samples, device)

@@ -89,9 +89,16 @@ class EpochLog:
         io_utils.append_text(self.path, io_utils.json_line(record))
 
 
-def find_run(opts, last_path) -> dict | None:
-    """The saved state to resume (``--resume``), or None for a fresh run."""
-    return io_utils.load_checkpoint(last_path, opts.method) if opts.resume else None
+def find_run(opts, last_path, say=print) -> dict | None:
+    """The saved state to resume (``--resume``), or None for a fresh run. ``--resume`` with
+    nothing saved yet starts the run, as the reference does (one of its published commands
+    carries --resume from its first launch)."""
+    if not opts.resume:
+        return None
+    if not last_path.exists():
+        say(f"note: --resume, but nothing to resume in {last_path.parent}: starting a new run")
+        return None
+    return io_utils.load_checkpoint(last_path, opts.method)
 
 
 def refuse_to_overwrite(last_path) -> None:
@@ -127,7 +134,7 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
              world: distributed.World) -> int:
     last_path = folder / "last_model.tar"
     # Rank 0 reads the checkpoint and sends it: the other ranks need no shared file system.
-    resume_state = world.from_main(lambda: find_run(opts, last_path))
+    resume_state = world.from_main(lambda: find_run(opts, last_path, world.say))
     if resume_state is not None:
         saved = resume_state["config"]
         config.adopt_saved(opts, saved, given, str(last_path), resume_state["former_names"],

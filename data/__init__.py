@@ -18,11 +18,12 @@ def prepared_data_dir(opts) -> Path:
     ``$FSL_DATA_SOURCE`` (a folder laid out as ``../shared/data``); ``--no_download`` turns it
     off and makes a missing dataset an error that names the script to run.
     """
-    from data.prepare import default_data_dir, is_prepared, prepare, prepared_names
+    from data.benchmarks import BENCHMARKS
+    from data.prepare import default_data_dir, is_prepared, prepare
 
     data_dir = Path(opts.data_dir) if opts.data_dir else default_data_dir()
     source = opts.data_source or os.environ.get("FSL_DATA_SOURCE")
-    for name in prepared_names(opts.dataset):
+    for name in BENCHMARKS[opts.dataset].datasets:
         if is_prepared(data_dir, name):
             continue
         if opts.no_download:
@@ -40,8 +41,10 @@ def prepared_data_dir(opts) -> Path:
 def split_sampler(opts, data_dir: Path, split: str, n_way: int, wanted_query: int, seed: int,
                   device, announce=print):
     """An :class:`~data.episodes.EpisodeSampler` over ``split`` of ``opts.dataset``, with the
-    image channels the backbone ``opts.model`` reads."""
+    image channels the backbone ``opts.model`` reads, its images cropped to the benchmark's
+    input size (augmented on the base split with ``--train_aug``)."""
     from backbones import BACKBONES
+    from data.benchmarks import BENCHMARKS
     from data.episodes import EpisodeSampler, fitting_query_count
     from data.store import load_split
 
@@ -51,4 +54,6 @@ def split_sampler(opts, data_dir: Path, split: str, n_way: int, wanted_query: in
         announce(f"note: {split} classes have {images.min_count} images, so {opts.n_shot}-shot "
                  f"episodes get {n_query} queries per class instead of {wanted_query}")
     return EpisodeSampler(images, n_way, opts.n_shot, n_query, seed, device,
-                          BACKBONES[opts.model].input_channels)
+                          BACKBONES[opts.model].input_channels,
+                          crop=BENCHMARKS[opts.dataset].image_size,
+                          augment=opts.train_aug and split == "base")

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data.store import CHANNEL_MEAN, CHANNEL_STD, IMAGE_SIZE, SplitImages
+from data import augment
+from data.store import CHANNEL_MEAN, CHANNEL_STD, SplitImages
 from errors import UserError
 
 
@@ -39,6 +40,7 @@ class Episode:
 SPLIT_IDS = {"base": 0, "val": 1, "novel": 2}
 TRAIN_QUERY = 16  # queries per class in training and validation (reference)
 TEST_QUERY = 15   # queries per class at test time (reference)
+AUGMENTATION_STREAM = 1  # the episode's augmentation draws: a stream of their own
 
 
 def fitting_query_count(split: SplitImages, n_support: int, wanted: int) -> int:
@@ -55,9 +57,10 @@ def fitting_query_count(split: SplitImages, n_support: int, wanted: int) -> int:
 
 
 class Normaliser:
-    """uint8 images ``[..., 28, 28]`` -> the backbone's float input ``[..., channels, 28, 28]``:
-    each channel a copy of the image, normalised with its ImageNet statistics (as the
-    reference's RGB conversion and Normalize), in one multiply-add per channel."""
+    """uint8 images -> the backbone's float input ``[..., channels, H, W]``, each channel
+    normalised with its ImageNet statistics (as the reference's Normalize), in one
+    multiply-add per channel. Grayscale ``[..., H, W]`` is copied into each channel (the
+    reference's RGB conversion); colour ``[..., 3, H, W]`` keeps its own."""
 
     def __init__(self, channels: int, device: torch.device | str = "cpu"):
         std = torch.tensor(CHANNEL_STD[:channels], device=device).view(channels, 1, 1)
@@ -65,15 +68,20 @@ class Normaliser:
         self.scale, self.shift = 1.0 / (255.0 * std), -mean / std
         self.channels = channels
 
-    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, pixels.unsqueeze(-3).float(), self.scale)
+    def __call__(self, pixels: torch.Tensor, colour: bool = False) -> torch.Tensor:
+        pixels = pixels if colour else pixels.unsqueeze(-3)
+        return torch.addcmul(self.shift, pixels.float(), self.scale)
 
 
 class EpisodeSampler:
     """Draws episodes of one split; ``episode(i)`` is the same tensor for the same (seed, i)."""
 
     def __init__(self, split: SplitImages, n_way: int, n_support: int, n_query: int,
-                 seed: int, device: torch.device | str = "cpu", channels: int = 3):
+                 seed: int, device: torch.device | str = "cpu", channels: int = 3,
+                 crop: int | None = None, augment: bool = False):
+        """``crop``: colour images are stored larger and cropped to this side, at the centre
+        or, with ``augment``, as the reference's training augmentation (drawn from the
+        episode's own seed)."""
         if n_way > split.n_classes:
             raise UserError(f"n_way {n_way} is larger than the {split.n_classes} classes of "
                             f"the {split.name} split")
@@ -89,6 +97,9 @@ class EpisodeSampler:
         self.device = torch.device(device)
         self.images = split.images.to(self.device)
         self.normalise = Normaliser(channels, self.device)
+        self.colour = split.images.dim() == 5  # [classes, images, 3, H, W]
+        self.crop = crop or split.images.shape[-1]
+        self.augment = augment
         self.counts = split.counts
         self.support_y = torch.arange(n_way, device=self.device).repeat_interleave(n_support)
         self.query_y = torch.arange(n_way, device=self.device).repeat_interleave(n_query)
@@ -114,9 +125,17 @@ class EpisodeSampler:
         classes, picks, task_seed = self.draw(index)
         classes_t = torch.as_tensor(classes, device=self.device)
         picks_t = torch.as_tensor(picks, device=self.device)
-        pixels = self.images[classes_t[:, None], picks_t]  # [n_way, shots+queries, 28, 28]
-        x = self.normalise(pixels)
-        shape = (-1, self.normalise.channels, IMAGE_SIZE, IMAGE_SIZE)
+        pixels = self.images[classes_t[:, None], picks_t]  # [n_way, shots+queries, (3,) S, S]
+        if self.augment:
+            stream = np.random.default_rng([self.seed, SPLIT_IDS[self.split.name], index,
+                                            AUGMENTATION_STREAM])
+            generator = torch.Generator().manual_seed(int(stream.integers(1 << 62)))
+            pixels = augment.augment(pixels.flatten(0, 1), self.crop, generator
+                                     ).view(*pixels.shape[:2], 3, self.crop, self.crop)
+        elif self.crop != pixels.shape[-1]:
+            pixels = augment.centre_crop(pixels, self.crop)
+        x = self.normalise(pixels, self.colour)
+        shape = (-1, self.normalise.channels, self.crop, self.crop)
         return Episode(support_x=x[:, :self.n_support].reshape(shape), support_y=self.support_y,
                        query_x=x[:, self.n_support:].reshape(shape), query_y=self.query_y,
                        seed=task_seed)

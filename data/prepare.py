@@ -42,11 +42,11 @@ from pathlib import Path
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from data import photos
 from errors import UserError, run_cli
 
-DATASET_FOLDERS = {"omniglot": "omniglot", "emnist": "emnist"}
-# The prepared datasets each benchmark (the `--dataset` of train.py / test.py) reads from.
-BENCHMARK_DATASETS = {"omniglot": ("omniglot",), "cross_char": ("omniglot", "emnist")}
+DATASET_FOLDERS = {"omniglot": "omniglot", "emnist": "emnist", "CUB": "CUB",
+                   "miniImagenet": "miniImagenet"}
 
 # Bump whenever the layout or the filelists change, so older preparations are redone.
 FORMAT_VERSION = 1
@@ -69,6 +69,11 @@ RAW_FILES = {
         "vinyals/trainval.txt": _VINYALS_URL + "trainval.txt",
     },
     "emnist": {"emnist.zip": "https://github.com/NanqingD/DAOSL/raw/master/data/emnist.zip"},
+    "CUB": {photos.CUB_ARCHIVE: "https://data.caltech.edu/records/65de6-vp158/files/"
+            + photos.CUB_ARCHIVE},
+    # The split files only: ImageNet's images are not public (see data/photos.py).
+    "miniImagenet": {name: "https://raw.githubusercontent.com/twitter/meta-learning-lstm/"
+                     "master/data/miniImagenet/" + name for name in photos.MINI_SPLITS.values()},
 }
 _DOWNLOAD_TIMEOUT_S = 60
 # What a failed download raises; other OS errors (a full disk) are not the network's fault.
@@ -90,7 +95,8 @@ EXCLUDED_ALPHABET = "Latin"  # cross_char tests on letters, so its base split le
 EMNIST_CLASSES = 62  # 0-9 digits, 10-35 A-Z, 36-61 a-z
 EMNIST_IMAGES_PER_CLASS = 200
 
-# Filelist -> (classes, images) it must hold; the marker records these.
+# Filelist -> (classes, images) it must hold; the marker records these. The photograph
+# datasets are checked by their own structure (data/photos.py) and record what they hold.
 EXPECTED_FILELISTS = {
     "omniglot": {
         **{
@@ -116,15 +122,6 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "filelists"
 
 
-def prepared_names(dataset: str) -> list[str]:
-    """The prepared datasets a benchmark reads: "cross_char" -> ["omniglot", "emnist"]."""
-    if dataset not in BENCHMARK_DATASETS:
-        raise UserError(
-            f"unknown dataset {dataset!r}; choose one of {', '.join(BENCHMARK_DATASETS)}."
-        )
-    return list(BENCHMARK_DATASETS[dataset])
-
-
 def is_prepared(data_dir: Path, name: str) -> bool:
     """Whether `data_dir/<name>` holds a finished preparation of the current format."""
     dataset_dir = _dataset_dir(data_dir, name)
@@ -132,11 +129,13 @@ def is_prepared(data_dir: Path, name: str) -> bool:
         marker = json.loads((dataset_dir / MARKER_NAME).read_text())
     except (OSError, ValueError):
         return False
+    expected = EXPECTED_FILELISTS.get(name)
     return (
         isinstance(marker, dict)
         and marker.get("format_version") == FORMAT_VERSION
         and marker.get("dataset") == name
-        and marker.get("filelists") == _marker_counts(EXPECTED_FILELISTS[name])
+        and isinstance(marker.get("filelists"), dict)
+        and (expected is None or marker["filelists"] == _marker_counts(expected))
         and all((dataset_dir / output).exists() for output in _output_names(name))
     )
 
@@ -188,9 +187,11 @@ def _output_names(name: str) -> list[str]:
     """What a preparation puts in the dataset folder besides the marker, in moving order."""
     if name == "omniglot":
         images = list(OMNIGLOT_ZIP_COUNTS)
-    else:
+    elif name == "emnist":
         images = [str(index) for index in range(EMNIST_CLASSES)]
-    return images + [f"{split}.json" for split in EXPECTED_FILELISTS[name]]
+    else:
+        images = ["images"]
+    return images + [f"{split}.json" for split in FILELISTS[name]]
 
 
 def _marker_counts(filelists: dict[str, tuple[int, int]]) -> dict[str, list[int]]:
@@ -519,7 +520,11 @@ def _prepare_emnist(raw_dir: Path, work_dir: Path) -> dict[str, ClassImages]:
     }
 
 
-_PREPARERS = {"omniglot": _prepare_omniglot, "emnist": _prepare_emnist}
+_PREPARERS = {"omniglot": _prepare_omniglot, "emnist": _prepare_emnist,
+              "CUB": photos.prepare_cub, "miniImagenet": photos.prepare_mini_imagenet}
+# The filelists each preparation writes.
+FILELISTS = {**{name: tuple(splits) for name, splits in EXPECTED_FILELISTS.items()},
+             "CUB": ("base", "val", "novel"), "miniImagenet": ("base", "val", "novel", "all")}
 
 
 def _write_filelists(
@@ -534,7 +539,7 @@ def _write_filelists(
             "image_labels": [index for index, (_, images) in enumerate(classes) for _ in images],
         }
         found = (len(filelist["label_names"]), len(filelist["image_names"]))
-        expected = EXPECTED_FILELISTS[name][split]
+        expected = EXPECTED_FILELISTS.get(name, {}).get(split, found)
         if found != expected:
             raise UserError(
                 f"the {name} {split} split came out with {found[0]:,} classes and "

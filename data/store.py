@@ -1,15 +1,18 @@
 """The decoded image store and the per-split class tables built from it.
 
-Every image of a prepared dataset folder is decoded and preprocessed once into a
-``uint8 [N, 28, 28]`` tensor, cached on disk beside the data, and rebuilt only when the
-images it came from change (their paths, sizes or modification times). A split is then a
-dense ``uint8 [classes, images_per_class, 28, 28]`` tensor, rotations applied in memory, that
-episodes index directly on the target device: no image is decoded per episode.
+Every image of a prepared dataset folder is decoded and preprocessed once into a ``uint8``
+tensor, cached on disk beside the data, and rebuilt only when the images it came from change
+(their paths, sizes or modification times). A split is then a dense ``uint8 [classes,
+images_per_class, ...]`` tensor, rotations applied in memory, that episodes index directly on
+the target device: no image is decoded per episode.
 
-Preprocessing follows the reference: grayscale, resized to 32x32
-(``int(1.15 * 28)``), centre crop 28x28. The reference converts the image to RGB (three equal
-channels) and normalises each channel with its ImageNet mean and std; episodes do that on the
-device, for as many channels as the backbone reads (:mod:`data.episodes`).
+Preprocessing follows the reference (its ``Resize`` to 1.15 x the input size, a square, then
+``CenterCrop``). Characters: grayscale, resized to 32x32, centre crop 28x28, stored as
+``[28, 28]``. Photographs: RGB, resized to 96x96 and stored so (``[3, 96, 96]``), the 84x84
+crop (centred, or random with ``--train_aug``) taken per episode (:mod:`data.augment`). The
+reference converts characters to RGB (three equal channels) and normalises each channel with
+its ImageNet mean and std; episodes do that on the device, for as many channels as the
+backbone reads (:mod:`data.episodes`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,40 +30,55 @@ import torch
 from PIL import Image
 
 import io_utils
+from data.augment import stored_size
+from data.benchmarks import BENCHMARKS
 from errors import UserError
 
-IMAGE_SIZE = 28
-RESIZE_TO = 32  # int(1.15 * 28): the reference resizes to this, then centre-crops IMAGE_SIZE
 # ImageNet's per-channel statistics, with which the reference normalises the RGB copies.
 CHANNEL_MEAN = (0.485, 0.456, 0.406)
 CHANNEL_STD = (0.229, 0.224, 0.225)
 STORE_VERSION = 1  # bump when the preprocessing changes, so old caches are rebuilt
-CACHE_NAME = f".store_{IMAGE_SIZE}px.pt"
-
-# (dataset folder, filelist) of each split of each benchmark, as the reference.
-SPLIT_FILES = {
-    "omniglot": {"base": ("omniglot", "base.json"), "val": ("omniglot", "val.json"),
-                 "novel": ("omniglot", "novel.json")},
-    "cross_char": {"base": ("omniglot", "noLatin.json"), "val": ("emnist", "val.json"),
-                   "novel": ("emnist", "novel.json")},
-}
 _ROTATION = re.compile(r"/rot(\d{3})$")
 
 
-def load_image(path: Path) -> np.ndarray:
-    """Decode one image of a prepared dataset into the preprocessed ``uint8 [28, 28]``."""
+@dataclass(frozen=True)
+class ImageForm:
+    """How a dataset's images are stored: the side of the stored square, and colour (RGB)
+    or not (grayscale, cropped to ``size`` from the Resize square at once)."""
+    size: int
+    colour: bool
+
+    @property
+    def cache_name(self) -> str:
+        return f".store_rgb{self.size}px.pt" if self.colour else f".store_{self.size}px.pt"
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (3, self.size, self.size) if self.colour else (self.size, self.size)
+
+
+CHARACTER_FORM = ImageForm(28, colour=False)
+
+
+def load_image(path: Path, form: ImageForm = CHARACTER_FORM) -> np.ndarray:
+    """Decode one image of a prepared dataset into its stored form."""
     try:
-        return decode(path)
+        return decode(path, form)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read image {path}: {exc}; prepare the data again") from None
 
 
-def decode(path: Path) -> np.ndarray:
-    """Any image PIL reads -> ``uint8 [28, 28]`` grayscale: resized to 32x32, centre crop."""
+def decode(path: Path, form: ImageForm = CHARACTER_FORM) -> np.ndarray:
+    """Any image PIL reads -> ``uint8`` of ``form.shape``: grayscale resized to the Resize
+    square and centre-cropped, or RGB resized to the square (channels first)."""
     with Image.open(path) as im:
-        im = im.convert("L").resize((RESIZE_TO, RESIZE_TO), Image.BILINEAR)
-    offset = (RESIZE_TO - IMAGE_SIZE) // 2
-    return np.asarray(im)[offset:offset + IMAGE_SIZE, offset:offset + IMAGE_SIZE].copy()
+        if form.colour:
+            im = im.convert("RGB").resize((form.size, form.size), Image.BILINEAR)
+            return np.ascontiguousarray(np.asarray(im).transpose(2, 0, 1))
+        side = stored_size(form.size)
+        im = im.convert("L").resize((side, side), Image.BILINEAR)
+    offset = (side - form.size) // 2
+    return np.asarray(im)[offset:offset + form.size, offset:offset + form.size].copy()
 
 
 def read_filelist(path: Path) -> dict:
@@ -82,13 +101,14 @@ class ImageStore:
         self.images = images
 
     @classmethod
-    def open(cls, folder: Path, verbose: bool = True) -> "ImageStore":
+    def open(cls, folder: Path, form: ImageForm = CHARACTER_FORM,
+             verbose: bool = True) -> "ImageStore":
         """Load the cached store of ``folder``, building (or rebuilding) it if stale."""
         folder = Path(folder)
         paths = sorted({name for filelist in sorted(folder.glob("*.json"))
                         for name in read_filelist(filelist)["image_names"]})
         fingerprint = _fingerprint(folder, paths)
-        cache = folder / CACHE_NAME
+        cache = folder / form.cache_name
         if cache.exists():
             try:
                 stored = torch.load(cache, weights_only=True)
@@ -99,7 +119,7 @@ class ImageStore:
         if verbose:
             print(f"Decoding {len(paths):,} images of {folder} into {cache.name} (once) ...",
                   flush=True)
-        images = torch.from_numpy(_decode_all([folder / p for p in paths]))
+        images = torch.from_numpy(_decode_all([folder / p for p in paths], form))
         stored = {"fingerprint": fingerprint, "paths": paths, "images": images}
         try:
             io_utils.write_file(cache, lambda f: torch.save(stored, f))
@@ -121,16 +141,17 @@ def _fingerprint(folder: Path, paths: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _decode_all(paths: list[Path]) -> np.ndarray:
-    out = np.empty((len(paths), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+def _decode_all(paths: list[Path], form: ImageForm) -> np.ndarray:
+    out = np.empty((len(paths), *form.shape), dtype=np.uint8)
     workers = min(os.cpu_count() or 1, 8)
     if workers > 1 and len(paths) > 2000:
         with ProcessPoolExecutor(workers) as pool:
-            for i, image in enumerate(pool.map(load_image, paths, chunksize=256)):
+            decoded = pool.map(partial(load_image, form=form), paths, chunksize=256)
+            for i, image in enumerate(decoded):
                 out[i] = image
     else:
         for i, path in enumerate(paths):
-            out[i] = load_image(path)
+            out[i] = load_image(path, form)
     return out
 
 
@@ -153,26 +174,28 @@ class SplitImages:
 
 
 def load_split(data_dir: Path, dataset: str, split: str, verbose: bool = True) -> SplitImages:
-    """The class table of ``split`` of ``dataset`` from the prepared data in ``data_dir``."""
-    folder_name, filelist_name = SPLIT_FILES[dataset][split]
+    """The class table of ``split`` of benchmark ``dataset`` from the prepared data in
+    ``data_dir``."""
+    benchmark = BENCHMARKS[dataset]
+    folder_name, filelist_name = benchmark.splits[split]
     folder = Path(data_dir) / folder_name
-    store = ImageStore.open(folder, verbose)
-    filelist = read_filelist(folder / filelist_name)
+    form = ImageForm(benchmark.stored_size, benchmark.colour)
+    store = ImageStore.open(folder, form, verbose)
+    filelist = read_filelist(folder / f"{filelist_name}.json")
     per_class: list[list[int]] = [[] for _ in filelist["label_names"]]
     for name, label in zip(filelist["image_names"], filelist["image_labels"]):
         per_class[label].append(store.index[name])
     counts = np.array([len(c) for c in per_class])
     if counts.min() == 0:
-        raise UserError(f"{folder / filelist_name} has a class without images; "
+        raise UserError(f"{folder / filelist_name}.json has a class without images; "
                         "prepare the data again")
-    images = torch.zeros((len(per_class), int(counts.max()), IMAGE_SIZE, IMAGE_SIZE),
-                         dtype=torch.uint8)
+    images = torch.zeros((len(per_class), int(counts.max()), *form.shape), dtype=torch.uint8)
     for c, (label, indices) in enumerate(zip(filelist["label_names"], per_class)):
         class_images = store.images[indices]
         rotation = _ROTATION.search(label)
         if rotation:
             # Counter-clockwise like the reference's PIL rotate; the centre crop of a square
             # image commutes with a quarter turn, so rotating after preprocessing is exact.
-            class_images = torch.rot90(class_images, int(rotation.group(1)) // 90, dims=(1, 2))
+            class_images = torch.rot90(class_images, int(rotation.group(1)) // 90, dims=(-2, -1))
         images[c, :len(indices)] = class_images
     return SplitImages(split, list(filelist["label_names"]), images, counts)

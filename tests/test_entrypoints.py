@@ -56,8 +56,10 @@ def tiny_run(data_dir, tmp_path_factory):
     return save_dir
 
 
-def run_folder(save_dir: Path, method="maml", way=5, shot=1) -> Path:
-    return save_dir / "checkpoints" / "cross_char" / f"Conv4_{method}_{way}way_{shot}shot"
+def run_folder(save_dir: Path, method="maml", way=5, shot=1, dataset="cross_char",
+               model=None) -> Path:
+    model = model or ("Conv4Pool" if dataset in ("CUB", "miniImagenet", "cross") else "Conv4")
+    return save_dir / "checkpoints" / dataset / f"{model}_{method}_{way}way_{shot}shot"
 
 
 # The published HyperMAML cross_char options (the reference's commands.sh), with a short warm-up.

@@ -12,8 +12,12 @@ from PIL import Image
 
 from conftest import TEST_DEVICE
 from data.episodes import EpisodeSampler, fitting_query_count
-from data.store import (CACHE_NAME, CHANNEL_MEAN, CHANNEL_STD, RESIZE_TO, IMAGE_SIZE, ImageStore,
-                        load_image, load_split)
+from data.augment import stored_size
+from data.store import CHANNEL_MEAN, CHANNEL_STD, CHARACTER_FORM, ImageStore, load_image, load_split
+
+IMAGE_SIZE = CHARACTER_FORM.size
+RESIZE_TO = stored_size(IMAGE_SIZE)
+CACHE_NAME = CHARACTER_FORM.cache_name
 from errors import UserError
 
 

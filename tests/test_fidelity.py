@@ -20,11 +20,16 @@ SHORT = ["--stop_epoch", "1", "--n_task", "2", "--n_episode", "4", "--final_test
 
 
 def published_commands() -> dict[str, list[str]]:
-    """The train.py arguments of each command in the reference's file, by its heading."""
-    if not PUBLISHED.exists():
+    return read_commands(PUBLISHED)
+
+
+def read_commands(path) -> dict[str, list[str]]:
+    """The train.py arguments of each command in a file of the reference's commands, by its
+    heading (none if the file is not there)."""
+    if not path.exists():
         return {}
     commands, name, lines = {}, None, []
-    for line in PUBLISHED.read_text().splitlines() + [""]:
+    for line in path.read_text().splitlines() + [""]:
         if line.startswith("## "):
             name = line[3:].strip()
         elif line.strip() and not line.startswith("#"):

@@ -192,17 +192,20 @@ def test_predict_on_emnist_matches_the_test_accuracy(model, data_dir, tmp_path, 
 def test_predict_reads_images_as_the_training_data(data_dir, tmp_path):
     """A prepared EMNIST image gives predict.py the pixels episodes are built from; the same
     image as light strokes on dark, resized and in colour, comes back to them (to rounding)."""
+    from data.benchmarks import BENCHMARKS
     from data.store import load_image
     path = data_dir / "emnist" / json.loads((data_dir / "emnist" / "novel.json").read_text())[
         "image_names"][0]
     stored = load_image(path)
-    assert np.array_equal(PREDICT.read_image(path, "auto"), stored)
+    read = {invert: PREDICT.ImageReader(BENCHMARKS["cross_char"], invert)
+            for invert in ("auto", "no")}
+    assert np.array_equal(read["auto"](path), stored)
     with Image.open(path) as im:
         inverted = Image.eval(im.convert("L"), lambda v: 255 - v).convert("RGB")
     inverted.save(tmp_path / "inverted.png")
-    again = PREDICT.read_image(tmp_path / "inverted.png", "auto").astype(int)
+    again = read["auto"](tmp_path / "inverted.png").astype(int)
     assert np.abs(again - stored).max() <= 1
-    assert np.abs(PREDICT.read_image(tmp_path / "inverted.png", "no").astype(int)
+    assert np.abs(read["no"](tmp_path / "inverted.png").astype(int)
                   - (255 - stored)).max() <= 1
 
 

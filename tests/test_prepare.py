@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 import data.prepare as data_prepare
-from data.prepare import DATASET_FOLDERS, is_prepared, prepare, prepared_names
+from data.prepare import DATASET_FOLDERS, is_prepared, prepare
 from errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,11 +50,16 @@ def character_of(label_name: str) -> str:
     return "/".join(label_name.split("/")[:2])
 
 
+# The datasets whose real files are in ../shared/data (the photographs are tested on
+# test-built archives in tests/test_photos.py).
+CHARACTER_DATASETS = ("omniglot", "emnist")
+
+
 @pytest.fixture(scope="module")
 def prepared_root(tmp_path_factory) -> Path:
     """Both datasets prepared once from the real files; tests must not modify this folder."""
     root = tmp_path_factory.mktemp("prepared")
-    for name in DATASET_FOLDERS:
+    for name in CHARACTER_DATASETS:
         prepare(name, root, SHARED_DATA / name)
     return root
 
@@ -163,16 +168,16 @@ def test_emnist_val_classes_are_even_and_novel_classes_odd(prepared_root):
 
 
 def test_second_prepare_does_no_work(prepared_root, capsys):
-    outputs = [prepared_root / name / data_prepare.MARKER_NAME for name in DATASET_FOLDERS]
+    outputs = [prepared_root / name / data_prepare.MARKER_NAME for name in CHARACTER_DATASETS]
     outputs += list(prepared_root.glob("*/*.json"))
     before = [path.stat().st_mtime_ns for path in outputs]
-    for name in DATASET_FOLDERS:
+    for name in CHARACTER_DATASETS:
         started = time.perf_counter()
         assert prepare(name, prepared_root, SHARED_DATA / name) == prepared_root / name
         assert time.perf_counter() - started < 0.5
         assert is_prepared(prepared_root, name)
     assert [path.stat().st_mtime_ns for path in outputs] == before
-    assert capsys.readouterr().out.count("already prepared") == len(DATASET_FOLDERS)
+    assert capsys.readouterr().out.count("already prepared") == len(CHARACTER_DATASETS)
 
 
 def test_interrupted_run_is_cleaned_up_and_redone(tmp_path):
@@ -313,8 +318,9 @@ def test_shell_wrapper_prepares_with_a_relative_data_dir(tmp_path):
     assert is_prepared(tmp_path / "out", "emnist")
 
 
-def test_prepared_names():
-    assert prepared_names("omniglot") == ["omniglot"]
-    assert prepared_names("cross_char") == ["omniglot", "emnist"]
-    with pytest.raises(UserError, match="unknown dataset"):
-        prepared_names("miniImagenet")
+def test_each_benchmark_reads_its_prepared_datasets():
+    from data.benchmarks import BENCHMARKS
+    assert BENCHMARKS["omniglot"].datasets == ["omniglot"]
+    assert BENCHMARKS["cross_char"].datasets == ["omniglot", "emnist"]
+    assert BENCHMARKS["cross"].datasets == ["miniImagenet", "CUB"]
+    assert set(DATASET_FOLDERS) == {d for b in BENCHMARKS.values() for d in b.datasets}

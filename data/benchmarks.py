@@ -1,0 +1,57 @@
+"""What each ``--dataset`` is: which prepared datasets and filelists hold its splits, and in
+what form its images reach the backbone.
+
+The character benchmarks (Omniglot, Omniglot -> EMNIST) are grayscale 28 x 28, never
+augmented (the reference asserts it); the image benchmarks (CUB, mini-ImageNet, mini-ImageNet
+-> CUB) are colour 84 x 84, stored at the reference's Resize square (96 x 96) and cropped, or
+augmented with ``--train_aug``, when episodes are built (:mod:`data.augment`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from data.augment import stored_size
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    # split -> (prepared dataset folder, filelist name without .json)
+    splits: dict[str, tuple[str, str]]
+    image_size: int  # the side of the backbone's input
+    colour: bool  # RGB photographs; else grayscale characters
+
+    @property
+    def datasets(self) -> list[str]:
+        """The prepared datasets the benchmark reads, each once."""
+        return list(dict.fromkeys(folder for folder, _ in self.splits.values()))
+
+    @property
+    def stored_size(self) -> int:
+        """The side images are stored at: the character store holds the final crop, the
+        colour store the Resize square that crops are taken from."""
+        return stored_size(self.image_size) if self.colour else self.image_size
+
+    @property
+    def augmentable(self) -> bool:
+        return self.colour
+
+
+def _same_folder(folder: str, **filelists: str) -> dict[str, tuple[str, str]]:
+    return {split: (folder, filelist) for split, filelist in filelists.items()}
+
+
+CHARACTERS = dict(image_size=28, colour=False)
+PHOTOGRAPHS = dict(image_size=84, colour=True)
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "omniglot": Benchmark(_same_folder("omniglot", base="base", val="val", novel="novel"),
+                          **CHARACTERS),
+    "cross_char": Benchmark({"base": ("omniglot", "noLatin"), "val": ("emnist", "val"),
+                             "novel": ("emnist", "novel")}, **CHARACTERS),
+    "CUB": Benchmark(_same_folder("CUB", base="base", val="val", novel="novel"), **PHOTOGRAPHS),
+    "miniImagenet": Benchmark(_same_folder("miniImagenet", base="base", val="val",
+                                           novel="novel"), **PHOTOGRAPHS),
+    # The reference's cross-domain setting: all 100 mini-ImageNet classes, then CUB.
+    "cross": Benchmark({"base": ("miniImagenet", "all"), "val": ("CUB", "val"),
+                        "novel": ("CUB", "novel")}, **PHOTOGRAPHS),
+}
