@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
 
-from data.benchmarks import BENCHMARKS
+from data.benchmarks import find
 from errors import UserError
 
-DATASETS = tuple(BENCHMARKS)
 # Conv4: the reference's three-channel network; Conv4S: one channel; Conv4Pool: average
 # pooled; Conv6: six blocks (backbones/convnet.py).
 MODELS = ("Conv4", "Conv4S", "Conv4Pool", "Conv6")
@@ -42,6 +41,15 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
+def dataset_argument(text: str) -> str:
+    """``--dataset``: a benchmark's name or a benchmark folder, checked as it is parsed."""
+    try:
+        find(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--dataset {text}: ")) from None
+    return text
+
+
 def _opt(default: Any, help: str, scope: str = "run", **argparse_kwargs: Any) -> Any:
     metadata = {"help": help, "scope": scope, "argparse": argparse_kwargs}
     if isinstance(default, list):
@@ -53,9 +61,10 @@ def _opt(default: Any, help: str, scope: str = "run", **argparse_kwargs: Any) ->
 class Options:
     # --- what to run -------------------------------------------------------------------------
     dataset: str = _opt(None, "benchmark: omniglot (Vinyals splits), cross_char (Omniglot "
-                        "without Latin -> EMNIST), CUB, miniImagenet or cross (mini-ImageNet "
-                        "-> CUB); required, except beside test.py --checkpoint", "model",
-                        choices=DATASETS)
+                        "without Latin -> EMNIST), CUB, miniImagenet, cross (mini-ImageNet "
+                        "-> CUB), or a folder of your own images made into a benchmark by "
+                        "python -m data.folder; required, except beside test.py --checkpoint",
+                        "model", type=dataset_argument, metavar="DATASET")
     method: str = _opt(None, "meta-learning method; required, except beside test.py "
                        "--checkpoint", "model")
     model: str = _opt("Conv4", "backbone: Conv4 reads the image as three normalised RGB "
@@ -348,7 +357,7 @@ def resolve(opts: Options, entry: str) -> Options:
     """
     # The reference's MAML-family overrides on the character benchmarks (n_task 32, one
     # inner step of 0.1); its defaults elsewhere.
-    character = not BENCHMARKS[opts.dataset].colour
+    character = not find(opts.dataset).colour
     if opts.n_task is None:
         opts.n_task = 32 if character else 4
     if opts.task_update_num is None:
@@ -389,10 +398,10 @@ def _check(opts: Options, entry: str) -> None:
         raise UserError(f"--train_lr must be >= 0, got {opts.train_lr}")
     if entry == "train" and opts.start_epoch < 0:
         raise UserError(f"--start_epoch must be >= 0, got {opts.start_epoch}")
-    if opts.train_aug and not BENCHMARKS[opts.dataset].augmentable:
+    if opts.train_aug and not find(opts.dataset).augmentable:
         raise UserError(f"--train_aug: {opts.dataset} is trained without augmentation (the "
                         "reference asserts it for omniglot and cross_char)")
-    if BENCHMARKS[opts.dataset].colour and opts.model == "Conv4S":
+    if find(opts.dataset).colour and opts.model == "Conv4S":
         raise UserError(f"--model Conv4S reads one channel; {opts.dataset} is in colour: use "
                         "Conv4, Conv4Pool or Conv6")
     if entry == "train" and opts.warmup:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data.benchmarks import folder_name
 from errors import UserError
 
 # 2: Conv4 reads three channels; format 1 (before) held the one-channel network, now Conv4S.
@@ -56,7 +57,7 @@ def checkpoint_dir(opts) -> Path:
     name = f"{opts.model}_{opts.method}_{opts.train_n_way}way_{opts.n_shot}shot"
     if opts.checkpoint_suffix:
         name += f"_{opts.checkpoint_suffix}"
-    return Path(opts.save_dir) / "checkpoints" / opts.dataset / name
+    return Path(opts.save_dir) / "checkpoints" / folder_name(opts.dataset) / name
 
 
 def ensure_writable(folder: Path) -> None:

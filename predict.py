@@ -26,7 +26,7 @@ import config
 import io_utils
 from backbones import BACKBONES
 from data import augment
-from data.benchmarks import BENCHMARKS, Benchmark
+from data.benchmarks import Benchmark, find
 from data.episodes import Episode, Normaliser
 from data.store import ImageForm, decode
 from errors import UserError, run_cli
@@ -176,7 +176,7 @@ def predict(args) -> int:
     if n_way != opts.train_n_way:
         raise UserError(f"{args.model} holds a {opts.train_n_way}-way model; the support set "
                         f"{args.support} has {n_way} classes")
-    benchmark = BENCHMARKS[opts.dataset]
+    benchmark = find(opts.dataset)
     read = ImageReader(benchmark, args.invert)
     support = read_support(files, read)
     queries = [f for q in args.queries for f in image_files(q)]

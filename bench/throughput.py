@@ -4,6 +4,7 @@ sampling rate alone, and peak memory, for each method and phase.
 
     python bench/throughput.py                       # all methods, 1 and 5 shots, this machine
     python bench/throughput.py --method hyper_maml --n_shot 1 --device cuda --json out.json
+    python bench/throughput.py --dataset CUB --data_dir ROOT --train_aug   # 84-pixel photographs
 
 With ``--engine loop,batched`` both task engines, with ``--memory_format
 contiguous,channels_last`` both layouts, and with ``--precision fp32,bf16`` (or tf32 on CUDA)
@@ -44,7 +45,7 @@ CONFIGS = {
 
 
 def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: str | None,
-            model_name: str,
+            model_name: str, dataset: str, train_aug: bool,
             updates: int, eval_episodes: int, engines: list[str], formats: list[str],
             precisions: list[str]) -> dict | None:
     """Run one configuration in this process (this rank, under torchrun) and return its
@@ -60,9 +61,9 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     from methods import METHODS, build_method
 
     options, epoch = CONFIGS[(method, phase)]
-    argv = ["--dataset", "cross_char", "--method", method, "--n_shot", str(n_shot),
+    argv = ["--dataset", dataset, "--method", method, "--n_shot", str(n_shot),
             "--device", device_name, "--precision", precisions[0], "--model", model_name,
-            *options]
+            *options, *(["--train_aug"] if train_aug else [])]
     if n_shot > 1 and method != "maml":
         argv += ["--hn_sup_aggregation", "mean"]
     if data_dir:
@@ -134,7 +135,7 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     if not world.is_main:
         return None
     return {"method": method, "phase": phase, "n_shot": n_shot, "device": str(device),
-            "model": model_name,
+            "model": model_name, "dataset": dataset, "train_aug": train_aug,
             "processes": world.size, "threads": torch.get_num_threads(),
             "engine": engines[0], "memory_format": formats[0], "precision": precisions[0],
             "train_tasks_per_s": train_rates[next(iter(train_rates))],
@@ -188,19 +189,31 @@ def main() -> int:
     parser.add_argument("--precision", default="fp32",
                         help="comma-separated arithmetics (fp32, bf16, tf32 on CUDA) timed side "
                              "by side; the first is used for the other columns")
-    parser.add_argument("--model", default="Conv4", choices=("Conv4", "Conv4S"),
-                        help="backbone: Conv4 (three input channels, as the reference) or "
-                             "Conv4S (one)")
+    parser.add_argument("--dataset", default="cross_char",
+                        help="benchmark (its prepared data in --data_dir): cross_char, or a "
+                             "photograph one (CUB, miniImagenet, cross) at 84 pixels")
+    parser.add_argument("--train_aug", action="store_true",
+                        help="photograph benchmarks: time training with the augmentation")
+    parser.add_argument("--model", default=None, choices=("Conv4", "Conv4S", "Conv4Pool",
+                                                          "Conv6"),
+                        help="backbone (default: Conv4, three input channels as the "
+                             "reference, for characters; Conv4Pool, as the published "
+                             "commands, for photographs)")
     parser.add_argument("--processes", default="1",
                         help="comma-separated process counts; more than 1 runs the "
                              "configuration under torchrun (gloo on a CPU, nccl on CUDA)")
     parser.add_argument("--data_dir", default=None, help="prepared data root (default filelists/)")
-    parser.add_argument("--updates", type=int, default=3, help="meta-updates of 32 tasks timed")
+    parser.add_argument("--updates", type=int, default=3,
+                        help="meta-updates timed (of n_task tasks: 32 for characters, 4 for "
+                             "photographs)")
     parser.add_argument("--eval_episodes", type=int, default=100, help="val/test episodes timed")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "PHASE", "SHOTS"),
                         help=argparse.SUPPRESS)  # one configuration, in a child process
     args = parser.parse_args()
+    if args.model is None:
+        from data.benchmarks import find
+        args.model = "Conv4Pool" if find(args.dataset).colour else "Conv4"
 
     if args.worker:
         method, phase, shots = args.worker
@@ -208,7 +221,7 @@ def main() -> int:
         formats = (args.memory_format.split(",") if args.memory_format
                    else [default_memory_format(method, args.device)])
         row = measure(method, phase, int(shots), args.device, args.data_dir, args.model,
-                      args.updates, args.eval_episodes, engines, formats,
+                      args.dataset, args.train_aug, args.updates, args.eval_episodes, engines, formats,
                       args.precision.split(","))
         if row is not None:
             print(json.dumps(row))
@@ -233,7 +246,8 @@ def main() -> int:
                         __file__, "--worker", method, phase, shots, "--device", args.device,
                         "--updates", str(args.updates), "--eval_episodes",
                         str(args.eval_episodes), "--engine", args.engine,
-                        "--precision", args.precision, "--model", args.model]
+                        "--precision", args.precision, "--model", args.model,
+                        "--dataset", args.dataset] + (["--train_aug"] if args.train_aug else [])
                     if args.memory_format:
                         command += ["--memory_format", args.memory_format]
                     if args.data_dir:

@@ -18,12 +18,14 @@ def prepared_data_dir(opts) -> Path:
     ``$FSL_DATA_SOURCE`` (a folder laid out as ``../shared/data``); ``--no_download`` turns it
     off and makes a missing dataset an error that names the script to run.
     """
-    from data.benchmarks import BENCHMARKS
+    from data.benchmarks import find
     from data.prepare import default_data_dir, is_prepared, prepare
 
     data_dir = Path(opts.data_dir) if opts.data_dir else default_data_dir()
+    if find(opts.dataset).own:  # a folder of your own images: its filelists are written
+        return data_dir
     source = opts.data_source or os.environ.get("FSL_DATA_SOURCE")
-    for name in BENCHMARKS[opts.dataset].datasets:
+    for name in find(opts.dataset).datasets:
         if is_prepared(data_dir, name):
             continue
         if opts.no_download:
@@ -44,7 +46,7 @@ def split_sampler(opts, data_dir: Path, split: str, n_way: int, wanted_query: in
     image channels the backbone ``opts.model`` reads, its images cropped to the benchmark's
     input size (augmented on the base split with ``--train_aug``)."""
     from backbones import BACKBONES
-    from data.benchmarks import BENCHMARKS
+    from data.benchmarks import find
     from data.episodes import EpisodeSampler, fitting_query_count
     from data.store import load_split
 
@@ -55,5 +57,5 @@ def split_sampler(opts, data_dir: Path, split: str, n_way: int, wanted_query: in
                  f"episodes get {n_query} queries per class instead of {wanted_query}")
     return EpisodeSampler(images, n_way, opts.n_shot, n_query, seed, device,
                           BACKBONES[opts.model].input_channels,
-                          crop=BENCHMARKS[opts.dataset].image_size,
+                          crop=find(opts.dataset).image_size,
                           augment=opts.train_aug and split == "base")

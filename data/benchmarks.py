@@ -8,9 +8,16 @@ augmented with ``--train_aug``, when episodes are built (:mod:`data.augment`).
 """
 from __future__ import annotations
 
+import difflib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from data.augment import stored_size
+from errors import UserError
+
+# What python -m data.folder writes into a folder of your own images (see data/folder.py).
+OWN_DESCRIPTION = "benchmark.json"
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,11 @@ class Benchmark:
     def augmentable(self) -> bool:
         return self.colour
 
+    @property
+    def own(self) -> bool:
+        """A folder of the user's own images, ready as it is (nothing to prepare)."""
+        return all(Path(folder).is_absolute() for folder, _ in self.splits.values())
+
 
 def _same_folder(folder: str, **filelists: str) -> dict[str, tuple[str, str]]:
     return {split: (folder, filelist) for split, filelist in filelists.items()}
@@ -55,3 +67,26 @@ BENCHMARKS: dict[str, Benchmark] = {
     "cross": Benchmark({"base": ("miniImagenet", "all"), "val": ("CUB", "val"),
                         "novel": ("CUB", "novel")}, **PHOTOGRAPHS),
 }
+
+
+def find(dataset: str) -> Benchmark:
+    """The benchmark ``--dataset`` names: a built-in one, or a folder of your own images
+    made into a benchmark by ``python -m data.folder``."""
+    if dataset in BENCHMARKS:
+        return BENCHMARKS[dataset]
+    folder = Path(dataset).expanduser().resolve()
+    try:
+        described = json.loads((folder / OWN_DESCRIPTION).read_text())
+        return Benchmark({split: (str(folder), split) for split in ("base", "val", "novel")},
+                         int(described["image_size"]), bool(described["colour"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        close = difflib.get_close_matches(dataset, list(BENCHMARKS), n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise UserError(f"--dataset {dataset}: neither one of {', '.join(BENCHMARKS)} nor a "
+                        f"folder made into a benchmark by python -m data.folder ({hint}a "
+                        f"folder needs its {OWN_DESCRIPTION})") from None
+
+
+def folder_name(dataset: str) -> str:
+    """How a run's checkpoint folder names the benchmark: its name, or its folder's."""
+    return dataset if dataset in BENCHMARKS else Path(dataset).expanduser().resolve().name

@@ -31,7 +31,7 @@ from PIL import Image
 
 import io_utils
 from data.augment import stored_size
-from data.benchmarks import BENCHMARKS
+from data.benchmarks import OWN_DESCRIPTION, find
 from errors import UserError
 
 # ImageNet's per-channel statistics, with which the reference normalises the RGB copies.
@@ -105,7 +105,8 @@ class ImageStore:
              verbose: bool = True) -> "ImageStore":
         """Load the cached store of ``folder``, building (or rebuilding) it if stale."""
         folder = Path(folder)
-        paths = sorted({name for filelist in sorted(folder.glob("*.json"))
+        filelists = [f for f in sorted(folder.glob("*.json")) if f.name != OWN_DESCRIPTION]
+        paths = sorted({name for filelist in filelists
                         for name in read_filelist(filelist)["image_names"]})
         fingerprint = _fingerprint(folder, paths)
         cache = folder / form.cache_name
@@ -176,7 +177,7 @@ class SplitImages:
 def load_split(data_dir: Path, dataset: str, split: str, verbose: bool = True) -> SplitImages:
     """The class table of ``split`` of benchmark ``dataset`` from the prepared data in
     ``data_dir``."""
-    benchmark = BENCHMARKS[dataset]
+    benchmark = find(dataset)
     folder_name, filelist_name = benchmark.splits[split]
     folder = Path(data_dir) / folder_name
     form = ImageForm(benchmark.stored_size, benchmark.colour)

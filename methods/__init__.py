@@ -2,7 +2,7 @@
 import torch
 
 from backbones import BACKBONES
-from data.benchmarks import BENCHMARKS
+from data.benchmarks import find
 from errors import UserError
 from methods.bayes_hmaml import BayesHMAML
 from methods.hypermaml import HyperMAML
@@ -26,7 +26,7 @@ def options_ignored_by(method: str) -> set[str]:
 def build_method(opts, device=None):
     """The method named by ``opts.method`` with a fresh backbone ``opts.model``, its task
     engine chosen for ``device``."""
-    backbone = BACKBONES[opts.model](BENCHMARKS[opts.dataset].image_size)
+    backbone = BACKBONES[opts.model](find(opts.dataset).image_size)
     model = METHODS[opts.method].from_options(opts, backbone)
     model.engine = choose_engine(opts, device)
     model.precision = choose_precision(opts, device)

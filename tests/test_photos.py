@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -213,8 +214,6 @@ def test_a_short_hypermaml_run_learns_the_cub_training_classes(photo_data, tmp_p
 
     # predict.py takes the colour model: photographs centre-cropped as the test's episodes
     # are, one example of each of 5 novel classes, their other images as queries.
-    import shutil
-
     from test_models import PREDICT
     novel = json.loads((photo_data / "CUB" / "novel.json").read_text())
     for label, name in enumerate(novel["label_names"]):
@@ -234,3 +233,68 @@ def test_a_short_hypermaml_run_learns_the_cub_training_classes(photo_data, tmp_p
     assert len(rows) == 10 and all(len(r["probabilities"]) == 5 for r in rows)
     right = sum(Path(r["query"]).name.startswith(r["prediction"]) for r in rows)
     assert right >= 4, rows  # chance: 2 of 10
+
+
+# --- your own images ----------------------------------------------------------------------------
+def own_folder(data_dir: Path, root: Path, classes: int = 25, images: int = 12) -> Path:
+    """A folder of class folders laid out from the prepared EMNIST images (copied), as a user
+    would bring their own: class names of their choosing, file names of their own."""
+    novel = filelist(data_dir, "emnist", "novel")
+    val = filelist(data_dir, "emnist", "val")
+    for listed in (novel, val):
+        for label, name in enumerate(listed["label_names"]):
+            if len(list(root.glob("*"))) >= classes:
+                return root
+            files = [n for n, lab in zip(listed["image_names"], listed["image_labels"])
+                     if lab == label][:images]
+            target = root / f"symbol {name}"
+            target.mkdir(parents=True)
+            for i, image in enumerate(files):
+                shutil.copy(data_dir / "emnist" / image, target / f"drawing-{i}.png")
+    return root
+
+
+def test_your_own_folder_becomes_a_benchmark_that_trains_and_tests(data_dir, tmp_path,
+                                                                   capsys):
+    from data.folder import main as make_benchmark
+    folder = own_folder(data_dir, tmp_path / "my symbols")
+    assert make_benchmark([str(folder), "--grayscale", "--seed", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "classes base 15, val 5, novel 5" in out
+    splits = {split: filelist(tmp_path, "my symbols", split) for split in ("base", "val",
+                                                                            "novel")}
+    names = [set(s["label_names"]) for s in splits.values()]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    assert all((folder / n).is_file() for s in splits.values() for n in s["image_names"])
+    # The same command again changes nothing; another split of the same folder is refused.
+    before = (folder / "base.json").read_text()
+    assert make_benchmark([str(folder), "--grayscale", "--seed", "3"]) == 0
+    assert (folder / "base.json").read_text() == before
+    code = make_benchmark([str(folder), "--grayscale", "--seed", "4"])
+    assert_one_line_error(code, capsys.readouterr().err, "describes another split")
+
+    common = ["--dataset", folder, "--method", "maml_approx", "--n_shot", "1",
+              "--data_dir", data_dir, "--save_dir", tmp_path / "save"]
+    code, out, err = run(TRAIN, common + ["--n_task", "4", "--n_episode", "40", "--stop_epoch",
+                                          "2", "--eval_freq", "8", "--final_test", "0"],
+                         capsys)
+    assert code == 0, err
+    assert (tmp_path / "save" / "checkpoints" / "my symbols").is_dir()
+    code, out, err = run(TEST, common + ["--n_episode", "100", "--repeat", "1",
+                                         "--record_dir", tmp_path / "r"], capsys)
+    assert code == 0, err
+    accuracy = json.loads((tmp_path / "r" / "results.jsonl").read_text())["acc_mean"]
+    assert accuracy > 35, accuracy  # chance: 20%
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--fractions", "0.9", "0.05", "0.05"], "the val split gets 2 of the 25 classes"),
+    (["--min_images", "16"], "has 12 images, fewer than the 16"),
+    (["--train_n_way", "20"], "the base split gets 15 .* fewer than the 20"),
+])
+def test_own_folder_refusals_are_one_line(argv, message, data_dir, tmp_path, capsys):
+    from data.folder import main as make_benchmark
+    folder = own_folder(data_dir, tmp_path / "mine")
+    code = make_benchmark([str(folder), *argv])
+    assert_one_line_error(code, capsys.readouterr().err, message)
+    assert not (folder / "base.json").exists()
