@@ -6,7 +6,10 @@ Each field carries its help text and a *scope*:
 - ``model``: decides what the trained model is; saved in the checkpoint and, in test.py, taken
   from it (a value given on the test command line must agree with it);
 - ``train`` / ``test``: only that entry point has the option;
-- ``eval``: how a trained model is tested, by test.py and by the final test of train.py.
+- ``eval``: how a trained model is tested, by test.py and by the final test of train.py;
+- ``inference``: how the trained method predicts at validation and test (BayesHMAML's sampled
+  classifiers, fine-tuning on the support set); saved with the run and, where not given,
+  taken from it, so that a run or model file tests as it was validated and recorded.
 
 The option names and meanings follow the reference code (CloserLookFewShot / HyperMAML), so
 its published commands run unchanged. A value the user gives is never overwritten: options
@@ -208,17 +211,18 @@ class Options:
                                          "hypernetwork alone, as the final test measures",
                                          "train")
     hm_set_forward_with_adaptation: bool = _opt(False, "at validation and test, fine-tune a copy "
-                                                "on the support set first")
+                                                "on the support set first", "inference")
     hn_val_epochs: int = _opt(0, "fine-tuning steps of hm_set_forward_with_adaptation, and "
-                              "the test-time steps of --adaptation (-1: 100)")
-    hn_val_lr: float = _opt(1e-4, "fine-tuning learning rate")
-    hn_val_optim: str = _opt("adam", "fine-tuning optimiser", choices=("adam", "sgd"))
+                              "the test-time steps of --adaptation (-1: 100)", "inference")
+    hn_val_lr: float = _opt(1e-4, "fine-tuning learning rate", "inference")
+    hn_val_optim: str = _opt("adam", "fine-tuning optimiser", "inference",
+                             choices=("adam", "sgd"))
 
     # --- BayesHMAML -----------------------------------------------------------------------------
     hm_weight_set_num_train: int = _opt(1, "sampled classifiers whose logits are averaged in "
                                         "training", "model")
     hm_weight_set_num_test: int = _opt(20, "sampled classifiers at validation and test (0: use "
-                                       "the mean)")
+                                       "the mean)", "inference")
     kl_scale: float = _opt(1e-24, "KL weight at the first epoch", "model")
     kl_stop_val: float = _opt(1e-3, "KL weight reached at the end of the run (geometric growth)",
                               "model")
@@ -302,7 +306,7 @@ def build_parser(entry: str, method_names: Sequence[str]) -> argparse.ArgumentPa
         scope = f.metadata["scope"]
         if scope == "eval" and entry == "train":
             help_text += " (here: for the final test)"
-        elif scope not in ("run", "model", "eval", entry):
+        elif scope not in ("run", "model", "eval", "inference", entry):
             help_text += f" ({scope}.py only; ignored here)"
         parser.add_argument(f"--{f.name}", help=help_text, **kwargs)
     return parser
@@ -422,7 +426,8 @@ def _check(opts: Options, entry: str) -> None:
 
 def adopt_saved(opts: Options, saved: dict, given: set[str], source: str,
                 former_names: dict | None = None, ignored: set[str] = frozenset()) -> Options:
-    """Take the ``model``-scope options from a saved run; refuse conflicting explicit ones.
+    """Take the ``model``-scope options from a saved run, refusing conflicting explicit ones,
+    and the ``inference``-scope ones that were not given (a given one overrides the run's).
 
     ``source`` names the checkpoint in the error message; ``former_names`` holds the values
     an older checkpoint format gave options that it now reads under another value;
@@ -437,4 +442,7 @@ def adopt_saved(opts: Options, saved: dict, given: set[str], source: str,
                 and mine != former_names.get(f.name)):
             raise UserError(f"--{f.name} {mine} does not match {theirs} of the run in {source}")
         setattr(opts, f.name, theirs)
+    for f in option_fields(("inference",)):
+        if f.name in saved and f.name not in given:
+            setattr(opts, f.name, saved[f.name])
     return opts

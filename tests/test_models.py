@@ -70,6 +70,33 @@ def test_a_model_file_tests_as_its_run_folder(data_dir, tiny_run, tiny_model, tm
     assert episode_counts(tmp_path / "tar") == episode_counts(tmp_path / "folder")
 
 
+def test_a_run_tests_with_its_own_inference_options(data_dir, tmp_path, capsys):
+    """A BayesHMAML run validated with the mean classifier (--hm_weight_set_num_test 0, as the
+    published commands) tests with it from its folder or its model file when test.py is not
+    told otherwise (the default, 20 samples, once made a shipped model miss its record), and
+    a value given to test.py still overrides the run's."""
+    import io_utils
+    save = tmp_path / "save"
+    common = ["--dataset", "cross_char", "--method", "bayes_hmaml", "--n_shot", "1",
+              "--data_dir", data_dir, "--save_dir", save]
+    code, out, _ = run(TRAIN, common + ["--n_task", "2", "--n_episode", "2", "--stop_epoch", "1",
+                                        "--hm_weight_set_num_test", "0", "--final_test", "0"],
+                       capsys)
+    assert code == 0, out
+    best = run_folder(save, "bayes_hmaml") / "best_model.tar"
+    model = tmp_path / "bayes.safetensors"
+    io_utils.save_model_file(io_utils.load_checkpoint(best, "bayes_hmaml"), model, "tiny")
+    test = ["--data_dir", data_dir, "--n_episode", "4", "--repeat", "2"]
+    tested = {}
+    for name, argv in {"folder": common, "file": ["--checkpoint", model],
+                       "told": common + ["--hm_weight_set_num_test", "3"]}.items():
+        code, _, err = run(TEST, argv + test + ["--record_dir", tmp_path / name], capsys)
+        assert code == 0, err
+        tested[name] = json.loads((tmp_path / name / "results.jsonl").read_text())
+    assert [tested[n]["config"]["hm_weight_set_num_test"] for n in tested] == [0, 0, 3]
+    assert episode_counts(tmp_path / "file") == episode_counts(tmp_path / "folder")
+
+
 def test_model_file_holds_weights_and_configuration_only(tiny_run, tiny_model):
     from safetensors import safe_open
     state = torch.load(run_folder(tiny_run) / "best_model.tar", weights_only=True)
