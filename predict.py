@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import config
+import engine
 import io_utils
 from backbones import BACKBONES
 from data import augment
@@ -165,6 +166,8 @@ def query_probabilities(model, episode: Episode) -> torch.Tensor:
     episode (its loss uses the placeholder query labels and is not looked at)."""
     with model.precision_context():
         result = model.evaluate(episode)
+    # A diverged model's NaN logits would "predict" the first class, as in test.py's refusal.
+    engine.require_finite([result], "predict.py")
     return torch.softmax(result.logits.float(), dim=1)
 
 

@@ -285,3 +285,11 @@ def test_predict_bad_input_is_one_line(data_dir, tiny_model, tmp_path, capsys):
     fails("hold different numbers of images")
     (first / "again.png").unlink()
     fails("nowhere: no such file or folder", tiny_model, tmp_path / "nowhere")
+    # A diverged model predicts nothing (NaN logits would read as the first class).
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(tiny_model), framework="pt") as f:
+        weights = {k: torch.full_like(f.get_tensor(k), float("nan")) for k in f.keys()}
+        metadata = f.metadata()
+    save_file(weights, tmp_path / "diverged.safetensors", metadata)
+    fails("predict.py: the model's logits are not finite", tmp_path / "diverged.safetensors")
