@@ -106,6 +106,12 @@ def jitter(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     return (grey + factors[2] * (x - grey)).clamp(0, 255)
 
 
+def jitter_factors(n: int, generator: torch.Generator) -> torch.Tensor:
+    """``[n, 3]`` brightness, contrast and colour factors, each uniform on [0.6, 1.4] and
+    drawn independently, as ImageJitter draws ``alpha * (2 * rand - 1) + 1`` per transform."""
+    return 1 + JITTER * (torch.rand(n, 3, generator=generator) * 2 - 1)
+
+
 def augment(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
     """The reference's training augmentation of ``uint8 [n, 3, S, S]`` stored images:
     float ``[n, 3, size, size]`` in [0, 255], to be normalised as any other input. The draws
@@ -113,5 +119,5 @@ def augment(images: torch.Tensor, size: int, generator: torch.Generator) -> torc
     n, _, side, _ = images.shape
     boxes = crop_boxes(n, side, generator).to(images.device)
     flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
-    factors = 1 + JITTER * (torch.rand(n, 3, generator=generator) * 2 - 1)
+    factors = jitter_factors(n, generator)
     return jitter(resized_crops(images.float(), boxes, size, flip), factors)

@@ -56,7 +56,8 @@ def split_classes(names: list[str], fractions: list[float], seed: int) -> dict[s
 
 
 def write_benchmark(root: Path, fractions: list[float], seed: int, image_size: int,
-                    grayscale: bool, ways: tuple[int, int], min_images: int) -> dict:
+                    grayscale: bool, ways: tuple[int, int], shots_queries: tuple[int, int]
+                    ) -> dict:
     """Check and write the benchmark of ``root``; returns its description."""
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise UserError(f"--fractions takes three non-negative numbers (base val novel), got "
@@ -70,12 +71,16 @@ def write_benchmark(root: Path, fractions: list[float], seed: int, image_size: i
             raise UserError(f"the {split} split gets {len(names)} of the {len(classes)} classes "
                             f"of {root}, fewer than the {needed} of a {needed}-way episode: "
                             "give more classes, other --fractions, or fewer ways")
-    small = {n: len(f) for n, f in classes.items() if len(f) < min_images}
+    shots, queries = shots_queries
+    if shots < 1 or queries < 1:
+        raise UserError(f"--n_shot and --n_query must be at least 1, got {shots} and {queries}")
+    small = {n: len(f) for n, f in classes.items() if len(f) < shots + queries}
     if small:
         name, count = next(iter(small.items()))
-        raise UserError(f"class {name} of {root} has {count} images, fewer than the "
-                        f"{min_images} an episode draws from a class (shots + queries, "
-                        f"--min_images); {len(small)} classes are that small")
+        raise UserError(f"class {name} of {root} has {count} images, fewer than the {shots} "
+                        f"shots + {queries} queries an episode draws from a class; "
+                        f"{len(small)} classes are that small: give fewer --n_shot / --n_query "
+                        "(and train with that --n_shot) or more images")
     description = {"image_size": 28 if grayscale else image_size, "colour": not grayscale,
                    "fractions": fractions, "seed": seed,
                    "classes": {split: len(names) for split, names in splits.items()}}
@@ -107,15 +112,18 @@ def main(argv=None) -> int:
                         help="characters or other line drawings: 28-pixel grey, as Omniglot")
     parser.add_argument("--train_n_way", type=int, default=5)
     parser.add_argument("--test_n_way", type=int, default=5)
-    parser.add_argument("--min_images", type=int, default=2,
-                        help="images a class needs at least (shots + queries of an episode; "
-                        "default 2: one shot, one query)")
+    parser.add_argument("--n_shot", type=int, default=5,
+                        help="support images per class of the runs to come (default 5, as "
+                        "train.py's); every class needs n_shot + n_query images")
+    parser.add_argument("--n_query", type=int, default=1,
+                        help="queries per class an episode needs at least (default 1; "
+                        "episodes take up to 16 where the classes have them)")
     args = parser.parse_args(argv)
 
     def write() -> int:
         described = write_benchmark(args.root.resolve(), args.fractions, args.seed,
                                     args.image_size, args.grayscale,
-                                    (args.train_n_way, args.test_n_way), args.min_images)
+                                    (args.train_n_way, args.test_n_way), (args.n_shot, args.n_query))
         counts = ", ".join(f"{split} {n}" for split, n in described["classes"].items())
         print(f"{args.root}: classes {counts}; train with --dataset {args.root}")
         return 0

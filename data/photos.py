@@ -21,15 +21,18 @@ from __future__ import annotations
 import csv
 import io
 import re
+import sys
 import tarfile
 from pathlib import Path
 
 from PIL import Image
+from tqdm import tqdm
 
 from errors import UserError
 
 CUB_ARCHIVE = "CUB_200_2011.tgz"
 CUB_ROOT = "CUB_200_2011/images/"
+CUB_INDEX = "CUB_200_2011/images.txt"  # "<id> <class folder>/<file>" per image of the archive
 CUB_CLASS = re.compile(r"\d{3}\.[^/]+")
 CUB_CLASSES = 200  # of the real archive; a smaller (test) archive is prepared with a note
 MINI_SPLITS = {"base": "train.csv", "val": "val.csv", "novel": "test.csv"}
@@ -54,15 +57,19 @@ def _check_image(data: bytes, where: str) -> None:
 def prepare_cub(raw_dir: Path, work_dir: Path) -> dict[str, ClassImages]:
     archive_path = raw_dir / CUB_ARCHIVE
     classes: dict[str, list[str]] = {}
+    index: bytes | None = None
     try:
         archive = tarfile.open(archive_path, "r:gz")
     except (tarfile.TarError, OSError) as error:
         raise UserError(f"{archive_path} is not a readable .tgz archive ({error}); download "
                         "it again") from None
-    print(f"{CUB_ARCHIVE}: unpacking and decoding the images", flush=True)
-    with archive:
+    progress = tqdm(desc=f"{CUB_ARCHIVE}: unpacking and decoding", unit=" images",
+                    file=sys.stdout, mininterval=2)
+    with archive, progress:
         try:
             for member in archive:
+                if member.name == CUB_INDEX and member.isfile():
+                    index = archive.extractfile(member).read()
                 if not member.name.startswith(CUB_ROOT) or not member.isfile():
                     continue
                 parts = member.name[len(CUB_ROOT):].split("/")
@@ -77,10 +84,12 @@ def prepare_cub(raw_dir: Path, work_dir: Path) -> dict[str, ClassImages]:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
                 classes.setdefault(parts[0], []).append(f"images/{parts[0]}/{parts[1]}")
+                progress.update()
         except (tarfile.TarError, EOFError, OSError) as error:
             if isinstance(error, OSError) and error.errno is not None:
                 raise  # a full disk is not the archive's fault
             raise UserError(f"{archive_path} is damaged ({error}); download it again") from None
+    _check_cub_index(archive_path, index, classes)
     names = sorted(classes)
     if not names or len(names) % 4:
         raise UserError(f"{archive_path} holds {len(names)} classes under {CUB_ROOT}; the "
@@ -94,6 +103,26 @@ def prepare_cub(raw_dir: Path, work_dir: Path) -> dict[str, ClassImages]:
     position = {"base": (0, 2), "val": (1,), "novel": (3,)}
     return {split: [(name, sorted(classes[name])) for i, name in enumerate(names)
                     if i % 4 in remainders] for split, remainders in position.items()}
+
+
+def _check_cub_index(archive_path: Path, index: bytes | None,
+                     classes: dict[str, list[str]]) -> None:
+    """The archive's images are exactly those its own images.txt lists: a repacked or
+    incomplete archive is refused by content, whatever its size."""
+    if index is None:
+        raise UserError(f"{archive_path} lacks {CUB_INDEX}; check that it is CUB-200-2011")
+    try:
+        listed = {line.split(maxsplit=1)[1].strip()
+                  for line in index.decode().splitlines() if line.strip()}
+    except (UnicodeDecodeError, IndexError):
+        raise UserError(f"{archive_path}: {CUB_INDEX} is not of the form '<id> "
+                        "<class>/<image>.jpg' per line") from None
+    found = {path[len("images/"):] for paths in classes.values() for path in paths}
+    for problem, names in (("are missing from it", listed - found),
+                           ("are in it but not listed", found - listed)):
+        if names:
+            raise UserError(f"{archive_path}: {len(names):,} images of {CUB_INDEX} {problem} "
+                            f"(the first: {sorted(names)[0]}); download it again")
 
 
 def _read_split_file(path: Path) -> list[tuple[str, str]]:
@@ -138,8 +167,8 @@ def prepare_mini_imagenet(raw_dir: Path, work_dir: Path) -> dict[str, ClassImage
         rows = _read_split_file(raw_dir / file_name)
         per_class: dict[str, list[str]] = {}
         listings: dict[str, list[Path]] = {}
-        print(f"{file_name}: copying and decoding {len(rows):,} images", flush=True)
-        for name, wnid in rows:
+        for name, wnid in tqdm(rows, desc=f"{file_name}: copying and decoding", unit=" images",
+                               file=sys.stdout, mininterval=2):
             if distributed.is_dir():
                 source = distributed / name
             else:

@@ -55,6 +55,20 @@ def test_flips_and_jitter_factors_over_many_draws():
     flipped = (right > left).float().mean().item()
     assert abs(flipped - 0.5) < 0.03
 
+    # The jitter factors: each of brightness, contrast, colour uniform on [0.6, 1.4]
+    # (quantiles within 0.01), uncorrelated with the others.
+    factors = augment.jitter_factors(20_000, torch.Generator().manual_seed(4)).numpy()
+    quantiles = np.array([0.0, 0.05, 0.25, 0.5, 0.75, 0.95, 1.0])
+    for k in range(3):
+        assert np.abs(np.quantile(factors[:, k], quantiles) - (0.6 + 0.8 * quantiles)).max() < 0.01
+    assert np.abs(np.corrcoef(factors.T) - np.eye(3)).max() < 0.03
+    # ... and augment applies them: a uniform grey image (which crops, flips, contrast and
+    # colour leave as it is) comes out scaled by its brightness factor, over the same range.
+    grey = torch.full((4000, 3, 8, 8), 100, dtype=torch.uint8)
+    brightness = augment.augment(grey, 8, torch.Generator().manual_seed(5))[:, 0, 0, 0] / 100
+    assert np.abs(np.quantile(brightness.numpy(), quantiles[1:-1]) -
+                  (0.6 + 0.8 * quantiles[1:-1])).max() < 0.02
+
 
 def test_jitter_is_pil_image_enhance():
     """Brightness, contrast, colour with the same factors: PIL's 8-bit result, to the 8-bit

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import REPO_ROOT
@@ -140,6 +141,25 @@ def test_mini_imagenet_takes_the_reference_images_from_either_layout(photo_data,
     assert len(filelist(photo_data, "miniImagenet", "all")["label_names"]) == 15
 
 
+def test_colour_episodes_are_the_centre_crops_with_imagenet_normalisation(photo_data):
+    """Validation and test input as the reference's: the image resized to 96 x 96
+    (int(1.15 x 84)), the centre 84 x 84 (offset 6), each RGB channel scaled to [0, 1] and
+    normalised with ImageNet's mean and std."""
+    from data.episodes import EpisodeSampler
+    from data.store import load_split
+    novel = load_split(photo_data, "CUB", "novel")
+    assert tuple(novel.images.shape[-3:]) == (3, 96, 96)
+    sampler = EpisodeSampler(novel, 5, 1, 2, seed=2, channels=3, crop=84)
+    classes, picks, _ = sampler.draw(4)
+    crops = novel.images[classes[:, None], picks][..., 6:90, 6:90].float() / 255
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    expected = (crops - mean) / std  # [5, 3, 3, 84, 84]
+    episode = sampler.episode(4)
+    torch.testing.assert_close(episode.support_x, expected[:, :1].reshape(-1, 3, 84, 84))
+    torch.testing.assert_close(episode.query_x, expected[:, 1:].reshape(-1, 3, 84, 84))
+
+
 def test_preparation_is_idempotent_and_refuses_bad_archives(photo_data, tmp_path, capsys):
     from data.prepare import main
     assert main(["CUB", "--data_dir", str(photo_data)]) == 0
@@ -156,6 +176,15 @@ def test_preparation_is_idempotent_and_refuses_bad_archives(photo_data, tmp_path
     code = main(["CUB", "--source", str(source), "--data_dir", str(tmp_path / "out")])
     assert_one_line_error(code, capsys.readouterr().err,
                           r"005.Bird_4/Bird_4_0003_103.jpg is not a readable image")
+    assert not (tmp_path / "out" / "CUB" / "base.json").exists()
+    # An archive that lost an image its own images.txt lists is refused by content.
+    with tarfile.open(source / "CUB_200_2011.tgz", "w:gz") as archive:
+        for member, data in members:
+            if not member.name.endswith("Bird_4_0003_103.jpg"):
+                add(archive, member.name, data)
+    code = main(["CUB", "--source", str(source), "--data_dir", str(tmp_path / "out")])
+    assert_one_line_error(code, capsys.readouterr().err, r"1 images of CUB_200_2011/images.txt "
+                          r"are missing from it \(the first: 005.Bird_4/Bird_4_0003_103.jpg\)")
     assert not (tmp_path / "out" / "CUB" / "base.json").exists()
     code = main(["miniImagenet", "--source", str(tmp_path / "bad"),
                  "--data_dir", str(tmp_path / "out")])
@@ -192,6 +221,30 @@ def test_published_image_command_trains_and_tests_literally(name, photo_data, tm
                .splitlines()]
     assert all(r["config"]["model"] == "Conv4Pool" and r["config"]["train_aug"]
                for r in records)
+
+
+def test_cross_domain_prepares_both_datasets_and_trains_on_all_mini_imagenet(tmp_path, capsys):
+    """--dataset cross from the raw files alone (--data_source): train.py prepares CUB and
+    mini-ImageNet itself, trains on all 15 mini-ImageNet classes of the test-built split files
+    (the reference's 100) and validates and tests on CUB's val and novel classes."""
+    source = tmp_path / "source"
+    build_cub(source / "CUB")
+    build_mini_imagenet(source / "miniImagenet", "distributed")
+    common = ["--dataset", "cross", "--method", "maml_approx", "--model", "Conv4Pool",
+              "--n_shot", "1", "--data_dir", tmp_path / "data", "--data_source", source,
+              "--save_dir", tmp_path / "save", "--record_dir", tmp_path / "r"]
+    code, out, err = run(TRAIN, common + SHORT_IMAGES + ["--train_aug"], capsys)
+    assert code == 0, err
+    for name in ("CUB", "miniImagenet"):
+        assert f"Dataset {name} is not prepared in {tmp_path / 'data'}: preparing it" in out
+    from data.store import load_split
+    for split, (classes, first) in {"base": (15, "n01000000"), "val": (5, "002.Bird_1"),
+                                    "novel": (5, "004.Bird_3")}.items():
+        images = load_split(tmp_path / "data", "cross", split)
+        assert (images.n_classes, images.label_names[0]) == (classes, first)
+    code, out, err = run(TEST, common + ["--n_episode", "3", "--repeat", "1"], capsys)
+    assert code == 0, err
+    assert "cross novel, 5-way 1-shot" in out and "preparing" not in out
 
 
 def test_a_short_hypermaml_run_learns_the_cub_training_classes(photo_data, tmp_path, capsys):
@@ -289,7 +342,7 @@ def test_your_own_folder_becomes_a_benchmark_that_trains_and_tests(data_dir, tmp
 
 @pytest.mark.parametrize("argv,message", [
     (["--fractions", "0.9", "0.05", "0.05"], "the val split gets 2 of the 25 classes"),
-    (["--min_images", "16"], "has 12 images, fewer than the 16"),
+    (["--n_shot", "5", "--n_query", "8"], r"has 12 images, fewer than the 5 shots \+ 8 queries"),
     (["--train_n_way", "20"], "the base split gets 15 .* fewer than the 20"),
 ])
 def test_own_folder_refusals_are_one_line(argv, message, data_dir, tmp_path, capsys):
