@@ -36,13 +36,13 @@ def build_method(opts, device=None):
 
 
 def choose_memory_format(opts, device) -> str:
-    """``auto``: channels_last on a CPU for the hypernetwork methods (measured with
-    ``bench/throughput.py --memory_format contiguous,channels_last``: faster there, while
-    MAML's double backward is slower in it), contiguous elsewhere."""
+    """``auto``: channels_last on a CPU for the methods that run faster in it (their
+    ``prefers_channels_last_on_cpu``), contiguous elsewhere."""
     if opts.memory_format != "auto":
         return opts.memory_format
     on_cpu = device is None or getattr(device, "type", str(device)) == "cpu"
-    return "channels_last" if on_cpu and opts.method not in ("maml", "maml_approx") else "contiguous"
+    preferred = METHODS[opts.method].prefers_channels_last_on_cpu
+    return "channels_last" if on_cpu and preferred else "contiguous"
 
 
 def choose_precision(opts, device) -> str:

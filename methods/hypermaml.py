@@ -151,6 +151,7 @@ class AdaptedClassifier:
 
 
 class HyperMAML(MAML):
+    prefers_channels_last_on_cpu = True  # no double backward through the backbone
     def __init__(self, backbone, n_way: int, n_shot: int, inner_steps: int, inner_lr: float,
                  settings: HyperSettings):
         settings.check(n_way)

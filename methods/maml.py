@@ -18,6 +18,7 @@ from methods.meta_template import Episode, MetaTemplate, Params, TaskResult, tas
 class MAML(MetaTemplate):
     first_order = False
     supports_batched_engine = True
+    prefers_channels_last_on_cpu = False
 
     def __init__(self, backbone, n_way: int, inner_steps: int, inner_lr: float,
                  adapt_classifier_only: bool = False, **classifier_shape):

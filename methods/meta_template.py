@@ -4,7 +4,8 @@ meta-batch gradient and evaluation.
 
 A method subclasses :class:`MetaTemplate` and implements :meth:`adapted_query_logits`, the
 one thing that differs between MAML, HyperMAML and BayesHMAML: how the support set turns the
-universal weights into the query set's logits.
+universal weights into the query set's logits, and :meth:`from_options`, how the options
+build it (docs/contributing.md lists the other hooks).
 
 The meta-gradient is accumulated task by task (``backward`` after each task), which gives the
 gradient of the SUM of the tasks' query losses, as the reference's single ``backward`` does,
@@ -23,6 +24,7 @@ from torch import nn
 from torch.func import functional_call
 
 from data.episodes import Episode
+from errors import UserError
 
 Params = dict[str, torch.Tensor]
 
@@ -114,6 +116,20 @@ class MetaTemplate(nn.Module):
 
     # Whether accumulate_meta_gradient has a batched engine (one backbone pass for all tasks).
     supports_batched_engine = False
+    # Whether a CPU runs this method faster with channels_last activations (measured with
+    # bench/throughput.py --memory_format contiguous,channels_last: the hypernetwork methods
+    # are; MAML's double backward through the convolutions is slower in that layout).
+    prefers_channels_last_on_cpu = True
+
+    @classmethod
+    def from_options(cls, opts, backbone) -> "MetaTemplate":
+        """The method for ``opts`` (resolved options) on ``backbone``."""
+        raise NotImplementedError(f"{cls.__name__} must define from_options")
+
+    @classmethod
+    def adapt_more_at_test(cls, opts, steps: int) -> None:
+        """``--adaptation``: change ``opts`` so that the test adapts ``steps`` more steps."""
+        raise UserError(f"--adaptation: {cls.__name__} has no test-time adaptation")
 
     @classmethod
     def own_options(cls) -> set[str]:
