@@ -62,6 +62,9 @@ def _opt(default: Any, help: str, scope: str = "run", **argparse_kwargs: Any) ->
 
 @dataclass
 class Options:
+    """Every option of train.py and test.py; the ``# --- section ---`` comments group them on
+    docs/options.md (``python docs/write_options.py`` writes it)."""
+
     # --- what to run -------------------------------------------------------------------------
     dataset: str = _opt(None, "benchmark: omniglot (Vinyals splits), cross_char (Omniglot "
                         "without Latin -> EMNIST), CUB, miniImagenet, cross (mini-ImageNet "
@@ -77,9 +80,10 @@ class Options:
     train_n_way: int = _opt(5, "classes per training episode (the classifier's width)", "model")
     test_n_way: int = _opt(5, "classes per validation/test episode", "run")
     seed: int = _opt(0, "seed of the episode stream and the initial weights (0 is a seed too)")
+
+    # --- computation -------------------------------------------------------------------------
     device: str = _opt("auto", "where to compute: auto picks cuda, then mps, then cpu",
                        choices=("auto", "cpu", "cuda", "mps"))
-
     engine: str = _opt("auto", "task engine: loop (one task at a time) or batched (all tasks "
                        "of a meta-batch through the backbone at once); auto: batched on CUDA, "
                        "the loop on a CPU (faster there)",
@@ -96,6 +100,7 @@ class Options:
                               "auto picks it there", choices=("auto", "contiguous",
                                                               "channels_last"))
 
+    # --- accepted from the reference, ignored -----------------------------------------------
     # Accepted so that the reference's published commands run; they change nothing here.
     num_classes: int = _opt(200, "accepted for the reference's commands and ignored: the "
                             "reference reads it only in its baseline methods (softmax width), "
@@ -120,8 +125,10 @@ class Options:
                            "by n_task (-1: 600 for 1-shot, 400 otherwise, as the reference)",
                            "train")
     start_epoch: int = _opt(0, "epoch number to start counting from (a fresh run)", "train")
-    n_episode: Optional[int] = _opt(None, "episodes per epoch in training (default 100) and per "
-                                    "repeat in test.py (default 600)")
+    n_episode: Optional[int] = _opt(None, "train.py: training episodes per epoch, and "
+                                    "validation episodes (default 100); test.py: test episodes "
+                                    "per repeat (default 600; train.py's final test has "
+                                    "--final_test)")
     lr: float = _opt(1e-3, "outer (meta) learning rate", "train")
     optim: str = _opt("adam", "outer optimiser", "train", choices=("adam", "sgd"))
     lr_scheduler: str = _opt("none", "multisteplr: lr x 0.3 at each milestone; cosine: cosine "
@@ -352,6 +359,16 @@ def note_ignored(opts: Options, given: set[str], ignored: set[str], say=print) -
                    if n in {f.name for f in option_fields(("model",))})
     if names:
         say(f"note: {opts.method} does not use {', '.join('--' + n for n in names)}: ignored")
+
+
+def note_other_entry(entry: str, given: set[str], say=print) -> None:
+    """One note naming the options given to ``entry`` that only the other entry point reads:
+    a note, not an error, since the published commands give test.py train.py's options."""
+    other = "test" if entry == "train" else "train"
+    names = sorted(given & {f.name for f in option_fields((other,))})
+    if names:
+        say(f"note: {entry}.py does not use {', '.join('--' + n for n in names)} "
+            f"({other}.py only): ignored")
 
 
 def resolve(opts: Options, entry: str) -> Options:

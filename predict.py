@@ -219,7 +219,8 @@ def report(queries: list[Path], names: list[str], probabilities: torch.Tensor,
         print(f"{row['query']}: {row['prediction']}  ({', '.join(cells)})")
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """predict.py's command line (also rendered on docs/options.md)."""
     parser = config.OneLineParser(description=__doc__,
                                   epilog=EXPECTS,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -234,7 +235,13 @@ def main(argv=None) -> int:
     parser.add_argument("--samples", type=int, default=20, help="BayesHMAML: classifiers "
                         "sampled for the spread of the probabilities (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled classifiers")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="where to compute: auto picks cuda, then mps, then cpu")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.samples < 2:
         parser.error(f"--samples must be at least 2 (a spread needs two), got {args.samples}")

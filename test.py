@@ -19,8 +19,13 @@ from methods import METHODS
 
 def run(argv=None) -> int:
     opts, given = config.parse("test", list(METHODS), argv)
-    return distributed.run_in_world(opts, functools.partial(evaluation.test_checkpoint, opts,
-                                                            given))
+    return distributed.run_in_world(opts, functools.partial(test, opts, given))
+
+
+def test(opts, given: set[str], device, world: distributed.World) -> int:
+    # Not in evaluation.test_checkpoint: train.py's final test runs it with train.py's options.
+    config.note_other_entry("test", given, world.say)
+    return evaluation.test_checkpoint(opts, given, device, world)
 
 
 def main(argv=None) -> int:

@@ -118,6 +118,7 @@ def run(argv=None) -> int:
 
 
 def train(opts, given: set[str], device: torch.device, world: distributed.World) -> int:
+    config.note_other_entry("train", given, world.say)
     if opts.evaluate_model:
         return final_test(opts, given, device, world)
     folder = io_utils.checkpoint_dir(opts)
@@ -335,7 +336,8 @@ def final_test(opts, given: set[str], device: torch.device, world: distributed.W
                         "it: nothing to do")
     world.say(f"Final test of the best model on the novel split, {opts.repeat} x "
               f"{opts.final_test} episodes (--final_test 0 skips it):", flush=True)
-    test_opts = dataclasses.replace(opts, split="novel", save_iter=-1, n_episode=opts.final_test)
+    test_opts = dataclasses.replace(opts, split="novel", save_iter=-1, checkpoint=None,
+                                    n_episode=opts.final_test)
     return evaluation.test_checkpoint(test_opts, given, device, world)
 
 
