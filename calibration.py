@@ -25,6 +25,13 @@ class ReliabilityBins:
     accuracy: list[float]     # fraction correct per bin (0 where empty)
     confidence: list[float]   # mean confidence per bin (0 where empty)
 
+    @property
+    def ece(self) -> float:
+        """The count-weighted mean of |accuracy - confidence| over the bins."""
+        total = sum(self.counts)
+        return float(sum(n / total * abs(a - c)
+                         for n, a, c in zip(self.counts, self.accuracy, self.confidence)))
+
 
 def reliability_bins(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = N_BINS
                      ) -> ReliabilityBins:
@@ -63,22 +70,25 @@ def calibration_report(logits: torch.Tensor, labels: torch.Tensor, temperature: 
     """Accuracy, ECE, MCE, NLL and Brier score of ``softmax(logits / temperature)``."""
     logits = logits.double() / temperature
     bins = reliability_bins(logits, labels, n_bins)
-    total = sum(bins.counts)
     gaps = [abs(a - c) for a, c in zip(bins.accuracy, bins.confidence)]
-    ece = sum(n / total * gap for n, gap in zip(bins.counts, gaps))
     mce = max(gap for n, gap in zip(bins.counts, gaps) if n > 0)
     probs = F.softmax(logits, dim=1)
     one_hot = F.one_hot(labels, logits.shape[1]).double()
     return CalibrationReport(
         accuracy=float((probs.argmax(1) == labels).double().mean()),
-        ece=float(ece), mce=float(mce),
+        ece=bins.ece, mce=float(mce),
         nll=float(F.cross_entropy(logits, labels)),
         brier=float((probs - one_hot).pow(2).sum(1).mean()))
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature T > 0 minimising the NLL of ``softmax(logits / T)`` (fitted on a
-    held-out split, then applied to the test predictions)."""
+    held-out split, then applied to the test predictions).
+
+    log T is unbounded: where the minimum is at T -> infinity (logits that say nothing about
+    the labels) or T -> 0 (every prediction right), the result is wherever L-BFGS stops
+    (max_iter, tolerances), e.g. T = 263,414 for an untrained model; :func:`temperature_note`
+    says so."""
     logits = logits.double()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
@@ -91,3 +101,22 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     optimizer.step(closure)
     return float(log_t.detach().exp())
+
+
+# Fitted temperatures outside this range mean the fit ran away towards 0 or infinity.
+SANE_TEMPERATURE = (0.01, 100.0)
+
+
+def temperature_note(temperature: float) -> str | None:
+    """One line saying what a runaway fitted temperature means, or None for a sane one."""
+    low, high = SANE_TEMPERATURE
+    if temperature > high:
+        return (f"note: the fitted temperature T = {temperature:,.6g} is above {high:g}: the "
+                "model's validation logits carry almost no information about the labels, so "
+                "scaling by T makes every prediction nearly uniform (the scaled calibration "
+                "says little about the model)")
+    if temperature < low:
+        return (f"note: the fitted temperature T = {temperature:,.6g} is below {low:g}: (almost) "
+                "every validation prediction is right, so scaling by T makes every prediction "
+                "nearly certain (the scaled calibration says little about the model)")
+    return None

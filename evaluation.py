@@ -98,6 +98,9 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
                                                       world)
         temperature = calibration.fit_temperature(val_logits, val_labels)
         world.say(f"Temperature fitted on {opts.n_episode} val episodes: T = {temperature:.4f}")
+        note = calibration.temperature_note(temperature)
+        if note:  # the value is still used and recorded: the note says what it means
+            world.say(note)
 
     repeats, all_logits, all_labels = [], [], []
     for r in range(opts.repeat):
@@ -135,8 +138,8 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
         scaled = calibration.calibration_report(logits, labels, temperature)
         print(f"After temperature scaling (T = {temperature:.4f}): {scaled}")
         record.update(temperature=temperature, calibration_temperature_scaled=scaled.as_dict())
-        panels[f"temperature T = {temperature:.2f}"] = calibration.reliability_bins(
-            logits / temperature, labels)
+        panels[f"temperature T = {temperature:.3g}"] = calibration.reliability_bins(
+            logits.double() / temperature, labels)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_name = f"{opts.dataset}_{opts.model}_{opts.method}_{opts.test_n_way}way_{opts.n_shot}shot"
@@ -145,7 +148,7 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
         figure = plots.reliability_diagram(
             panels, record_dir / f"reliability_{run_name}_{stamp}.png",
             f"{opts.method} on {opts.dataset} {opts.split}, {opts.test_n_way}-way "
-            f"{opts.n_shot}-shot (ECE {pooled.ece:.3f})")
+            f"{opts.n_shot}-shot, {len(labels):,} test queries")
         record["reliability_diagram"] = str(figure)
         print(f"Reliability diagram: {figure}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import io_utils
@@ -28,36 +29,122 @@ def require_matplotlib():
     return plt
 
 
-def reliability_diagram(panels: dict[str, ReliabilityBins], path: Path, title: str) -> Path:
-    """Per-bin accuracy against confidence (the diagonal is perfect calibration), with the
-    bin counts below; one column per entry of ``panels`` (e.g. before/after temperature)."""
+# A bin with fewer predictions than this is drawn faded, its count written above it: its
+# accuracy is uncertain by up to +-0.14 (the 95% half-width 1.96 * 0.5 / sqrt(50)), so a tall
+# gap bar there may be chance, not miscalibration.
+FEW_PREDICTIONS = 50
+FADED = 0.3  # the alpha of a faded bin
+SMALLEST_GAP = 0.002  # a gap drawn: below this (under a pixel at 100 dpi) it is not drawn
+
+
+@dataclass
+class BinBar:
+    """What the diagram draws for one non-empty bin."""
+    centre: float
+    count: int
+    accuracy: float
+    confidence: float
+    few: bool  # fewer than FEW_PREDICTIONS predictions: faded, its count written
+
+    @property
+    def gap(self) -> str | None:
+        """The gap drawn: "over" where the mean confidence is above the accuracy, "under"
+        below; None where they differ by less than SMALLEST_GAP (so that a legend lists no
+        style that cannot be seen)."""
+        if abs(self.confidence - self.accuracy) < SMALLEST_GAP:
+            return None
+        return "over" if self.confidence > self.accuracy else "under"
+
+
+def reliability_bars(bins: ReliabilityBins, few: int = FEW_PREDICTIONS) -> list[BinBar]:
+    """The bars of one panel: one per non-empty bin (an empty bin draws nothing)."""
+    width = bins.edges[1] - bins.edges[0]
+    return [BinBar(edge + width / 2, n, a, c, n < few)
+            for edge, n, a, c in zip(bins.edges, bins.counts, bins.accuracy, bins.confidence)
+            if n]
+
+
+# The legend entries, in this order; a panel lists those it draws.
+ACCURACY = "accuracy"
+OVER = "gap: confidence above accuracy"
+UNDER = "gap: accuracy above confidence"
+FEW = f"fewer than {FEW_PREDICTIONS} predictions: faded, n written"
+
+
+def legend_entries(bars: list[BinBar]) -> list[str]:
+    """The legend of a panel drawing ``bars``: exactly the styles it draws."""
+    drawn = {ACCURACY: any(b.accuracy > 0 for b in bars),
+             OVER: any(b.gap == "over" for b in bars),
+             UNDER: any(b.gap == "under" for b in bars),
+             FEW: any(b.few for b in bars)}
+    return [label for label, shown in drawn.items() if shown]
+
+
+def reliability_figure(panels: dict[str, ReliabilityBins], title: str):
+    """The figure of :func:`reliability_diagram` (the caller closes it): per panel, accuracy
+    against confidence above (the diagonal is perfect calibration; the title gives the
+    panel's ECE), the predictions per bin below (log scale, so that a handful still shows),
+    and the panel's legend under both, outside the axes, where it cannot cover a bar."""
     plt = require_matplotlib()
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.5 * len(panels), 6), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Patch
+
+    fig, axes = plt.subplots(3, len(panels), figsize=(4.5 * len(panels), 7), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1, 0.6]})
     for column, (name, bins) in enumerate(panels.items()):
-        top, bottom = axes[0][column], axes[1][column]
+        top, bottom, key = (axes[row][column] for row in range(3))
         width = bins.edges[1] - bins.edges[0]
-        centres = [e + width / 2 for e in bins.edges[:-1]]
-        shown = [a if n else 0 for a, n in zip(bins.accuracy, bins.counts)]
-        top.bar(centres, shown, width=width, edgecolor="black", label="accuracy")
-        # The gap to the bin's mean confidence: above the bar where the model is over-confident
-        # (filled), inside it where it is under-confident (hatched, so no mixed colour appears).
-        for over, style in ((True, dict(color="red", alpha=0.3,
-                                        label="gap: confidence above accuracy")),
-                            (False, dict(fill=False, hatch="///", edgecolor="red",
-                                         label="gap: accuracy above confidence"))):
-            gaps = [(min(a, c), abs(c - a)) if n and (c > a) == over else (0, 0)
-                    for a, c, n in zip(bins.accuracy, bins.confidence, bins.counts)]
-            top.bar(centres, [h for _, h in gaps], bottom=[b for b, _ in gaps], width=width,
-                    **style)
+        bars = reliability_bars(bins)
+        styles = {ACCURACY: dict(facecolor="tab:blue", edgecolor="black"),
+                  OVER: dict(facecolor="red", alpha=0.3, linewidth=0),
+                  UNDER: dict(fill=False, hatch="///", edgecolor="red"),
+                  FEW: dict(fill=False, edgecolor="black", linestyle=":")}
+        for bar in bars:
+            alpha = FADED if bar.few else 1.0
+            if bar.accuracy > 0:
+                top.bar(bar.centre, bar.accuracy, width=width, **styles[ACCURACY], alpha=alpha)
+            # The gap to the bin's mean confidence: above the bar where the model is
+            # over-confident (filled), inside it where it is under-confident (hatched, so
+            # that no mixed colour appears).
+            if bar.gap:
+                style = dict(styles[OVER if bar.gap == "over" else UNDER])
+                style["alpha"] = style.get("alpha", 1.0) * alpha
+                top.bar(bar.centre, abs(bar.confidence - bar.accuracy), width=width,
+                        bottom=min(bar.accuracy, bar.confidence), **style)
+            if bar.few:  # a dotted outline, so that a faded bar still shows where it is
+                high = max(bar.accuracy, bar.confidence)
+                top.bar(bar.centre, high, width=width, **styles[FEW])
+                inside = high > 0.8  # no room above: write it at the top of the bar
+                top.text(bar.centre, high - 0.02 if inside else high + 0.02, f"n={bar.count}",
+                         rotation=90, ha="center", va="top" if inside else "bottom",
+                         fontsize=7)
+            bottom.bar(bar.centre, bar.count, width=width, color="grey", edgecolor="black",
+                       alpha=alpha)
         top.plot([0, 1], [0, 1], "k--", linewidth=1)
-        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy", title=name)
-        top.legend(loc="upper left")
-        bottom.bar(centres, bins.counts, width=width, edgecolor="black", color="grey")
-        bottom.set(xlabel="confidence", ylabel="predictions")
+        top.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy",
+                title=f"{name}, ECE {bins.ece:.3f}")
+        top.tick_params(labelbottom=False)
+        bottom.set_yscale("log")
+        bottom.set(xlim=(0, 1), ylim=(0.5, max(bins.counts) * 3), xlabel="confidence",
+                   ylabel="predictions")
+        handles = {ACCURACY: Patch(**styles[ACCURACY]), OVER: Patch(**styles[OVER]),
+                   UNDER: Patch(**styles[UNDER]),
+                   FEW: Patch(facecolor=to_rgba("tab:blue", FADED), edgecolor="black",
+                              linestyle=":")}
+        labels = legend_entries(bars)
+        key.axis("off")
+        key.legend([handles[label] for label in labels], labels, loc="upper center",
+                   frameon=False)
     fig.suptitle(title)
     fig.tight_layout()
-    save_figure(plt, fig, path)
+    return fig
+
+
+def reliability_diagram(panels: dict[str, ReliabilityBins], path: Path, title: str) -> Path:
+    """Write :func:`reliability_figure`, one column per entry of ``panels`` (e.g. before and
+    after temperature scaling), to the PNG ``path``."""
+    plt = require_matplotlib()
+    save_figure(plt, reliability_figure(panels, title), path)
     return path
 
 
