@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import io_utils  # noqa: E402
-from results.experiments import EXPERIMENTS  # noqa: E402
+from results.experiments import EXPERIMENTS, REFERENCE_NUMBERS  # noqa: E402
 from results.run import (checkpoint_folder, earlier_attempts, model_file,  # noqa: E402
                          record_folder, run_folder)
 
@@ -192,6 +192,54 @@ def models_page(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# README.md's results summary lies between these lines, rewritten by main().
+SUMMARY_BEGIN = "<!-- results summary: written by python -m results.report -->"
+SUMMARY_END = "<!-- end of results summary -->"
+
+
+def summary_table(rows: list[dict]) -> str:
+    """README.md's headline table: each tested run and each unfinished published schedule,
+    one short line, with the literature's number for the same setting where there is one."""
+    lines = ["| experiment | benchmark | shots | epochs (published) | test acc % | "
+             "ECE -> after T | training h | model | reported elsewhere |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        args, test = row["args"], row["test"]
+        # A run being redone shows its earlier attempt's test until its own is done.
+        earlier = [t for a in earlier_attempts(row["name"])
+                   for t in read_jsonl(a / "record" / "results.jsonl")[-1:]]
+        if not (test or earlier or EXPERIMENTS[row["name"]].group == "published"):
+            continue
+        ways = f" {args['train_n_way']}-way" if args["train_n_way"] != 5 else ""
+        shown = test or (earlier[-1] if earlier else None)
+        if shown:
+            accuracy = accuracy_text(shown).split(" (")[0]
+            after = shown.get("calibration_temperature_scaled")
+            ece = f"{shown['calibration']['ece']:.3f}" + (f" -> {after['ece']:.3f}" if after
+                                                           else "")
+        else:
+            accuracy, ece = "not tested yet", "-"
+        if not test:
+            accuracy += (f" (unfinished: {row['epochs']:,} of {row['planned']:,} epochs"
+                         + ("; the number is an earlier attempt's" if shown else "") + ")")
+        shipped = model_file(row["name"])
+        model = (f"[file]({os.path.relpath(shipped, REPO)})" if shipped.exists() else "-")
+        lines.append(f"| `{row['name']}` | {args['dataset']}{ways} | {args['n_shot']} | "
+                     f"{row['epochs']:,} ({row['published']:,}) | {accuracy} | {ece} | "
+                     f"{row['hours']:.1f} | {model} | "
+                     f"{REFERENCE_NUMBERS.get(row['name'], '-')} |")
+    return "\n".join(lines)
+
+
+def with_summary(readme: str, rows: list[dict]) -> str:
+    """``readme`` with the text between the summary markers replaced by the current table."""
+    head, begin, rest = readme.partition(SUMMARY_BEGIN)
+    _, end, tail = rest.partition(SUMMARY_END)
+    if not (begin and end):
+        raise ValueError(f"README.md lacks the lines {SUMMARY_BEGIN!r} ... {SUMMARY_END!r}")
+    return f"{head}{begin}\n{summary_table(rows)}\n{end}{tail}"
+
+
 def draw_curves(rows: list[dict]) -> None:
     import plots
     FIGURES.mkdir(parents=True, exist_ok=True)
@@ -227,6 +275,9 @@ def main() -> int:
     io_utils.write_text(REPO / "RESULTS.md", build())
     print(f"wrote {REPO / 'RESULTS.md'}")
     rows = [r for r in (summarise(name) for name in EXPERIMENTS) if r is not None]
+    readme = REPO / "README.md"
+    io_utils.write_text(readme, with_summary(readme.read_text(), rows))
+    print(f"wrote the results summary of {readme}")
     if any(model_file(r["name"]).exists() for r in rows):
         page = model_file(rows[0]["name"]).parent / "README.md"
         io_utils.write_text(page, models_page(rows))

@@ -1,0 +1,57 @@
+"""The documentation holds together: every relative link of README.md, RESULTS.md, docs/ and
+models/README.md leads to a file (and, for a #section, to a heading of it), and the README's
+results summary is what ``python -m results.report`` writes from the records now."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO_ROOT
+
+PAGES = [REPO_ROOT / "README.md", REPO_ROOT / "RESULTS.md", REPO_ROOT / "models" / "README.md",
+         *sorted((REPO_ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+
+
+def anchors(page: Path) -> set[str]:
+    """The #fragments GitHub gives the headings of ``page``: lower case, punctuation other
+    than hyphens and underscores dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", FENCE.sub("", page.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def relative_links(page: Path) -> list[str]:
+    return [target for target in LINK.findall(FENCE.sub("", page.read_text()))
+            if not re.match(r"[a-z]+:", target)]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(REPO_ROOT)) for p in PAGES])
+def test_relative_links_lead_somewhere(page):
+    broken = []
+    for target in relative_links(page):
+        path, _, fragment = target.partition("#")
+        destination = (page.parent / path).resolve() if path else page
+        if not destination.exists():
+            broken.append(target)
+        elif fragment and destination.suffix == ".md" and fragment not in anchors(destination):
+            broken.append(target)
+    assert not broken, f"{page.name}: {broken}"
+
+
+def test_the_docs_pages_are_all_linked_from_the_readme():
+    linked = {(REPO_ROOT / t.partition("#")[0]).resolve()
+              for t in relative_links(REPO_ROOT / "README.md")}
+    assert not [p.name for p in PAGES if p.parent.name == "docs" and p not in linked]
+
+
+def test_the_readme_results_summary_is_current():
+    """Fails when a run's records changed and python -m results.report was not run."""
+    from results import report
+    from results.experiments import EXPERIMENTS
+    rows = [r for r in (report.summarise(name) for name in EXPERIMENTS) if r is not None]
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert report.with_summary(readme, rows) == readme, \
+        "README.md's results summary is stale: run python -m results.report"
