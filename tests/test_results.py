@@ -106,3 +106,26 @@ def test_run_whose_checkpoints_were_lost_restarts_and_keeps_its_records(tiny, tm
     assert "earlier/1/" in restart[0]["note"]
     second_train = [s for s in segments if s["kind"] == "train" and "started" in s][1]
     assert "--resume" not in second_train["argv"]
+
+
+def test_git_keeps_every_record_a_run_leaves_and_no_checkpoint():
+    """What results.run and results.report read is committed, the set-aside records of an
+    earlier attempt included (they once fell under the ignored record/ folders, so a clean
+    clone lost the earlier attempts' numbers); checkpoints never are."""
+    import subprocess
+    from conftest import REPO_ROOT
+    if not (REPO_ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    run = "results/runs/NAME"
+    folder = f"{run}/checkpoints/cross_char/Conv4_maml_5way_1shot"
+    kept = [f"{run}/segments.jsonl", f"{run}/record/results.jsonl", f"{folder}/metrics.jsonl",
+            f"{folder}/args.json", f"{run}/earlier/1/metrics.jsonl",
+            f"{run}/earlier/1/record/results.jsonl", f"{run}/earlier/1/record/r.png"]
+    ignored = [f"{folder}/best_model.tar", f"{folder}/last_model.tar", f"{run}/train.log",
+               f"{folder}/.run.lock"]
+
+    def is_ignored(path: str) -> bool:
+        return subprocess.run(["git", "check-ignore", "-q", "--no-index", path],
+                              cwd=REPO_ROOT).returncode == 0
+    assert [p for p in kept if is_ignored(p)] == []
+    assert [p for p in ignored if not is_ignored(p)] == []
