@@ -20,7 +20,8 @@ from data.episodes import TEST_QUERY, Episode
 from methods import MAML, METHODS, build_method
 from methods.meta_template import MetaTemplate
 from test_entrypoints import TEST, TINY, TRAIN, assert_one_line_error, run, run_folder
-from test_maml import (N_WAY, assert_meta_gradient_matches_finite_differences, meta_gradient,
+from test_maml import (N_WAY, assert_batch_gradient_is_the_sum_over_tasks,
+                       assert_meta_gradient_matches_finite_differences, meta_gradient,
                        tiny_episode)
 
 
@@ -94,14 +95,7 @@ def test_frozen_meta_gradient_is_exact_and_reaches_backbone_and_classifier():
         if name.startswith("feature.") and name.endswith(".0.bias"):
             continue  # a conv bias before BatchNorm: zero gradient in exact arithmetic
         assert grad.abs().sum() > 0, name
-    # The meta-gradient of a meta-batch is the sum of its tasks'.
-    episodes = [tiny_episode(s) for s in range(3)]
-    model.zero_grad(set_to_none=True)
-    model.accumulate_meta_gradient(episodes)
-    together = [p.grad.clone() for p in model.parameters()]
-    separate = [meta_gradient(model, e) for e in episodes]
-    for i, grad in enumerate(together):
-        torch.testing.assert_close(grad, sum(s[i] for s in separate))
+    assert_batch_gradient_is_the_sum_over_tasks(model)
 
 
 def test_frozen_reads_none_of_the_family_options(frozen):

@@ -143,8 +143,9 @@ def test_every_meta_parameter_gets_a_gradient(cls):
         assert grad.abs().sum() > 0, name
 
 
-def test_meta_gradient_of_a_batch_is_the_sum_over_tasks():
-    model = tiny_maml()
+def assert_batch_gradient_is_the_sum_over_tasks(model) -> None:
+    """What MetaGradient and distributed.py rely on: a meta-batch's gradient is the sum of
+    its tasks' gradients."""
     episodes = [tiny_episode(s) for s in range(3)]
     model.zero_grad(set_to_none=True)
     model.accumulate_meta_gradient(episodes)
@@ -152,6 +153,10 @@ def test_meta_gradient_of_a_batch_is_the_sum_over_tasks():
     separate = [meta_gradient(model, e) for e in episodes]
     for i, grad in enumerate(together):
         torch.testing.assert_close(grad, sum(s[i] for s in separate))
+
+
+def test_meta_gradient_of_a_batch_is_the_sum_over_tasks():
+    assert_batch_gradient_is_the_sum_over_tasks(tiny_maml())
 
 
 def test_evaluation_adapts_like_training_without_a_meta_graph():
