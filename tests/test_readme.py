@@ -55,3 +55,24 @@ def test_the_readme_results_summary_is_current():
     readme = (REPO_ROOT / "README.md").read_text()
     assert report.with_summary(readme, rows) == readme, \
         "README.md's results summary is stale: run python -m results.report"
+
+
+def test_the_method_diagrams_show_the_shapes_of_the_published_models():
+    """docs/methods.md draws HyperMAML and BayesHMAML with the published 5-way 1-shot shapes:
+    they must be those of the models the published commands build."""
+    import config
+    from methods import METHODS, build_method
+    from results.experiments import PUBLISHED_BAYES_HMAML, PUBLISHED_HYPER_MAML
+    page = (REPO_ROOT / "docs" / "methods.md").read_text()
+    for command in (PUBLISHED_HYPER_MAML, PUBLISHED_BAYES_HMAML):
+        opts, _ = config.parse("train", list(METHODS), command.split())
+        model = build_method(config.resolve(opts, "train"), "cpu")
+        width, features = model.embedding_width(), model.feature.feature_dim
+        trunk = [m.out_features for m in model.hypernet.trunk if hasattr(m, "out_features")]
+        per_class = {name: head.out_features for name, head in model.hypernet.heads.items()}
+        assert f"[5, {features}]" in page and f"[5, {width}]" in page
+        assert f"{width} → {' → '.join(map(str, trunk))}" in page
+        for head, out in per_class.items():
+            assert f"{trunk[-1]} → {out}" in page or f"→ {out}<br/>" in page, head
+    assert f"{sum(p.numel() for n, p in model.named_parameters() if n.startswith('classifier'))}" \
+        " classifier parameters" in page
