@@ -22,6 +22,7 @@ sys.path.insert(0, str(REPO))
 
 import config  # noqa: E402
 import data  # noqa: E402
+import io_utils  # noqa: E402
 from bench.throughput import CONFIGS  # noqa: E402
 from data.episodes import TRAIN_QUERY  # noqa: E402
 from methods import METHODS, build_method  # noqa: E402
@@ -80,6 +81,10 @@ def main() -> int:
     parser.add_argument("--data_dir", default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    unmeasured = sorted(set(args.method.split(",")) - {name for name, _ in CONFIGS})
+    if unmeasured:
+        parser.error(f"--method {','.join(unmeasured)}: no configuration in CONFIGS of "
+                     "bench/throughput.py")
     rows = []
     print(f"{'method':<12}{'phase':<10}{'precision':<10}{'rel. error':>11}{'cosine':>10}"
           f"{'loss rel. err':>15}  worst layer")
@@ -95,7 +100,7 @@ def main() -> int:
     print(f"meta-gradient of {args.episodes} cross_char 1-shot training episodes, against "
           "float64 with the same weights and episodes")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        io_utils.write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import io_utils  # noqa: E402
+
 HYPERNET = ["--hn_head_len", "3", "--hn_hidden_size", "512", "--hm_enhance_embeddings", "True",
             "--hm_use_class_batch_input", "--hm_maml_warmup", "--hm_maml_warmup_epochs", "50",
             "--hm_maml_warmup_switch_epochs", "500"]
@@ -211,6 +213,10 @@ def main() -> int:
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "PHASE", "SHOTS"),
                         help=argparse.SUPPRESS)  # one configuration, in a child process
     args = parser.parse_args()
+    unmeasured = sorted(set(args.method.split(",")) - {name for name, _ in CONFIGS})
+    if unmeasured:  # silently measuring nothing would read as a finished benchmark
+        parser.error(f"--method {','.join(unmeasured)}: no configuration in CONFIGS of "
+                     f"bench/throughput.py (it has {', '.join(dict.fromkeys(n for n, _ in CONFIGS))})")
     if args.model is None:
         from data.benchmarks import find
         args.model = "Conv4Pool" if find(args.dataset).colour else "Conv4"
@@ -273,7 +279,7 @@ def main() -> int:
               f"{rows[0]['episodes_per_epoch'] - 100} training + 100 validation episodes; "
               f"peak memory is {rows[0]['memory_kind']} (of all processes together)")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        io_utils.write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
 
 

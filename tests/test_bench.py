@@ -26,6 +26,15 @@ def test_benchmark_smoke_run(data_dir, tmp_path):
     assert "vs 1 process(es): training" in done.stdout
 
 
+def test_a_method_without_a_benchmark_configuration_is_refused():
+    """Not a header and exit 0 (which reads as a finished, empty benchmark)."""
+    for script in ("bench/throughput.py", "bench/precision_error.py"):
+        done = subprocess.run([sys.executable, script, "--method", "maml,maml_approx"],
+                              capture_output=True, text=True, cwd=REPO_ROOT)
+        assert done.returncode == 2 and done.stdout == "", script
+        assert "--method maml_approx: no configuration in CONFIGS" in done.stderr.splitlines()[-1]
+
+
 def test_gpu_check_runs_in_quick_mode_on_the_cpu(data_dir, tmp_path):
     """bench/gpu_check.sh, prepared for a CUDA machine, runs its three steps in a tiny version
     without one and writes its JSON files and summary."""
