@@ -195,7 +195,7 @@ def predict(args) -> int:
         query_y=torch.zeros(len(queries), dtype=torch.long, device=device), seed=args.seed)
     probabilities = query_probabilities(model, episode)
     spread = (posterior_spread(model, opts, episode, args.samples, device)
-              if opts.method == "bayes_hmaml" else None)
+              if METHODS[opts.method].samples_classifiers else None)
     report(queries, support.names, probabilities, spread, args.json)
     return 0
 

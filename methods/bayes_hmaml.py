@@ -62,6 +62,7 @@ def gaussian_kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> 
 
 class BayesHMAML(HyperMAML):
     heads = ("delta", "logvar")
+    samples_classifiers = True
 
     def __init__(self, backbone, n_way: int, n_shot: int, inner_steps: int, inner_lr: float,
                  settings: HyperSettings, bayes: BayesSettings):

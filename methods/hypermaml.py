@@ -182,7 +182,8 @@ class HyperMAML(MAML):
     def own_options(cls) -> set[str]:
         # The warm-up's gradient steps read the inner-loop options; the classifier is never
         # adapted alone by MAML here, so maml_adapt_classifier is not one of them.
-        return {"task_update_num", "train_lr"} | {f.name for f in fields(HyperSettings)}
+        return ({"task_update_num", "train_lr", "hm_save_delta_params"}
+                | {f.name for f in fields(HyperSettings)})
 
     @classmethod
     def training_notes(cls, opts, total_epochs: int) -> list[str]:

@@ -116,6 +116,9 @@ class MetaTemplate(nn.Module):
 
     # Whether accumulate_meta_gradient has a batched engine (one backbone pass for all tasks).
     supports_batched_engine = False
+    # Whether a test draws classifiers from a posterior over the adapted weights
+    # (--hm_weight_set_num_test), so that predict.py can report their spread.
+    samples_classifiers = False
     # Whether a CPU runs this method faster with channels_last activations (measured with
     # bench/throughput.py --memory_format contiguous,channels_last: the hypernetwork methods
     # are; MAML's double backward through the convolutions is slower in that layout).

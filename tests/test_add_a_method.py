@@ -103,6 +103,9 @@ def test_frozen_reads_none_of_the_family_options(frozen):
     ignored = options_ignored_by("frozen")
     assert {"task_update_num", "train_lr", "hn_hidden_size", "hm_kl_w"} <= ignored
     assert "task_update_num" not in options_ignored_by("maml")
+    # Recording the hypernetwork's updates is an option of the hypernetwork methods alone.
+    assert "hm_save_delta_params" in options_ignored_by("maml")
+    assert "hm_save_delta_params" not in options_ignored_by("bayes_hmaml")
 
 
 def test_an_unregistered_method_is_refused_by_argparse(capsys):

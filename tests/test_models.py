@@ -200,6 +200,8 @@ def test_predict_on_emnist_matches_the_test_accuracy(model, data_dir, tmp_path, 
     for t in range(4):
         truth = emnist_task(data_dir, tmp_path / str(t), rng)
         got = predictions(tmp_path / str(t), model, capsys)
+        # Only a method that samples classifiers has a spread to report.
+        assert all(("spread" in g) == ("bayes" in model.stem) for g in got)
         right += sum(g["prediction"] == c for g, c in zip(got, truth))
         total += len(truth)
     accuracy = 100 * right / total
