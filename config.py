@@ -117,8 +117,9 @@ class Options:
 
     # --- checkpoints -------------------------------------------------------------------------
     save_dir: str = _opt("./save", "root of checkpoints/{dataset}/{model}_{method}_{n}way_{k}shot")
-    checkpoint_suffix: str = _opt("", "appended to the checkpoint folder name, to keep runs apart",
-                                  "model")
+    # Scope "run", not "model": it names the folder, so a run copied under another suffix is
+    # still the same model and tests as itself.
+    checkpoint_suffix: str = _opt("", "appended to the checkpoint folder name, to keep runs apart")
 
     # --- training schedule -------------------------------------------------------------------
     stop_epoch: int = _opt(-1, "epochs in the reference's unit; the MAML family multiplies it "

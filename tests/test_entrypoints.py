@@ -443,6 +443,24 @@ def test_save_iter_tests_the_checkpoint_of_that_epoch(data_dir, tiny_run, tmp_pa
     assert_one_line_error(code, err, r"no checkpoint at .*7.tar")
 
 
+def test_a_run_copied_under_another_suffix_tests_as_itself(data_dir, tiny_run, tmp_path,
+                                                          capsys):
+    """The suffix names a folder, not a model: a copy of a run under ``--checkpoint_suffix``
+    copy tests on the same episodes to the same accuracy as the original."""
+    save_dir = tmp_path / "save"
+    shutil.copytree(run_folder(tiny_run), run_folder(save_dir).with_name(
+        run_folder(save_dir).name + "_copy"))
+    common = TINY[:6] + ["--data_dir", data_dir, "--n_episode", "3", "--repeat", "1",
+                         "--record_dir", tmp_path / "record"]
+    code, original, err = run(TEST, common + ["--save_dir", tiny_run], capsys)
+    assert code == 0, err
+    code, copy, err = run(TEST, common + ["--save_dir", save_dir, "--checkpoint_suffix", "copy"],
+                          capsys)
+    assert code == 0, err
+    accuracy = re.compile(r"\d+\.\d+% \+- \d+\.\d+%")
+    assert accuracy.findall(copy) == accuracy.findall(original) != []
+
+
 def test_early_stopping_below_the_threshold(data_dir, tmp_path, capsys):
     code, out, _ = run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", tmp_path,
                                       "--es_epoch", "0", "--es_threshold", "99"], capsys)
