@@ -66,13 +66,24 @@ def summarise(name: str) -> dict | None:
     return row
 
 
-def earlier_text(attempt: Path) -> str:
-    """One line on an attempt set aside when its checkpoints were lost: how far it got and,
-    if it was tested, its number (the model behind it is gone)."""
+def attempts(segments: list[dict]) -> list[list[dict]]:
+    """``segments.jsonl`` cut into the attempts of a run: each restart after lost checkpoints
+    (a ``restart`` entry) begins a new one, so the last is the attempt the row reports."""
+    cut = [[]]
+    for segment in segments:
+        if segment["kind"] == "restart":
+            cut.append([])
+        cut[-1].append(segment)
+    return cut
+
+
+def earlier_text(attempt: Path, segments: list[dict]) -> str:
+    """One line on an attempt set aside when its checkpoints were lost: how far it got, where
+    (its ``segments``), and, if it was tested, its number (the model behind it is gone)."""
     metrics = read_jsonl(attempt / "metrics.jsonl")
     tests = read_jsonl(attempt / "record" / "results.jsonl")
     validated = [m for m in metrics if "val_acc" in m]
-    text = f"{len(metrics)} epochs"
+    text = f"{len(metrics)} epochs ({where(segments)})"
     if validated:
         best = max(validated, key=lambda m: m["val_acc"])
         text += f", best val {best['val_acc']:.2f} ({best['epoch']})"
@@ -100,8 +111,8 @@ def calibration_text(test: dict) -> str:
     return text
 
 
-def where(row: dict) -> str:
-    train = [s for s in row["segments"] if s["kind"] == "train" and "started" in s]
+def where(segments: list[dict]) -> str:
+    train = [s for s in segments if s["kind"] == "train" and "started" in s]
     if not train:
         return "not recorded"
     devices = sorted({s["gpu"] or f"CPU {s['cpu']}" for s in train})
@@ -133,13 +144,16 @@ def details(row: dict) -> list[str]:
     finished = row["epochs"] >= row["planned"]
     state = "finished" if finished else (f"in progress: {row['epochs']} of {row['planned']} "
                                          "epochs so far")
-    lines = [f"- `{row['name']}` ({state}; {where(row)}; precision "
+    *earlier_segments, segments = attempts(row["segments"])
+    lines = [f"- `{row['name']}` ({state}; {where(segments)}; precision "
              f"{row['args'].get('precision', 'fp32')}):",
              f"  `python -m results.run {row['name']}`, i.e. "
              f"`python train.py {EXPERIMENTS[row['name']].train}`"]
     lines += [f"  note: {s['note']}" for s in row["segments"] if s.get("note")]
-    lines += [f"  earlier attempt {attempt.name}: {earlier_text(attempt)}"
-              for attempt in earlier_attempts(row["name"])]
+    for i, attempt in enumerate(earlier_attempts(row["name"])):
+        attempt_segments = earlier_segments[i] if i < len(earlier_segments) else []
+        lines.append(f"  earlier attempt {attempt.name}: "
+                     f"{earlier_text(attempt, attempt_segments)}")
     if model_file(row["name"]).exists():
         shipped = os.path.relpath(model_file(row["name"]), REPO)
         lines.append(f"  model: [{shipped}]({shipped}) (`python test.py --checkpoint "

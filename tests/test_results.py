@@ -95,7 +95,14 @@ def test_run_whose_checkpoints_were_lost_restarts_and_keeps_its_records(tiny, tm
     assert (earlier / "record" / "results.jsonl").read_text() == tested
     assert (earlier / "args.json").exists() and not runner.record_folder("tiny").exists()
     acc = json.loads(tested)["acc_mean"]
-    assert f"  earlier attempt 1: 2 epochs, best val " in report.build()
+    built = report.build()
+    assert f"  earlier attempt 1: 2 epochs (CPU " in built
+    # Each attempt is described by its own segments: the first trained and tested, the
+    # restart only trained (its test skipped), in one segment.
+    current = next(line for line in built.splitlines() if line.startswith("- `tiny`"))
+    assert "1 segment(s)" in current, current
+    earlier_line = next(line for line in built.splitlines() if "earlier attempt 1" in line)
+    assert "1 segment(s)" in earlier_line and ", best val " in earlier_line, earlier_line
     assert f"tested **{acc:.2f} +- " in report.build()
     assert [json.loads(line)["epoch"] for line in
             (folder / "metrics.jsonl").read_text().splitlines()] == [0, 1]
