@@ -61,7 +61,7 @@ tail -1 "$out/tests.log"
 step "2/3 throughput, engines and precisions side by side"
 if [[ $quick == 1 ]]; then
   bench=(--method maml --n_shot 1 --updates 1 --eval_episodes 2 --engine loop,batched
-         --precision fp32,bf16)
+         --precision fp32,bf16 --n_task 4 --epoch_episodes 8)
 else
   bench=(--engine loop,batched --precision fp32,tf32,bf16)
 fi

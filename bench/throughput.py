@@ -1,5 +1,6 @@
 """Throughput benchmark on the real cross_char data: training, validation and test tasks per
-second, the wall time of one epoch (100 training + 100 validation episodes), the episode
+second, the wall time of one epoch (100 training + 100 validation episodes; fewer with
+``--epoch_episodes``, as the smoke runs), the episode
 sampling rate alone, and peak memory, for each method and phase.
 
     python bench/throughput.py                       # all methods, 1 and 5 shots, this machine
@@ -49,7 +50,8 @@ CONFIGS = {
 def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: str | None,
             model_name: str, dataset: str, train_aug: bool,
             updates: int, eval_episodes: int, engines: list[str], formats: list[str],
-            precisions: list[str]) -> dict | None:
+            precisions: list[str], n_task: int | None = None, epoch_episodes: int = 100
+            ) -> dict | None:
     """Run one configuration in this process (this rank, under torchrun) and return its
     measurements (None on the ranks other than 0)."""
     import torch
@@ -70,6 +72,8 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
         argv += ["--hn_sup_aggregation", "mean"]
     if data_dir:
         argv += ["--data_dir", data_dir]
+    if n_task:
+        argv += ["--n_task", str(n_task)]
     opts, _ = config.parse("train", list(METHODS), argv)
     opts = config.resolve(opts, "train")
     device = io_utils.resolve_device(opts.device)
@@ -125,8 +129,8 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     model.to(memory_format=getattr(torch, formats[0].replace("contiguous", "contiguous_format")))
     val_time = timed(lambda: evaluate(val, eval_episodes))
     test_time = timed(lambda: evaluate(test, eval_episodes))
-    per_epoch = engine.updates_per_epoch(100, opts.n_task)
-    epoch_time = timed(lambda: (train_updates(per_epoch, 20_000), evaluate(val, 100)))
+    per_epoch = engine.updates_per_epoch(epoch_episodes, opts.n_task)
+    epoch_time = timed(lambda: (train_updates(per_epoch, 20_000), evaluate(val, epoch_episodes)))
     peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     if world.size > 1:  # the run's memory: all processes together
@@ -138,14 +142,15 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
         return None
     return {"method": method, "phase": phase, "n_shot": n_shot, "device": str(device),
             "model": model_name, "dataset": dataset, "train_aug": train_aug,
-            "processes": world.size, "threads": torch.get_num_threads(),
+            "processes": world.size, "threads": torch.get_num_threads(), "n_task": opts.n_task,
             "engine": engines[0], "memory_format": formats[0], "precision": precisions[0],
             "train_tasks_per_s": train_rates[next(iter(train_rates))],
             "train_tasks_per_s_by_variant": train_rates,
             "test_tasks_per_s_by_variant": test_rates,
             "val_tasks_per_s": eval_episodes / val_time,
             "test_tasks_per_s": eval_episodes / test_time,
-            "epoch_s": epoch_time, "episodes_per_epoch": per_epoch * opts.n_task + 100,
+            "epoch_s": epoch_time, "episodes_per_epoch": per_epoch * opts.n_task + epoch_episodes,
+            "validation_episodes_per_epoch": epoch_episodes,
             "sampling_episodes_per_s": 200 / sampling,
             "peak_memory_mb": peak / 2**20,
             "memory_kind": "cuda peak allocated" if device.type == "cuda" else "peak RSS"}
@@ -209,6 +214,12 @@ def main() -> int:
                         help="meta-updates timed (of n_task tasks: 32 for characters, 4 for "
                              "photographs)")
     parser.add_argument("--eval_episodes", type=int, default=100, help="val/test episodes timed")
+    parser.add_argument("--epoch_episodes", type=int, default=100,
+                        help="training and validation episodes of the timed epoch (default 100, "
+                             "train.py's default --n_episode)")
+    parser.add_argument("--n_task", type=int, default=None,
+                        help="tasks per meta-update (default: the published 32 for characters, "
+                             "4 for photographs); smaller for a quick smoke run")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "PHASE", "SHOTS"),
                         help=argparse.SUPPRESS)  # one configuration, in a child process
@@ -228,7 +239,7 @@ def main() -> int:
                    else [default_memory_format(method, args.device)])
         row = measure(method, phase, int(shots), args.device, args.data_dir, args.model,
                       args.dataset, args.train_aug, args.updates, args.eval_episodes, engines, formats,
-                      args.precision.split(","))
+                      args.precision.split(","), args.n_task, args.epoch_episodes)
         if row is not None:
             print(json.dumps(row))
         return 0
@@ -251,13 +262,16 @@ def main() -> int:
                     command = launcher + [
                         __file__, "--worker", method, phase, shots, "--device", args.device,
                         "--updates", str(args.updates), "--eval_episodes",
-                        str(args.eval_episodes), "--engine", args.engine,
+                        str(args.eval_episodes), "--epoch_episodes", str(args.epoch_episodes),
+                        "--engine", args.engine,
                         "--precision", args.precision, "--model", args.model,
                         "--dataset", args.dataset] + (["--train_aug"] if args.train_aug else [])
                     if args.memory_format:
                         command += ["--memory_format", args.memory_format]
                     if args.data_dir:
                         command += ["--data_dir", args.data_dir]
+                    if args.n_task:
+                        command += ["--n_task", str(args.n_task)]
                     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
                     if done.returncode:
                         print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
@@ -275,8 +289,10 @@ def main() -> int:
     if rows:
         threads = ", ".join(sorted({f"{r['processes']} process(es) x {r['threads']} threads"
                                     for r in rows}))
-        print(f"device {rows[0]['device']}, {threads}; epoch = "
-              f"{rows[0]['episodes_per_epoch'] - 100} training + 100 validation episodes; "
+        validation = rows[0]["validation_episodes_per_epoch"]
+        print(f"device {rows[0]['device']}, {threads}; {rows[0]['n_task']} tasks per "
+              f"meta-update; epoch = {rows[0]['episodes_per_epoch'] - validation} training + "
+              f"{validation} validation episodes; "
               f"peak memory is {rows[0]['memory_kind']} (of all processes together)")
     if args.json:
         io_utils.write_text(args.json, json.dumps(rows, indent=2) + "\n")

@@ -13,6 +13,7 @@ def test_benchmark_smoke_run(data_dir, tmp_path):
     done = subprocess.run(
         [sys.executable, "bench/throughput.py", "--method", "maml", "--n_shot", "1",
          "--device", "cpu", "--updates", "1", "--eval_episodes", "2", "--processes", "1,2",
+         "--n_task", "4", "--epoch_episodes", "8",
          "--data_dir", str(data_dir), "--json", str(out)],
         capture_output=True, text=True, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr
@@ -21,8 +22,10 @@ def test_benchmark_smoke_run(data_dir, tmp_path):
                                                                         ("maml", "-", 2)]
     for row in rows:
         assert row["train_tasks_per_s"] > 0 and row["peak_memory_mb"] > 0
-        assert row["episodes_per_epoch"] == 196  # 3 updates x 32 tasks + 100 validation
+        assert row["n_task"] == 4
+        assert row["episodes_per_epoch"] == 16  # 2 updates x 4 tasks + 8 validation
     assert "train t/s" in done.stdout and "peak RSS" in done.stdout
+    assert "4 tasks per meta-update; epoch = 8 training + 8 validation episodes" in done.stdout
     assert "vs 1 process(es): training" in done.stdout
 
 
