@@ -18,6 +18,17 @@ sys.path.insert(0, str(REPO_ROOT))
 # same tests on a GPU (bench/gpu_check.sh does); the CPU by default.
 TEST_DEVICE = torch.device(os.environ.get("FSL_TEST_DEVICE", "cpu"))
 
+# Under pytest-xdist (`-n auto`) each worker gets its share of the cores, for its own torch and
+# for the processes its tests start: N workers each using every core would oversubscribe the
+# machine, which on 2 cores made training several times slower (measured).
+XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if XDIST_WORKERS > 1:
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+             else os.cpu_count() or 1)
+    WORKER_THREADS = max(1, cores // XDIST_WORKERS)
+    torch.set_num_threads(WORKER_THREADS)
+    os.environ["OMP_NUM_THREADS"] = str(WORKER_THREADS)
+
 
 def on_test_device(episode):
     """``episode`` with its tensors on TEST_DEVICE."""
@@ -31,11 +42,19 @@ def data_dir(tmp_path_factory) -> Path:
     """Omniglot and EMNIST prepared from ../shared/data, as the download scripts do offline."""
     if not SHARED_DATA.is_dir():
         pytest.skip(f"the real Omniglot/EMNIST files are not in {SHARED_DATA}")
+    from filelock import FileLock  # a dependency of torch
+
     from data.prepare import prepare
 
-    root = tmp_path_factory.mktemp("data")
-    for name in ("omniglot", "emnist"):
-        prepare(name, root, SHARED_DATA / name)
+    # Prepared once per run: pytest-xdist's workers share their base folder's parent, and the
+    # first to come prepares while the others wait (no test writes into it).
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if XDIST_WORKERS > 1 else base) / "data"
+    with FileLock(f"{root}.lock"):
+        if not (root / "prepared").exists():
+            for name in ("omniglot", "emnist"):
+                prepare(name, root, SHARED_DATA / name)
+            (root / "prepared").touch()
     return root
 
 
