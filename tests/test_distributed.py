@@ -76,11 +76,25 @@ def assert_same_weights(path_a: Path, path_b: Path) -> None:
             assert torch.equal(value, b["optimizer"]["state"][key][field]), (key, field)
 
 
+@pytest.fixture(scope="module")
+def one_process_run(data_dir, tmp_path_factory):
+    """``one_process_run(method)``: the save_dir of the method's 1-process run, trained once
+    for the tests that compare against it (never written to by them)."""
+    save_dirs = {}
+
+    def save_dir(method: str) -> Path:
+        if method not in save_dirs:
+            save = tmp_path_factory.mktemp(f"one_process_{method}")
+            done = launch("train.py", options(method, data_dir, save), 1)
+            assert done.returncode == 0, done.stderr
+            save_dirs[method] = save
+        return save_dirs[method]
+    return save_dir
+
+
 @pytest.mark.parametrize("method", list(RUNS))
-def test_two_processes_train_and_test_like_one(method, data_dir, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    single = launch("train.py", options(method, data_dir, one), 1)
-    assert single.returncode == 0, single.stderr
+def test_two_processes_train_and_test_like_one(method, data_dir, tmp_path, one_process_run):
+    one, two = one_process_run(method), tmp_path / "two"
     double = launch("train.py", options(method, data_dir, two), 2)
     assert double.returncode == 0, double.stderr
     folder_one, folder_two = run_folder(one, method), run_folder(two, method)
@@ -112,13 +126,11 @@ def test_two_processes_train_and_test_like_one(method, data_dir, tmp_path):
     assert len((tmp_path / "record2" / "results.jsonl").read_text().splitlines()) == 1
 
 
-def test_resume_with_another_number_of_processes_is_exact(data_dir, tmp_path):
+def test_resume_with_another_number_of_processes_is_exact(data_dir, tmp_path, one_process_run):
     """A 1-process run resumed by 2 processes from its epoch-3 checkpoint ends where the
     straight 1-process run ends."""
     method = "maml"
-    straight = launch("train.py", options(method, data_dir, tmp_path / "a"), 1)
-    assert straight.returncode == 0, straight.stderr
-    folder = run_folder(tmp_path / "a", method)
+    folder = run_folder(one_process_run(method), method)
     resumed_folder = run_folder(tmp_path / "b", method)
     shutil.copytree(folder, resumed_folder)
     shutil.copy(resumed_folder / "3.tar", resumed_folder / "last_model.tar")
