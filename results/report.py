@@ -156,8 +156,12 @@ def details(row: dict) -> list[str]:
                      f"{earlier_text(attempt, attempt_segments)}")
     if model_file(row["name"]).exists():
         shipped = os.path.relpath(model_file(row["name"]), REPO)
+        # The recorded test's episodes follow its seeds: a run trained with --seed N was
+        # tested with it (seeds N .. N+4), so its model repeats that test with --seed N.
+        first_seed = row["test"]["seeds"][0] if row["test"] else 0
+        seed = f" --seed {first_seed}" if first_seed else ""
         lines.append(f"  model: [{shipped}]({shipped}) (`python test.py --checkpoint "
-                     f"{shipped}`)")
+                     f"{shipped}{seed}`)")
     figure = os.path.relpath(FIGURES / f"{row['name']}_curves.png", REPO)
     lines.append(f"  curves: [{figure}]({figure})")
     if row["test"] and row["test"].get("reliability_diagram"):
@@ -179,7 +183,9 @@ table, nothing that runs when loaded), with the run's whole configuration in the
 metadata. Test one with `python test.py --checkpoint models/NAME.safetensors` (every model
 option comes from the file); classify your own images with `python predict.py
 models/NAME.safetensors SUPPORT_DIR QUERY...`. `tests/test_models.py` checks that each file
-reproduces, episode by episode, the test recorded for its run.
+reproduces, episode by episode, the test recorded for its run. A run trained with `--seed N`
+was tested with it (test seeds N to N+4): add `--seed N` to repeat its test, as its line in
+RESULTS.md says.
 
 Accuracy: the recorded test (5 x 600 novel episodes, mean +- 95% interval over the repeats);
 ECE / NLL before -> after temperature scaling.

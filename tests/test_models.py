@@ -4,6 +4,7 @@ classifying real EMNIST images from a few examples."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -133,12 +134,20 @@ def test_bad_model_files_are_one_line(data_dir, tiny_model, tmp_path, capsys):
 # --- the shipped models ------------------------------------------------------------------------
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_model_reproduces_its_record(path, data_dir, tmp_path, capsys):
-    """The first 10 episodes of each of the 5 repeats give, episode by episode, the correct
-    counts recorded when the run was tested (and summarised in RESULTS.md)."""
-    recorded = [r["episode_correct"][:10] for r in records(path.stem)["repeats"]]
-    code, _, err = run(TEST, ["--checkpoint", path, "--data_dir", data_dir, "--n_episode", "10",
-                              "--device", "cpu", "--record_dir", tmp_path], capsys)
+    """RESULTS.md's command for the model, on the first 10 episodes of each of the 5 repeats,
+    gives episode by episode the correct counts recorded when the run was tested (a run
+    trained with --seed 1 was tested on seeds 1-5, and its command says --seed 1)."""
+    record = records(path.stem)
+    recorded = [r["episode_correct"][:10] for r in record["repeats"]]
+    documented = re.search(rf"`python test.py --checkpoint models/{path.name}([^`]*)`",
+                           (REPO_ROOT / "RESULTS.md").read_text())
+    assert documented, f"RESULTS.md gives no test command for {path.name}"
+    code, _, err = run(TEST, ["--checkpoint", path, *documented.group(1).split(),
+                              "--data_dir", data_dir, "--n_episode", "10", "--device", "cpu",
+                              "--record_dir", tmp_path], capsys)
     assert code == 0, err
+    mine = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1])
+    assert mine["seeds"] == record["seeds"]
     assert episode_counts(tmp_path) == recorded
     assert path.stat().st_size <= 4 * 2 ** 20
 
