@@ -139,7 +139,7 @@ def test_shipped_model_reproduces_its_record(path, data_dir, tmp_path, capsys):
     trained with --seed 1 was tested on seeds 1-5, and its command says --seed 1)."""
     record = records(path.stem)
     recorded = [r["episode_correct"][:10] for r in record["repeats"]]
-    documented = re.search(rf"`python test.py --checkpoint models/{path.name}([^`]*)`",
+    documented = re.search(rf"`python test.py --checkpoint models/{re.escape(path.name)}([^`]*)`",
                            (REPO_ROOT / "RESULTS.md").read_text())
     assert documented, f"RESULTS.md gives no test command for {path.name}"
     code, _, err = run(TEST, ["--checkpoint", path, *documented.group(1).split(),
