@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import allocator
 import config
 import engine
 import io_utils
@@ -249,4 +250,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    allocator.keep_freed_memory()
     sys.exit(main())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import sys
 
+import allocator
 import config
 import distributed
 import evaluation
@@ -33,4 +34,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    allocator.keep_freed_memory()
     sys.exit(main())

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import allocator
 import config
 import data
 import distributed
@@ -371,4 +372,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    allocator.keep_freed_memory()
     sys.exit(main())

@@ -12,7 +12,10 @@ contiguous,channels_last`` both layouts, and with ``--precision fp32,bf16`` (or 
 both arithmetics, are timed on the same episodes in the same process, and their ratios
 printed. ``--processes 1,2`` also times each configuration under
 ``torchrun --nproc_per_node 2`` (the meta-batch and the evaluation episodes split across the
-processes, as train.py does) and prints the speed-up over the first count. Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
+processes, as train.py does) and prints the speed-up over the first count. ``--allocator
+glibc,keep`` times each configuration with glibc's own malloc settings and with the entry
+points' (allocator.py), in two processes one after the other, and prints the speed-up of the
+second. Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
 allocated on CUDA) belongs to that configuration alone. The options are the published ones
 (n_task 32, one inner step of 0.1, the HyperMAML/BayesHMAML architecture); the HyperMAML
 phases are taken at an epoch inside the warm-up (p = 1) and after it (p = 0).
@@ -20,7 +23,9 @@ phases are taken at an epoch inside the warm-up (p = 1) and after it (p = 0).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -30,6 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import allocator  # noqa: E402
 import io_utils  # noqa: E402
 
 HYPERNET = ["--hn_head_len", "3", "--hn_hidden_size", "512", "--hm_enhance_embeddings", "True",
@@ -50,8 +56,8 @@ CONFIGS = {
 def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: str | None,
             model_name: str, dataset: str, train_aug: bool,
             updates: int, eval_episodes: int, engines: list[str], formats: list[str],
-            precisions: list[str], n_task: int | None = None, epoch_episodes: int = 100
-            ) -> dict | None:
+            precisions: list[str], n_task: int | None = None, epoch_episodes: int = 100,
+            n_way: int = 5) -> dict | None:
     """Run one configuration in this process (this rank, under torchrun) and return its
     measurements (None on the ranks other than 0)."""
     import torch
@@ -66,7 +72,7 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
 
     options, epoch = CONFIGS[(method, phase)]
     argv = ["--dataset", dataset, "--method", method, "--n_shot", str(n_shot),
-            "--device", device_name, "--precision", precisions[0], "--model", model_name,
+            "--train_n_way", str(n_way), "--test_n_way", str(n_way), "--device", device_name, "--precision", precisions[0], "--model", model_name,
             *options, *(["--train_aug"] if train_aug else [])]
     if n_shot > 1 and method != "maml":
         argv += ["--hn_sup_aggregation", "mean"]
@@ -82,9 +88,9 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     quiet = lambda *_: None
     with world.local_main_first():
         root = data.prepared_data_dir(opts)
-        train = data.split_sampler(opts, root, "base", 5, TRAIN_QUERY, 0, device, quiet)
-        val = data.split_sampler(opts, root, "val", 5, TRAIN_QUERY, 0, device, quiet)
-        test = data.split_sampler(opts, root, "novel", 5, TEST_QUERY, 0, device, quiet)
+        train = data.split_sampler(opts, root, "base", n_way, TRAIN_QUERY, 0, device, quiet)
+        val = data.split_sampler(opts, root, "val", n_way, TRAIN_QUERY, 0, device, quiet)
+        test = data.split_sampler(opts, root, "novel", n_way, TEST_QUERY, 0, device, quiet)
     torch.manual_seed(0)
     model = build_method(opts, device).to(device)
     model.set_epoch(epoch, 2048)
@@ -140,7 +146,8 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     world.close()
     if not world.is_main:
         return None
-    return {"method": method, "phase": phase, "n_shot": n_shot, "device": str(device),
+    return {"method": method, "phase": phase, "n_shot": n_shot, "n_way": n_way,
+            "device": str(device), "allocator": os.environ.get(allocator.OPT_OUT, "keep"),
             "model": model_name, "dataset": dataset, "train_aug": train_aug,
             "processes": world.size, "threads": torch.get_num_threads(), "n_task": opts.n_task,
             "engine": engines[0], "memory_format": formats[0], "precision": precisions[0],
@@ -174,9 +181,11 @@ def variant_text(row: dict) -> str:
 
 
 def speedup_text(row: dict, base: dict) -> str:
-    """Training and test tasks/s and epoch time of ``row`` against ``base`` (fewer processes)."""
+    """Training and test tasks/s and epoch time of ``row`` against ``base`` (the first process
+    count and malloc setting)."""
     train = row["train_tasks_per_s"] / base["train_tasks_per_s"]
-    return (f"vs {base['processes']} process(es): training {train:.2f}x, "
+    return (f"vs {base['processes']} process(es), {base['allocator']} malloc: "
+            f"training {train:.2f}x, "
             f"test {row['test_tasks_per_s'] / base['test_tasks_per_s']:.2f}x, "
             f"epoch {base['epoch_s'] / row['epoch_s']:.2f}x shorter")
 
@@ -209,6 +218,11 @@ def main() -> int:
     parser.add_argument("--processes", default="1",
                         help="comma-separated process counts; more than 1 runs the "
                              "configuration under torchrun (gloo on a CPU, nccl on CUDA)")
+    parser.add_argument("--allocator", default="keep",
+                        help="comma-separated malloc settings, each timed in its own process: "
+                             "keep (the entry points', allocator.py), glibc (glibc's own)")
+    parser.add_argument("--n_way", type=int, default=5,
+                        help="classes per episode (20 for the Omniglot 20-way rows)")
     parser.add_argument("--data_dir", default=None, help="prepared data root (default filelists/)")
     parser.add_argument("--updates", type=int, default=3,
                         help="meta-updates timed (of n_task tasks: 32 for characters, 4 for "
@@ -228,24 +242,28 @@ def main() -> int:
     if unmeasured:  # silently measuring nothing would read as a finished benchmark
         parser.error(f"--method {','.join(unmeasured)}: no configuration in CONFIGS of "
                      f"bench/throughput.py (it has {', '.join(dict.fromkeys(n for n, _ in CONFIGS))})")
+    settings = args.allocator.split(",")
+    if set(settings) - {"keep", "glibc"}:
+        parser.error(f"--allocator {args.allocator}: the settings are keep and glibc")
     if args.model is None:
         from data.benchmarks import find
         args.model = "Conv4Pool" if find(args.dataset).colour else "Conv4"
 
     if args.worker:
+        allocator.keep_freed_memory()  # unless the parent set FSL_MALLOC=glibc
         method, phase, shots = args.worker
         engines = args.engine.split(",")
         formats = (args.memory_format.split(",") if args.memory_format
                    else [default_memory_format(method, args.device)])
         row = measure(method, phase, int(shots), args.device, args.data_dir, args.model,
                       args.dataset, args.train_aug, args.updates, args.eval_episodes, engines, formats,
-                      args.precision.split(","), args.n_task, args.epoch_episodes)
+                      args.precision.split(","), args.n_task, args.epoch_episodes, args.n_way)
         if row is not None:
             print(json.dumps(row))
         return 0
 
     rows = []
-    header = (f"{'method':<12}{'phase':<10}{'shot':>4}{'procs':>6}{'train t/s':>11}{'val t/s':>9}"
+    header = (f"{'method':<12}{'phase':<10}{'shot':>4}{'procs':>6}{'malloc':>7}{'train t/s':>11}{'val t/s':>9}"
               f"{'test t/s':>10}{'epoch s':>9}{'sample e/s':>12}{'peak MB':>9}"
               f"  train/test t/s by engine/layout/precision (ratio to the first)")
     print(header)
@@ -255,7 +273,8 @@ def main() -> int:
                 continue
             for shots in args.n_shot.split(","):
                 base = None
-                for processes in map(int, args.processes.split(",")):
+                for processes, setting in itertools.product(map(int, args.processes.split(",")),
+                                                            settings):
                     launcher = [sys.executable] + (
                         ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
                          str(processes)] if processes > 1 else [])
@@ -265,14 +284,19 @@ def main() -> int:
                         str(args.eval_episodes), "--epoch_episodes", str(args.epoch_episodes),
                         "--engine", args.engine,
                         "--precision", args.precision, "--model", args.model,
-                        "--dataset", args.dataset] + (["--train_aug"] if args.train_aug else [])
+                        "--dataset", args.dataset, "--n_way", str(args.n_way)
+                    ] + (["--train_aug"] if args.train_aug else [])
                     if args.memory_format:
                         command += ["--memory_format", args.memory_format]
                     if args.data_dir:
                         command += ["--data_dir", args.data_dir]
                     if args.n_task:
                         command += ["--n_task", str(args.n_task)]
-                    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+                    env = {k: v for k, v in os.environ.items() if k != allocator.OPT_OUT}
+                    if setting == "glibc":
+                        env[allocator.OPT_OUT] = "glibc"
+                    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
+                                          env=env)
                     if done.returncode:
                         print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
                         return 1
@@ -280,7 +304,7 @@ def main() -> int:
                     rows.append(row)
                     compared = f"; {speedup_text(row, base)}" if base else ""
                     base = base or row
-                    print(f"{method:<12}{phase:<10}{shots:>4}{processes:>6}"
+                    print(f"{method:<12}{phase:<10}{shots:>4}{processes:>6}{setting:>7}"
                           f"{row['train_tasks_per_s']:>11.1f}"
                           f"{row['val_tasks_per_s']:>9.1f}{row['test_tasks_per_s']:>10.1f}"
                           f"{row['epoch_s']:>9.2f}{row['sampling_episodes_per_s']:>12.0f}"

@@ -26,7 +26,7 @@ def test_benchmark_smoke_run(data_dir, tmp_path):
         assert row["episodes_per_epoch"] == 16  # 2 updates x 4 tasks + 8 validation
     assert "train t/s" in done.stdout and "peak RSS" in done.stdout
     assert "4 tasks per meta-update; epoch = 8 training + 8 validation episodes" in done.stdout
-    assert "vs 1 process(es): training" in done.stdout
+    assert "vs 1 process(es), keep malloc: training" in done.stdout
 
 
 def test_a_method_without_a_benchmark_configuration_is_refused():
