@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -126,8 +127,18 @@ def launch(kind: str, name: str, argv: list[str], threads: int) -> int:
     started = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(folder / f"{kind}.log", "a") as log:
-        code = subprocess.call([sys.executable, str(REPO / f"{kind}.py"), *argv], cwd=REPO,
-                               env=env, stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen([sys.executable, str(REPO / f"{kind}.py"), *argv], cwd=REPO,
+                                 env=env, stdout=log, stderr=subprocess.STDOUT)
+        # A SIGTERM to this process (kill PID, a job scheduler's stop) stops the training it
+        # runs, which would otherwise go on orphaned with no end on record. Ctrl-C reaches the
+        # child from the terminal itself and ends it at its own pace, recorded below.
+        stop = signal.signal(signal.SIGTERM, lambda signum, _: child.send_signal(signum))
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            code = child.wait()
+        finally:
+            signal.signal(signal.SIGTERM, stop)
+            signal.signal(signal.SIGINT, interrupt)
     record(folder, {"kind": kind, "ended": datetime.datetime.now().isoformat(timespec="seconds"),
                     "seconds": round(time.time() - started, 1), "exit_code": code})
     return code

@@ -4,7 +4,11 @@ row from the records alone, repeating it in a table that compares another run wi
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +117,29 @@ def test_run_whose_checkpoints_were_lost_restarts_and_keeps_its_records(tiny, tm
     assert "earlier/1/" in restart[0]["note"]
     second_train = [s for s in segments if s["kind"] == "train" and "started" in s][1]
     assert "--resume" not in second_train["argv"]
+
+
+def test_a_stopped_run_stops_its_training_and_records_the_end(tiny, tmp_path):
+    """SIGTERM to results.run (kill PID) ends the train.py it started, which would otherwise
+    train on orphaned, and the segment's end is on record with train.py's status."""
+    log = tmp_path / "runs" / "tiny" / "train.log"
+
+    def stop_once_training():
+        deadline = time.time() + 120
+        while not log.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # inside train.py's start-up or first epoch
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=stop_once_training, daemon=True).start()
+    started = time.time()
+    code = runner.main(["tiny", "--skip_test", "--", "--stop_epoch", "1000"])
+    assert code == -signal.SIGTERM and time.time() - started < 100
+    assert signal.getsignal(signal.SIGTERM) is before
+    ended = json.loads((tmp_path / "runs" / "tiny" / "segments.jsonl")
+                       .read_text().splitlines()[-1])
+    assert ended["kind"] == "train" and ended["exit_code"] == -signal.SIGTERM
 
 
 def test_git_keeps_every_record_a_run_leaves_and_no_checkpoint():
