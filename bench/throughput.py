@@ -72,8 +72,8 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
 
     options, epoch = CONFIGS[(method, phase)]
     argv = ["--dataset", dataset, "--method", method, "--n_shot", str(n_shot),
-            "--train_n_way", str(n_way), "--test_n_way", str(n_way), "--device", device_name, "--precision", precisions[0], "--model", model_name,
-            *options, *(["--train_aug"] if train_aug else [])]
+            "--train_n_way", str(n_way), "--test_n_way", str(n_way), "--device", device_name,
+            "--precision", precisions[0], "--model", model_name, *options, *(["--train_aug"] if train_aug else [])]
     if n_shot > 1 and method != "maml":
         argv += ["--hn_sup_aggregation", "mean"]
     if data_dir:
@@ -147,7 +147,7 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     if not world.is_main:
         return None
     return {"method": method, "phase": phase, "n_shot": n_shot, "n_way": n_way,
-            "device": str(device), "allocator": os.environ.get(allocator.OPT_OUT, "keep"),
+            "device": str(device),
             "model": model_name, "dataset": dataset, "train_aug": train_aug,
             "processes": world.size, "threads": torch.get_num_threads(), "n_task": opts.n_task,
             "engine": engines[0], "memory_format": formats[0], "precision": precisions[0],
@@ -250,7 +250,7 @@ def main() -> int:
         args.model = "Conv4Pool" if find(args.dataset).colour else "Conv4"
 
     if args.worker:
-        allocator.keep_freed_memory()  # unless the parent set FSL_MALLOC=glibc
+        kept = allocator.keep_freed_memory()  # unless the parent set FSL_MALLOC=glibc
         method, phase, shots = args.worker
         engines = args.engine.split(",")
         formats = (args.memory_format.split(",") if args.memory_format
@@ -259,12 +259,13 @@ def main() -> int:
                       args.dataset, args.train_aug, args.updates, args.eval_episodes, engines, formats,
                       args.precision.split(","), args.n_task, args.epoch_episodes, args.n_way)
         if row is not None:
-            print(json.dumps(row))
+            # "glibc" also where nothing was changed for another reason (allocator.py)
+            print(json.dumps({**row, "allocator": "keep" if kept else "glibc"}))
         return 0
 
     rows = []
-    header = (f"{'method':<12}{'phase':<10}{'shot':>4}{'procs':>6}{'malloc':>7}{'train t/s':>11}{'val t/s':>9}"
-              f"{'test t/s':>10}{'epoch s':>9}{'sample e/s':>12}{'peak MB':>9}"
+    header = (f"{'method':<12}{'phase':<10}{'shot':>4}{'procs':>6}{'malloc':>7}{'train t/s':>11}"
+              f"{'val t/s':>9}{'test t/s':>10}{'epoch s':>9}{'sample e/s':>12}{'peak MB':>9}"
               f"  train/test t/s by engine/layout/precision (ratio to the first)")
     print(header)
     for method in args.method.split(","):
@@ -304,7 +305,7 @@ def main() -> int:
                     rows.append(row)
                     compared = f"; {speedup_text(row, base)}" if base else ""
                     base = base or row
-                    print(f"{method:<12}{phase:<10}{shots:>4}{processes:>6}{setting:>7}"
+                    print(f"{method:<12}{phase:<10}{shots:>4}{processes:>6}{row['allocator']:>7}"
                           f"{row['train_tasks_per_s']:>11.1f}"
                           f"{row['val_tasks_per_s']:>9.1f}{row['test_tasks_per_s']:>10.1f}"
                           f"{row['epoch_s']:>9.2f}{row['sampling_episodes_per_s']:>12.0f}"
