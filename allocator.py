@@ -23,17 +23,18 @@ M_MMAP_MAX = -4
 # to the kernel only beyond 2 GiB.
 KEEP_UP_TO = 2**31 - 1
 OPT_OUT = "FSL_MALLOC"  # FSL_MALLOC=glibc keeps glibc's own settings (bench/throughput.py)
-USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_",
-                 "GLIBC_TUNABLES")
+USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
 
 
 def keep_freed_memory() -> bool:
     """Set glibc's malloc to keep freed memory (no mmap, no trimming below 2 GiB), unless
     ``FSL_MALLOC=glibc`` is set, the user set malloc through its own environment variables, or
     the C library is not glibc. Returns whether the settings were applied."""
-    if os.environ.get(OPT_OUT) == "glibc" or any(name in os.environ for name in USER_SETTINGS):
+    if (os.environ.get(OPT_OUT) == "glibc" or any(name in os.environ for name in USER_SETTINGS)
+            or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")):
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, KEEP_UP_TO))
+    no_mmap = libc.mallopt(M_MMAP_MAX, 0)
+    return bool(no_mmap and libc.mallopt(M_TRIM_THRESHOLD, KEEP_UP_TO))

@@ -62,8 +62,11 @@ def test_freed_memory_is_reused_instead_of_faulted_in_again():
 
 @pytest.mark.skipif(not ON_GLIBC, reason="the settings are glibc's")
 def test_the_users_own_malloc_settings_win():
-    for name, value in (("MALLOC_MMAP_MAX_", "65536"), ("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")):
+    for name, value in (("MALLOC_MMAP_MAX_", "65536"),
+                        ("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0")):
         assert not faults_of_five(**{name: value})["applied"], name
+    # A tunable of another part of glibc is no malloc setting.
+    assert faults_of_five(GLIBC_TUNABLES="glibc.rtld.optional_static_tls=2048")["applied"]
 
 
 def test_the_benchmark_times_both_settings_side_by_side(data_dir, tmp_path):
