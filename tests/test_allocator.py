@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+import allocator
 from conftest import REPO_ROOT
 
 # Allocate and free a 64 MiB tensor (the size of one 20-way Omniglot task's Conv4 activations)
@@ -41,9 +42,8 @@ ON_GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def faults_of_five(**env) -> dict:
-    clean = {k: v for k, v in os.environ.items()
-             if k not in ("FSL_MALLOC", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_",
-                          "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
+    settings = (allocator.OPT_OUT, *allocator.USER_SETTINGS, "GLIBC_TUNABLES")
+    clean = {k: v for k, v in os.environ.items() if k not in settings}
     done = subprocess.run([sys.executable, "-c", FAULTS_OF_FIVE], capture_output=True,
                           text=True, cwd=REPO_ROOT, env={**clean, **env}, check=True)
     return json.loads(done.stdout)
