@@ -162,6 +162,8 @@ def details(row: dict) -> list[str]:
         seed = f" --seed {first_seed}" if first_seed else ""
         lines.append(f"  model: [{shipped}]({shipped}) (`python test.py --checkpoint "
                      f"{shipped}{seed}`)")
+    elif row["test"]:
+        lines.append(f"  model: {NOT_SHIPPED.replace('NAME', row['name'])}")
     figure = os.path.relpath(FIGURES / f"{row['name']}_curves.png", REPO)
     lines.append(f"  curves: [{figure}]({figure})")
     if row["test"] and row["test"].get("reliability_diagram"):
@@ -193,8 +195,16 @@ ECE / NLL before -> after temperature scaling.
 """
 
 
+# A tested run without a model file: results.run writes one when it tests a run, so the run
+# was tested before it did, and its checkpoints stayed on the machine that trained it.
+NOT_SHIPPED = ("not shipped: tested before results.run wrote model files, and its "
+               "checkpoints stayed on the machine that trained it; `python -m results.run "
+               "NAME` trains it again (its records keep both runs)")
+
+
 def models_page(rows: list[dict]) -> str:
-    """models/README.md: the shipped model files, with their test numbers and checksums."""
+    """models/README.md: the shipped model files, with their test numbers and checksums, and
+    the tested runs that have none yet."""
     lines = [MODELS_HEADER.rstrip(), "",
              "| file | method | benchmark | shots | test acc % | ECE / NLL -> after T | "
              "size | SHA-256 |", "|---|---|---|---|---|---|---|---|"]
@@ -209,6 +219,11 @@ def models_page(rows: list[dict]) -> str:
             f"{args['n_shot']} | {accuracy_text(test).split(' (')[0]} | "
             f"{calibration_text(test)} | {path.stat().st_size / 2 ** 20:.2f} MiB | "
             f"`{hashlib.sha256(path.read_bytes()).hexdigest()}` |")
+    missing = [f"`{row['name']}`" for row in rows
+               if row["test"] and not model_file(row["name"]).exists()]
+    if missing:
+        lines += ["", f"Tested in RESULTS.md but without a model file here ({len(missing)}): "
+                  + ", ".join(missing) + f"; {NOT_SHIPPED}."]
     return "\n".join(lines) + "\n"
 
 

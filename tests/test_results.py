@@ -69,6 +69,15 @@ def test_run_resume_and_report_from_records(tiny, tmp_path, monkeypatch):
     line = next(line for line in page.splitlines() if "tiny.safetensors" in line)
     assert hashlib.sha256(model.read_bytes()).hexdigest() in line
     assert f"**{test['acc_mean']:.2f} +-" in line and "| maml | cross_char | 1 |" in line
+    # A tested run without its model file (tested before results.run wrote them) says so, in
+    # its details and on the models page, instead of passing over it.
+    model.rename(tmp_path / "tiny.safetensors")
+    assert "  model: not shipped: " in report.build()
+    assert "`python -m results.run tiny` trains it again" in report.build()
+    page = report.models_page([report.summarise("tiny")])
+    assert "tiny.safetensors" not in page
+    assert "without a model file here (1): `tiny`; not shipped: " in page
+    (tmp_path / "tiny.safetensors").rename(model)
 
     # A run of another table that names this one for comparison: its table shows both rows,
     # the compared one first, and says it is repeated.
