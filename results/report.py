@@ -223,7 +223,9 @@ def models_page(rows: list[dict]) -> str:
                if row["test"] and not model_file(row["name"]).exists()]
     if missing:
         lines += ["", f"Tested in RESULTS.md but without a model file here ({len(missing)}): "
-                  + ", ".join(missing) + f"; {NOT_SHIPPED}."]
+                  + ", ".join(missing) + ". They were tested before results.run wrote model "
+                  "files, and their checkpoints stayed on the machines that trained them; "
+                  "`python -m results.run NAME` trains one again."]
     return "\n".join(lines) + "\n"
 
 

@@ -76,7 +76,7 @@ def test_run_resume_and_report_from_records(tiny, tmp_path, monkeypatch):
     assert "`python -m results.run tiny` trains it again" in report.build()
     page = report.models_page([report.summarise("tiny")])
     assert "tiny.safetensors" not in page
-    assert "without a model file here (1): `tiny`; not shipped: " in page
+    assert "without a model file here (1): `tiny`. They were tested before " in page
     (tmp_path / "tiny.safetensors").rename(model)
 
     # A run of another table that names this one for comparison: its table shows both rows,
