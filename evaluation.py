@@ -60,6 +60,8 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
     ignored = options_ignored_by(state["config"]["method"])
     config.adopt_saved(opts, state["config"], given, str(path), state["former_names"], ignored)
     config.note_ignored(opts, given, ignored, world.say)
+    if "test_n_way" not in given:  # a model tests on the classes per episode it learnt
+        opts.test_n_way = opts.train_n_way
     opts = config.resolve(opts, "test")
     if opts.adaptation:
         METHODS[opts.method].adapt_more_at_test(opts, config.adaptation_steps(opts))

@@ -118,6 +118,9 @@ def test_bad_model_files_are_one_line(data_dir, tiny_model, tmp_path, capsys):
     assert_one_line_error(code, err, "give one of them")
     code, _, err = run(TEST, ["--checkpoint", tiny_model, "--method", "hyper_maml", *base], capsys)
     assert_one_line_error(code, err, "holds a maml model, not hyper_maml")
+    # The way count comes from the file unless given; given, it must be the model's.
+    code, _, err = run(TEST, ["--checkpoint", tiny_model, "--test_n_way", "20", *base], capsys)
+    assert_one_line_error(code, err, "--test_n_way 20 differs from the 5 classes")
     from safetensors.torch import save_file
     save_file({"w": torch.zeros(2)}, tmp_path / "other.safetensors")
     code, _, err = run(TEST, ["--checkpoint", tmp_path / "other.safetensors", *base], capsys)
