@@ -250,7 +250,8 @@ class Options:
     checkpoint: Optional[str] = _opt(None, "test this file instead of a run folder's "
                                      "checkpoint: a model file (models/*.safetensors) or any "
                                      "run checkpoint (.tar); every model option, --dataset and "
-                                     "--method included, comes from it", "test")
+                                     "--method included, comes from it, and --test_n_way "
+                                     "too unless given", "test")
     repeat: int = _opt(5, "test repeats, with seeds seed .. seed+repeat-1", "eval")
     adaptation: bool = _opt(False, "adapt more at test time, --hn_val_epochs steps (-1: 100): "
                             "MAML's inner steps; the hypernetwork methods fine-tune on the "

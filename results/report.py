@@ -163,7 +163,8 @@ def details(row: dict) -> list[str]:
         lines.append(f"  model: [{shipped}]({shipped}) (`python test.py --checkpoint "
                      f"{shipped}{seed}`)")
     elif row["test"]:
-        lines.append(f"  model: {NOT_SHIPPED.replace('NAME', row['name'])}")
+        lines.append(f"  model: not shipped: {NOT_SHIPPED}; `python -m results.run "
+                     f"{row['name']}` trains it again (its records keep both runs)")
     figure = os.path.relpath(FIGURES / f"{row['name']}_curves.png", REPO)
     lines.append(f"  curves: [{figure}]({figure})")
     if row["test"] and row["test"].get("reliability_diagram"):
@@ -197,9 +198,8 @@ ECE / NLL before -> after temperature scaling.
 
 # A tested run without a model file: results.run writes one when it tests a run, so the run
 # was tested before it did, and its checkpoints stayed on the machine that trained it.
-NOT_SHIPPED = ("not shipped: tested before results.run wrote model files, and its "
-               "checkpoints stayed on the machine that trained it; `python -m results.run "
-               "NAME` trains it again (its records keep both runs)")
+NOT_SHIPPED = ("tested before results.run wrote model files, and its checkpoints stayed on "
+               "the machine that trained it")
 
 
 def models_page(rows: list[dict]) -> str:
@@ -223,8 +223,7 @@ def models_page(rows: list[dict]) -> str:
                if row["test"] and not model_file(row["name"]).exists()]
     if missing:
         lines += ["", f"Tested in RESULTS.md but without a model file here ({len(missing)}): "
-                  + ", ".join(missing) + ". They were tested before results.run wrote model "
-                  "files, and their checkpoints stayed on the machines that trained them; "
+                  + ", ".join(missing) + f". Each was {NOT_SHIPPED}; "
                   "`python -m results.run NAME` trains one again."]
     return "\n".join(lines) + "\n"
 

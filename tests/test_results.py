@@ -72,11 +72,12 @@ def test_run_resume_and_report_from_records(tiny, tmp_path, monkeypatch):
     # A tested run without its model file (tested before results.run wrote them) says so, in
     # its details and on the models page, instead of passing over it.
     model.rename(tmp_path / "tiny.safetensors")
-    assert "  model: not shipped: " in report.build()
-    assert "`python -m results.run tiny` trains it again" in report.build()
+    built = report.build()
+    assert "  model: not shipped: tested before " in built
+    assert "`python -m results.run tiny` trains it again" in built
     page = report.models_page([report.summarise("tiny")])
     assert "tiny.safetensors" not in page
-    assert "without a model file here (1): `tiny`. They were tested before " in page
+    assert "without a model file here (1): `tiny`. Each was tested before " in page
     (tmp_path / "tiny.safetensors").rename(model)
 
     # A run of another table that names this one for comparison: its table shows both rows,
