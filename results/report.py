@@ -157,11 +157,16 @@ def details(row: dict) -> list[str]:
     if model_file(row["name"]).exists():
         shipped = os.path.relpath(model_file(row["name"]), REPO)
         # The recorded test's episodes follow its seeds: a run trained with --seed N was
-        # tested with it (seeds N .. N+4), so its model repeats that test with --seed N.
-        first_seed = row["test"]["seeds"][0] if row["test"] else 0
-        seed = f" --seed {first_seed}" if first_seed else ""
+        # tested with it (seeds N .. N+4), so its model repeats that test with --seed N. The
+        # arithmetic is the tester's choice, not the model's (test.py keeps its own), so a
+        # run tested in bf16 names it for its model to repeat that test.
+        test = row["test"] or {}
+        first_seed = test.get("seeds", [0])[0]
+        options = f" --seed {first_seed}" if first_seed else ""
+        precision = test.get("config", {}).get("precision", "fp32")
+        options += f" --precision {precision}" if precision != "fp32" else ""
         lines.append(f"  model: [{shipped}]({shipped}) (`python test.py --checkpoint "
-                     f"{shipped}{seed}`)")
+                     f"{shipped}{options}`)")
     elif row["test"]:
         lines.append(f"  model: not shipped: {NOT_SHIPPED}; `python -m results.run "
                      f"{row['name']}` trains it again (its records keep both runs)")
@@ -188,7 +193,8 @@ option comes from the file); classify your own images with `python predict.py
 models/NAME.safetensors SUPPORT_DIR QUERY...`. `tests/test_models.py` checks that each file
 reproduces, episode by episode, the test recorded for its run. A run trained with `--seed N`
 was tested with it (test seeds N to N+4): add `--seed N` to repeat its test, as its line in
-RESULTS.md says.
+RESULTS.md says; a run tested in bf16 likewise needs `--precision bf16` (the arithmetic is the
+tester's choice, fp32 unless given, not the model's).
 
 Accuracy: the recorded test (5 x 600 novel episodes, mean +- 95% interval over the repeats);
 ECE / NLL before -> after temperature scaling.
