@@ -32,7 +32,7 @@ from data.benchmarks import Benchmark, find
 from data.episodes import Episode, Normaliser
 from data.store import ImageForm, decode
 from errors import UserError, run_cli
-from methods import METHODS, build_method
+from methods import METHODS, build_method, choose_precision
 
 EXPECTS = """
 What the images should be: anything PIL reads, any size, colour or grayscale. Each is turned
@@ -127,12 +127,15 @@ def read_support(files: dict[str, list[Path]], read: ImageReader) -> SupportSet:
     return SupportSet(names, np.stack([np.stack(images[n]) for n in names]))
 
 
-def load_model(path: Path, device: torch.device, shots: int):
+def load_model(path: Path, device: torch.device, shots: int, precision: str):
     """The trained model in ``path`` (test-time behaviour) and its options, built for a
-    support set of ``shots`` images per class."""
+    support set of ``shots`` images per class, computing in ``precision`` (the caller's
+    choice, as in test.py, not the arithmetic the model was trained in)."""
     state = io_utils.load_checkpoint(path, None)
     known = {f.name for f in dataclasses.fields(config.Options)}
     opts = config.Options(**{k: v for k, v in state["config"].items() if k in known})
+    opts.precision = precision
+    choose_precision(opts, device)
     fixed = METHODS[opts.method].fixed_shots(opts)
     if fixed is not None and shots != fixed:
         raise UserError(f"{path} holds a {opts.train_n_way}-way {opts.n_shot}-shot {opts.method} "
@@ -176,7 +179,7 @@ def predict(args) -> int:
     device = io_utils.resolve_device(args.device)
     files = support_files(args.support)
     n_way, shots = len(files), len(next(iter(files.values())))
-    model, opts = load_model(args.model, device, shots)
+    model, opts = load_model(args.model, device, shots, args.precision)
     if n_way != opts.train_n_way:
         raise UserError(f"{args.model} holds a {opts.train_n_way}-way model; the support set "
                         f"{args.support} has {n_way} classes")
@@ -238,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled classifiers")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="where to compute: auto picks cuda, then mps, then cpu")
+    precision = next(f for f in dataclasses.fields(config.Options) if f.name == "precision")
+    parser.add_argument("--precision", default=precision.default,
+                        help=f"{precision.metadata['help']} (default {precision.default}, "
+                        "whatever the model was trained in, as in test.py)",
+                        **precision.metadata["argparse"])
     return parser
 
 

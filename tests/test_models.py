@@ -230,6 +230,24 @@ def test_predict_on_emnist_matches_the_test_accuracy(model, data_dir, tmp_path, 
         assert {renamed[c]: p for c, p in b["probabilities"].items()} == a["probabilities"]
 
 
+def test_predict_computes_in_fp32_unless_told_whatever_the_model_was_trained_in(
+        data_dir, tmp_path, capsys):
+    """As test.py, predict.py keeps its own arithmetic: a model trained in bf16 predicts in
+    fp32 by default (what --precision fp32 gives), and --precision bf16 is honoured (bf16
+    rounding moves the probabilities)."""
+    model = MODELS / "hyper_maml_cross_char_1shot_128_bf16.safetensors"
+    if not model.exists():
+        pytest.skip(f"{model.name} is not shipped yet")
+    from safetensors import safe_open
+    with safe_open(str(model), framework="pt") as f:
+        assert json.loads(f.metadata()["config"])["precision"] == "bf16"
+    emnist_task(data_dir, tmp_path, np.random.default_rng(7))
+    default = predictions(tmp_path, model, capsys)
+    assert predictions(tmp_path, model, capsys, "--precision", "fp32") == default
+    bf16 = predictions(tmp_path, model, capsys, "--precision", "bf16")
+    assert [g["probabilities"] for g in bf16] != [g["probabilities"] for g in default]
+
+
 def test_predict_reads_images_as_the_training_data(data_dir, tmp_path):
     """A prepared EMNIST image gives predict.py the pixels episodes are built from; the same
     image as light strokes on dark, resized and in colour, comes back to them (to rounding)."""
