@@ -22,7 +22,7 @@ import io_utils
 import plots
 from data.episodes import TEST_QUERY
 from errors import UserError
-from methods import METHODS, build_method, choose_precision, options_ignored_by
+from methods import METHODS, bf16_kernels, build_method, choose_precision, options_ignored_by
 
 
 def evaluate_episodes(opts, model, sampler, desc: str, world: distributed.World):
@@ -164,5 +164,7 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
                    "n_episode": opts.n_episode, "seeds": [e["seed"] for e in repeats],
                    "repeats": repeats, "repeat_acc": means, "acc_mean": overall,
                    "acc_std": spread, "config": opts.to_dict()})
+    if opts.precision == "bf16":  # what the counts depend on beyond the options
+        record["bf16_kernels"] = bf16_kernels(device)
     io_utils.append_result(record_dir, line, record)
     return 0

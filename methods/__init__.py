@@ -56,6 +56,21 @@ def choose_precision(opts, device) -> str:
     return opts.precision
 
 
+def bf16_kernels(device) -> str:
+    """Which bf16 arithmetic ``device`` runs. On a CPU it follows the instructions it has (AMX
+    tiles, AVX512-BF16, or neither, where bf16 is converted to float32 and back), and each
+    rounds differently: a bf16 test repeats a record query for query only on the same kind."""
+    kind = getattr(device, "type", str(device))
+    if kind != "cpu":
+        return kind
+    has = lambda name: getattr(torch.cpu, name, lambda: False)()  # noqa: E731 (private, 2.4+)
+    if has("_is_amx_tile_supported"):
+        return "amx"
+    if has("_is_avx512_bf16_supported"):
+        return "avx512_bf16"
+    return f"no bf16 units ({torch.backends.cpu.get_cpu_capability()})"
+
+
 def choose_engine(opts, device) -> str:
     """``--engine auto`` is batched on CUDA where the method has it (on a CPU the per-task
     loop is faster: the batch's activations leave the cache); an explicit choice must exist."""

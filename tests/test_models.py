@@ -3,6 +3,7 @@ every shipped model reproducing what its record (and so RESULTS.md) reports, and
 classifying real EMNIST images from a few examples."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -14,6 +15,8 @@ import torch
 from PIL import Image
 
 from conftest import REPO_ROOT
+from data.episodes import TEST_QUERY
+from methods import bf16_kernels
 from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, load_entry, run,
                               run_folder, tiny_run)  # noqa: F401
 
@@ -135,23 +138,65 @@ def test_bad_model_files_are_one_line(data_dir, tiny_model, tmp_path, capsys):
 
 
 # --- the shipped models ------------------------------------------------------------------------
+@contextlib.contextmanager
+def threads_of_record(experiment: str):
+    """torch's thread count set, for the block, to the one the record was tested with
+    (results.run's --threads, in its test segment): float32 sums, too, are split and so
+    rounded by thread, so a test repeats its record query for query only with the same count."""
+    segments = [json.loads(line) for line in
+                (REPO_ROOT / "results" / "runs" / experiment / "segments.jsonl").open()]
+    tested = [s["threads"] for s in segments if s.get("kind") == "test" and "threads" in s][-1]
+    before = torch.get_num_threads()
+    torch.set_num_threads(tested)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def differing_episodes(mine: list[list[int]], recorded: list[list[int]]) -> list[int]:
+    """Correct queries of each episode whose count differs, minus the recorded count."""
+    assert [len(r) for r in mine] == [len(r) for r in recorded]
+    return [m - r for mine_r, rec_r in zip(mine, recorded) for m, r in zip(mine_r, rec_r)
+            if m != r]
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_model_reproduces_its_record(path, data_dir, tmp_path, capsys):
     """RESULTS.md's command for the model, on the first 10 episodes of each of the 5 repeats,
     gives episode by episode the correct counts recorded when the run was tested (a run
-    trained with --seed 1 was tested on seeds 1-5, and its command says --seed 1)."""
+    trained with --seed 1 was tested on seeds 1-5, and its command says --seed 1).
+
+    Exactly, with the record's thread count, except for a run tested in bf16 on a CPU whose bf16
+    arithmetic is another than the record's (records from before test.py named it, the two
+    bf16 rows, count as another): each kind (AMX, AVX512-BF16, conversion to float32) rounds
+    differently, and borderline queries flip. Measured with 1 thread on an AVX512-BF16 CPU
+    against records made with AMX: 1 and 8 of the 50 episodes differed, by 1 or 2 queries of
+    75, the total by 1 and 3. There each episode must be within 3 queries and the total within
+    0.5% of the queries; a wrong model, seed or image form changes far more."""
     record = records(path.stem)
     recorded = [r["episode_correct"][:10] for r in record["repeats"]]
     documented = re.search(rf"`python test.py --checkpoint models/{re.escape(path.name)}([^`]*)`",
                            (REPO_ROOT / "RESULTS.md").read_text())
     assert documented, f"RESULTS.md gives no test command for {path.name}"
-    code, _, err = run(TEST, ["--checkpoint", path, *documented.group(1).split(),
-                              "--data_dir", data_dir, "--n_episode", "10", "--device", "cpu",
-                              "--record_dir", tmp_path], capsys)
+    with threads_of_record(path.stem):
+        code, _, err = run(TEST, ["--checkpoint", path, *documented.group(1).split(),
+                                  "--data_dir", data_dir, "--n_episode", "10", "--device", "cpu",
+                                  "--record_dir", tmp_path], capsys)
     assert code == 0, err
     mine = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[-1])
     assert mine["seeds"] == record["seeds"]
-    assert episode_counts(tmp_path) == recorded
+    assert mine["config"]["precision"] == record["config"]["precision"]
+    counts = episode_counts(tmp_path)
+    if record["config"]["precision"] == "bf16":
+        assert mine["bf16_kernels"] == bf16_kernels(torch.device("cpu"))
+    if record.get("bf16_kernels") == mine.get("bf16_kernels"):
+        assert counts == recorded
+    else:
+        differing = differing_episodes(counts, recorded)
+        queries = record["n_way"] * TEST_QUERY * sum(map(len, counts))
+        assert max(map(abs, differing), default=0) <= 3, differing
+        assert abs(sum(differing)) <= 0.005 * queries, differing
     assert path.stat().st_size <= 4 * 2 ** 20
 
 
@@ -161,8 +206,9 @@ def test_published_hypermaml_model_gives_the_reported_mean(data_dir, tmp_path, c
     if not PUBLISHED.exists():
         pytest.skip(f"{PUBLISHED.name} is not shipped yet (its run is being redone)")
     reported = records(PUBLISHED.stem)
-    code, _, err = run(TEST, ["--checkpoint", PUBLISHED, "--data_dir", data_dir,
-                              "--device", "cpu", "--record_dir", tmp_path], capsys)
+    with threads_of_record(PUBLISHED.stem):
+        code, _, err = run(TEST, ["--checkpoint", PUBLISHED, "--data_dir", data_dir,
+                                  "--device", "cpu", "--record_dir", tmp_path], capsys)
     assert code == 0, err
     mine = json.loads((tmp_path / "results.jsonl").read_text())
     assert f"{mine['acc_mean']:.2f}" == f"{reported['acc_mean']:.2f}"

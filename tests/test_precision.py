@@ -3,6 +3,7 @@ weights and gradients; a run keeps its precision when resumed; TF32 is refused o
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import config
 import data
 from conftest import TEST_DEVICE
 from data.episodes import TRAIN_QUERY
-from methods import METHODS, build_method
+from methods import METHODS, bf16_kernels, build_method
 from test_entrypoints import TINY, TRAIN, assert_one_line_error, run
 
 PUBLISHED_HYPERNET = ["--hn_head_len", "3", "--hn_hidden_size", "512", "--hm_enhance_embeddings",
@@ -68,3 +69,22 @@ def test_tf32_is_for_cuda(tmp_path, capsys):
                                       "--save_dir", tmp_path, "--data_dir", tmp_path / "no",
                                       "--no_download"], capsys)
     assert_one_line_error(code, err, "tf32 is a CUDA GPU format")
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="reads the kernel's CPU flags")
+def test_bf16_kernels_name_the_cpus_bf16_instructions():
+    """What a bf16 test record says it ran on agrees with the flags the kernel reports: AMX
+    tiles first, then AVX512-BF16, else neither (and a GPU is named by its type)."""
+    flags = set()
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    expected = ("amx" if "amx_tile" in flags else
+                "avx512_bf16" if "avx512_bf16" in flags else None)
+    named = bf16_kernels(torch.device("cpu"))
+    if expected is None:
+        assert named.startswith("no bf16 units")
+    else:
+        assert named == expected
+    assert bf16_kernels(torch.device("cuda")) == "cuda"
