@@ -194,10 +194,10 @@ models/NAME.safetensors SUPPORT_DIR QUERY...`. `tests/test_models.py` checks tha
 reproduces, episode by episode, the test recorded for its run (with the torch thread count
 that test ran with). A run trained with `--seed N` was tested with it (test seeds N to N+4):
 add `--seed N` to repeat its test, as its line in RESULTS.md says; a run tested in bf16
-likewise needs `--precision bf16` (the arithmetic is the tester's choice, fp32 unless given, not the
-model's). A bf16 test repeats its record query for query only on a CPU with the same bf16
-instructions (AMX, AVX512-BF16, or neither); on another kind a few borderline queries differ,
-by a query or two per episode.
+likewise needs `--precision bf16` (the arithmetic is the tester's choice, fp32 unless given,
+not the model's). A bf16 test repeats its record query for query only on a CPU with the same
+bf16 instructions (AMX, AVX512-BF16, or neither); on another kind a few borderline queries
+differ, by a query or two per episode.
 
 Accuracy: the recorded test (5 x 600 novel episodes, mean +- 95% interval over the repeats);
 ECE / NLL before -> after temperature scaling.

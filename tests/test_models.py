@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import REPO_ROOT
 from data.episodes import TEST_QUERY
 from methods import bf16_kernels
+from results.report import read_jsonl
 from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, load_entry, run,
                               run_folder, tiny_run)  # noqa: F401
 
@@ -143,8 +144,7 @@ def threads_of_record(experiment: str):
     """torch's thread count set, for the block, to the one the record was tested with
     (results.run's --threads, in its test segment): float32 sums, too, are split and so
     rounded by thread, so a test repeats its record query for query only with the same count."""
-    segments = [json.loads(line) for line in
-                (REPO_ROOT / "results" / "runs" / experiment / "segments.jsonl").open()]
+    segments = read_jsonl(REPO_ROOT / "results" / "runs" / experiment / "segments.jsonl")
     tested = [s["threads"] for s in segments if s.get("kind") == "test" and "threads" in s][-1]
     before = torch.get_num_threads()
     torch.set_num_threads(tested)
