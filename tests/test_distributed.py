@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -151,24 +150,23 @@ def test_more_processes_than_tasks_is_refused(data_dir, tmp_path):
     assert not run_folder(tmp_path, "maml").exists()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_ranks(argv: list) -> list[subprocess.Popen]:
+def start_ranks(argv: list) -> tuple[torch.distributed.TCPStore, list[subprocess.Popen]]:
     """Two ranks started by hand with the environment torchrun would give them (so that no
-    launcher stops the survivor for us)."""
-    port = str(free_port())
+    launcher stops the survivor for us).
+
+    As under torchrun, the rendezvous store is held outside the ranks, here by this process
+    on a port the system picks: a port found free and handed to rank 0 to open later could
+    be taken meanwhile by another test's processes (pytest-xdist runs them side by side)."""
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     ranks = []
     for rank in range(2):
         env = {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(store.port), "TORCHELASTIC_USE_AGENT_STORE": "True"}
         ranks.append(subprocess.Popen([sys.executable, "train.py"] + [str(a) for a in argv],
                                       cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
-    return ranks
+    return store, ranks
 
 
 def wait_for_training(rank0: subprocess.Popen) -> None:
@@ -186,7 +184,7 @@ def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(failure, data_di
     the wait. Either way rank 0 exits with one line instead of waiting forever."""
     argv = options("maml", data_dir, tmp_path) + ["--n_task", "2", "--n_episode", "2",
                                                   "--stop_epoch", "1000", "--dist_timeout", "15"]
-    rank0, rank1 = start_ranks(argv)
+    store, (rank0, rank1) = start_ranks(argv)  # the store lives until the test returns
     try:
         wait_for_training(rank0)
         stopped = time.time()
