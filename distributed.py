@@ -73,6 +73,13 @@ class World:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
+        # Before the group exists: torch.distributed.nn's functions take ``group.WORLD`` as a
+        # default argument, so imported after (torch._dynamo imports it, and the first
+        # optimizer imports torch._dynamo) they would keep the group alive past
+        # destroy_process_group. Its gloo threads would then outlive the interpreter, and one
+        # releasing a finished collective's tensors during the exit aborts the rank (SIGABRT,
+        # 6 of about 125 runs of bench/throughput.py --processes 2 here; a core dump showed it).
+        import torch.distributed.nn  # noqa: F401
         try:
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
         except (RuntimeError, ValueError) as exc:

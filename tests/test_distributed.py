@@ -206,6 +206,41 @@ def test_a_dead_or_hung_rank_stops_the_other_with_a_clear_error(failure, data_di
     assert state["world_size"] == 2
 
 
+# A rank's life as train.py leads it, then the threads left in the process.
+RANK_LIFE = """
+import argparse, os, sys
+sys.path.insert(0, os.getcwd())
+import torch
+import distributed
+from methods.meta_template import TaskResult
+
+def body(device, world):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(model.parameters())  # imports torch._dynamo, as train.py's
+    sums = [torch.zeros(3, dtype=torch.float64)]
+    world.sum_meta_gradient(sums, [True], [TaskResult(1.0, 1, 2)], 2)
+    optimizer.step()
+
+distributed.run_in_world(argparse.Namespace(device="cpu", dist_timeout=60.0), body)
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("threads left:", sorted(n for n in names if "gloo" in n))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc")
+def test_leaving_the_world_ends_gloos_threads(tmp_path):
+    """After run_in_world no gloo thread is left to run into the interpreter's exit: one that
+    released a collective's tensors during it aborted the rank (SIGABRT) about one run in
+    twenty. The group outlived destroy_process_group when torch.distributed.nn (which keeps
+    ``group.WORLD`` as default arguments) was first imported after the group existed."""
+    script = tmp_path / "rank_life.py"
+    script.write_text(RANK_LIFE)
+    done = launch(str(script), [], 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    left = [line for line in done.stdout.splitlines() if line.startswith("threads left:")]
+    assert left == ["threads left: []"] * 2, done.stdout
+
+
 def test_shares_partition_the_tasks_in_order():
     for count in (1, 4, 7, 32, 100):
         for size in range(1, min(count, 6) + 1):
