@@ -26,6 +26,7 @@ import argparse
 import itertools
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -37,6 +38,7 @@ sys.path.insert(0, str(REPO))
 
 import allocator  # noqa: E402
 import io_utils  # noqa: E402
+from errors import run_cli  # noqa: E402
 
 HYPERNET = ["--hn_head_len", "3", "--hn_hidden_size", "512", "--hm_enhance_embeddings", "True",
             "--hm_use_class_batch_input", "--hm_maml_warmup", "--hm_maml_warmup_epochs", "50",
@@ -66,7 +68,6 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     import data
     import distributed
     import engine
-    import io_utils
     from data.episodes import TEST_QUERY, TRAIN_QUERY
     from methods import METHODS, build_method
 
@@ -82,85 +83,89 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
         argv += ["--n_task", str(n_task)]
     opts, _ = config.parse("train", list(METHODS), argv)
     opts = config.resolve(opts, "train")
-    device = io_utils.resolve_device(opts.device)
-    world = distributed.World.from_environment(device, opts.dist_timeout)
-    device = world.device(device)
-    quiet = lambda *_: None
-    with world.local_main_first():
-        root = data.prepared_data_dir(opts)
-        train = data.split_sampler(opts, root, "base", n_way, TRAIN_QUERY, 0, device, quiet)
-        val = data.split_sampler(opts, root, "val", n_way, TRAIN_QUERY, 0, device, quiet)
-        test = data.split_sampler(opts, root, "novel", n_way, TEST_QUERY, 0, device, quiet)
-    torch.manual_seed(0)
-    model = build_method(opts, device).to(device)
-    model.set_epoch(epoch, 2048)
-    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
+    # Joined and left as train.py's ranks do (run_in_world): one path, one place for its care.
+    def body(device: torch.device, world: distributed.World) -> dict | None:
+        quiet = lambda *_: None
+        with world.local_main_first():
+            root = data.prepared_data_dir(opts)
+            train = data.split_sampler(opts, root, "base", n_way, TRAIN_QUERY, 0, device, quiet)
+            val = data.split_sampler(opts, root, "val", n_way, TRAIN_QUERY, 0, device, quiet)
+            test = data.split_sampler(opts, root, "novel", n_way, TEST_QUERY, 0, device, quiet)
+        torch.manual_seed(0)
+        model = build_method(opts, device).to(device)
+        model.set_epoch(epoch, 2048)
+        optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
 
-    def timed(fn) -> float:
+        def timed(fn) -> float:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - start
+
+        def train_updates(count: int, first_epoch: int) -> None:
+            # n_episode = n_task: each engine epoch is exactly one meta-update.
+            for e in range(first_epoch, first_epoch + count):
+                for _ in engine.train_epoch(model, optimizer, train, e, opts.n_task, opts.n_task,
+                                            world):
+                    pass
+
+        def evaluate(sampler, n: int) -> None:
+            world.gather_results(list(engine.evaluate(model, sampler, n, opts.n_task, world)))
+
+        train_updates(1, 10_000)  # warm-up: allocator, caches, lazy initialisation
+        evaluate(val, 5)
         if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
+            torch.cuda.reset_peak_memory_stats()
+        sampling = timed(lambda: [train.episode(i) for i in range(200)])
+        train_rates, test_rates = {}, {}
+        variants = [(e, f, p) for e in engines for f in formats for p in precisions]
+        for name, layout, precision in variants:  # side by side in one process, same episodes
+            model.engine, model.precision = name, precision
+            model.to(memory_format=getattr(torch, layout.replace("contiguous",
+                                                                 "contiguous_format")))
+            train_updates(1, 30_000)  # warm-up of this variant
+            key = "/".join(v for v, choices in zip((name, layout, precision),
+                                                   (engines, formats, precisions))
+                           if len(choices) > 1 or v == name)
+            train_rates[key] = updates * opts.n_task / timed(lambda: train_updates(updates, 0))
+            test_rates[key] = eval_episodes / timed(lambda: evaluate(test, eval_episodes))
+        model.engine, model.precision = engines[0], precisions[0]
+        model.to(memory_format=getattr(torch, formats[0].replace("contiguous",
+                                                                 "contiguous_format")))
+        val_time = timed(lambda: evaluate(val, eval_episodes))
+        test_time = timed(lambda: evaluate(test, eval_episodes))
+        per_epoch = engine.updates_per_epoch(epoch_episodes, opts.n_task)
+        epoch_time = timed(lambda: (train_updates(per_epoch, 20_000),
+                                    evaluate(val, epoch_episodes)))
+        peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        if world.size > 1:  # the run's memory: all processes together
+            total = torch.tensor([float(peak)])
+            torch.distributed.all_reduce(total)
+            peak = total.item()
+        if not world.is_main:
+            return None
+        return {"method": method, "phase": phase, "n_shot": n_shot, "n_way": n_way,
+                "device": str(device),
+                "model": model_name, "dataset": dataset, "train_aug": train_aug,
+                "processes": world.size, "threads": torch.get_num_threads(), "n_task": opts.n_task,
+                "engine": engines[0], "memory_format": formats[0], "precision": precisions[0],
+                "train_tasks_per_s": train_rates[next(iter(train_rates))],
+                "train_tasks_per_s_by_variant": train_rates,
+                "test_tasks_per_s_by_variant": test_rates,
+                "val_tasks_per_s": eval_episodes / val_time,
+                "test_tasks_per_s": eval_episodes / test_time,
+                "epoch_s": epoch_time,
+                "episodes_per_epoch": per_epoch * opts.n_task + epoch_episodes,
+                "validation_episodes_per_epoch": epoch_episodes,
+                "sampling_episodes_per_s": 200 / sampling,
+                "peak_memory_mb": peak / 2**20,
+                "memory_kind": "cuda peak allocated" if device.type == "cuda" else "peak RSS"}
 
-    def train_updates(count: int, first_epoch: int) -> None:
-        # n_episode = n_task: each engine epoch is exactly one meta-update.
-        for e in range(first_epoch, first_epoch + count):
-            for _ in engine.train_epoch(model, optimizer, train, e, opts.n_task, opts.n_task,
-                                        world):
-                pass
-
-    def evaluate(sampler, n: int) -> None:
-        world.gather_results(list(engine.evaluate(model, sampler, n, opts.n_task, world)))
-
-    train_updates(1, 10_000)  # warm-up: allocator, caches, lazy initialisation
-    evaluate(val, 5)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    sampling = timed(lambda: [train.episode(i) for i in range(200)])
-    train_rates, test_rates = {}, {}
-    variants = [(e, f, p) for e in engines for f in formats for p in precisions]
-    for name, layout, precision in variants:  # side by side in one process, same episodes
-        model.engine, model.precision = name, precision
-        model.to(memory_format=getattr(torch, layout.replace("contiguous", "contiguous_format")))
-        train_updates(1, 30_000)  # warm-up of this variant
-        key = "/".join(v for v, choices in zip((name, layout, precision),
-                                               (engines, formats, precisions))
-                       if len(choices) > 1 or v == name)
-        train_rates[key] = updates * opts.n_task / timed(lambda: train_updates(updates, 0))
-        test_rates[key] = eval_episodes / timed(lambda: evaluate(test, eval_episodes))
-    model.engine, model.precision = engines[0], precisions[0]
-    model.to(memory_format=getattr(torch, formats[0].replace("contiguous", "contiguous_format")))
-    val_time = timed(lambda: evaluate(val, eval_episodes))
-    test_time = timed(lambda: evaluate(test, eval_episodes))
-    per_epoch = engine.updates_per_epoch(epoch_episodes, opts.n_task)
-    epoch_time = timed(lambda: (train_updates(per_epoch, 20_000), evaluate(val, epoch_episodes)))
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    if world.size > 1:  # the run's memory: all processes together
-        total = torch.tensor([float(peak)])
-        torch.distributed.all_reduce(total)
-        peak = total.item()
-    world.close()
-    if not world.is_main:
-        return None
-    return {"method": method, "phase": phase, "n_shot": n_shot, "n_way": n_way,
-            "device": str(device),
-            "model": model_name, "dataset": dataset, "train_aug": train_aug,
-            "processes": world.size, "threads": torch.get_num_threads(), "n_task": opts.n_task,
-            "engine": engines[0], "memory_format": formats[0], "precision": precisions[0],
-            "train_tasks_per_s": train_rates[next(iter(train_rates))],
-            "train_tasks_per_s_by_variant": train_rates,
-            "test_tasks_per_s_by_variant": test_rates,
-            "val_tasks_per_s": eval_episodes / val_time,
-            "test_tasks_per_s": eval_episodes / test_time,
-            "epoch_s": epoch_time, "episodes_per_epoch": per_epoch * opts.n_task + epoch_episodes,
-            "validation_episodes_per_epoch": epoch_episodes,
-            "sampling_episodes_per_s": 200 / sampling,
-            "peak_memory_mb": peak / 2**20,
-            "memory_kind": "cuda peak allocated" if device.type == "cuda" else "peak RSS"}
+    return distributed.run_in_world(opts, body)
 
 
 def default_memory_format(method: str, device_name: str) -> str:
@@ -188,6 +193,24 @@ def speedup_text(row: dict, base: dict) -> str:
             f"training {train:.2f}x, "
             f"test {row['test_tasks_per_s'] / base['test_tasks_per_s']:.2f}x, "
             f"epoch {base['epoch_s'] / row['epoch_s']:.2f}x shorter")
+
+
+def worker_failure(stderr: str) -> str:
+    """What a failed worker said, in a few lines: the end of the ranks' own output, and under
+    torchrun its summary's rank and exit-code lines (a rank killed for memory says nothing
+    itself; its exit code names the signal). torchrun's own traceback and log lines, which
+    end its stderr and say only that a rank failed, are left out."""
+    lines = stderr.rstrip().splitlines()
+    summary = next((i for i, line in enumerate(lines)
+                    if line.startswith("torch.distributed.elastic.multiprocessing.errors."
+                                       "ChildFailedError")), None)
+    if summary is None:  # one process, no launcher
+        return "\n".join(lines[-15:])
+    agent = max((i for i in range(summary) if lines[i].startswith("Traceback")), default=summary)
+    own = [line for line in lines[:agent] if not re.match(r"[DIWE]\d{4} \d", line)]
+    codes = [line.strip() for line in lines[summary:]
+             if line.strip().startswith(("rank ", "exitcode ", "traceback "))]
+    return "\n".join(own[-15:] + codes)
 
 
 def main() -> int:
@@ -299,7 +322,9 @@ def main() -> int:
                     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
                                           env=env)
                     if done.returncode:
-                        print(done.stderr.strip().splitlines()[-1], file=sys.stderr)
+                        print(f"{method} {phase} {shots}-shot, {processes} process(es): the "
+                              f"worker exited with {done.returncode}:\n"
+                              f"{worker_failure(done.stderr)}", file=sys.stderr)
                         return 1
                     row = json.loads(done.stdout.strip().splitlines()[-1])
                     rows.append(row)
@@ -325,4 +350,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))  # bad input, a worker's too: one line, not a traceback

@@ -16,7 +16,7 @@ def test_benchmark_smoke_run(data_dir, tmp_path):
          "--n_task", "4", "--epoch_episodes", "8",
          "--data_dir", str(data_dir), "--json", str(out)],
         capture_output=True, text=True, cwd=REPO_ROOT)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
     rows = json.loads(out.read_text())
     assert [(r["method"], r["phase"], r["processes"]) for r in rows] == [("maml", "-", 1),
                                                                         ("maml", "-", 2)]
@@ -27,6 +27,26 @@ def test_benchmark_smoke_run(data_dir, tmp_path):
     assert "train t/s" in done.stdout and "peak RSS" in done.stdout
     assert "4 tasks per meta-update; epoch = 8 training + 8 validation episodes" in done.stdout
     assert "vs 1 process(es), keep malloc: training" in done.stdout
+
+
+def test_a_failed_worker_is_reported_with_what_its_ranks_said(tmp_path):
+    """Under torchrun a failed rank's own message, not torchrun's summary banner (the only
+    line this script used to print), and the summary's exit codes."""
+    import os
+    empty = tmp_path / "no_raw_files"
+    empty.mkdir()
+    env = {**os.environ, "FSL_DATA_SOURCE": str(empty)}  # nothing to prepare the data from
+    done = subprocess.run(
+        [sys.executable, "bench/throughput.py", "--method", "maml", "--n_shot", "1",
+         "--device", "cpu", "--processes", "2", "--n_task", "4",
+         "--data_dir", str(tmp_path / "unprepared")],
+        capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[0] == "maml - 1-shot, 2 process(es): the worker exited with 1:", done.stderr
+    assert f"error: the offline copy {empty}/omniglot is not a folder" in done.stderr
+    assert any(line.startswith("exitcode  : 1 ") for line in lines), done.stderr
+    assert "ChildFailedError" not in done.stderr and "=====" not in done.stderr
 
 
 def test_a_method_without_a_benchmark_configuration_is_refused():
