@@ -16,7 +16,7 @@ from pathlib import Path
 from data.augment import stored_size
 from errors import UserError
 
-# What python -m data.folder writes into a folder of your own images (see data/folder.py).
+# What python -m data.folder writes into a benchmark folder of its own (see data/folder.py).
 OWN_DESCRIPTION = "benchmark.json"
 
 
@@ -70,21 +70,26 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 
 def find(dataset: str) -> Benchmark:
-    """The benchmark ``--dataset`` names: a built-in one, or a folder of your own images
-    made into a benchmark by ``python -m data.folder``."""
+    """The benchmark ``--dataset`` names: a built-in one, or a benchmark folder written by
+    ``python -m data.folder`` (of your own images, or a cross-domain pair)."""
     if dataset in BENCHMARKS:
         return BENCHMARKS[dataset]
     folder = Path(dataset).expanduser().resolve()
     try:
         described = json.loads((folder / OWN_DESCRIPTION).read_text())
-        return Benchmark({split: (str(folder), split) for split in ("base", "val", "novel")},
-                         int(described["image_size"]), bool(described["colour"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        if "splits" in described:  # a cross-domain pair: splits in other benchmark folders
+            splits = {split: (str(Path(described["splits"][split][0])),
+                              str(described["splits"][split][1]))
+                      for split in ("base", "val", "novel")}
+        else:
+            splits = {split: (str(folder), split) for split in ("base", "val", "novel")}
+        return Benchmark(splits, int(described["image_size"]), bool(described["colour"]))
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
         close = difflib.get_close_matches(dataset, list(BENCHMARKS), n=1)
         hint = f"did you mean {close[0]}? " if close else ""
         raise UserError(f"--dataset {dataset}: neither one of {', '.join(BENCHMARKS)} nor a "
-                        f"folder made into a benchmark by python -m data.folder ({hint}a "
-                        f"folder needs its {OWN_DESCRIPTION})") from None
+                        f"benchmark folder written by python -m data.folder ({hint}a "
+                        f"benchmark folder holds its {OWN_DESCRIPTION})") from None
 
 
 def folder_name(dataset: str) -> str:

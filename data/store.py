@@ -105,10 +105,11 @@ class ImageStore:
              verbose: bool = True) -> "ImageStore":
         """Load the cached store of ``folder``, building (or rebuilding) it if stale."""
         folder = Path(folder)
+        root = images_root(folder)
         filelists = [f for f in sorted(folder.glob("*.json")) if f.name != OWN_DESCRIPTION]
         paths = sorted({name for filelist in filelists
                         for name in read_filelist(filelist)["image_names"]})
-        fingerprint = _fingerprint(folder, paths)
+        fingerprint = _fingerprint(root, paths)
         cache = folder / form.cache_name
         if cache.exists():
             try:
@@ -118,10 +119,20 @@ class ImageStore:
             except Exception:  # an unreadable cache is simply rebuilt
                 pass
         if verbose:
-            print(f"Decoding {len(paths):,} images of {folder} into {cache.name} (once) ...",
+            print(f"Decoding {len(paths):,} images of {root} into {cache} (once) ...",
                   flush=True)
-        images = torch.from_numpy(_decode_all([folder / p for p in paths], form))
+        images, _ = decode_all([root / p for p in paths], form)
+        return cls.save(folder, paths, torch.from_numpy(images), form, fingerprint)
+
+    @classmethod
+    def save(cls, folder: Path, paths: list[str], images: torch.Tensor, form: ImageForm,
+             fingerprint: str | None = None) -> "ImageStore":
+        """Cache ``images`` (decoded from ``paths``, relative to the folder's image root) as
+        the store of ``folder``: later runs load it instead of decoding."""
+        if fingerprint is None:
+            fingerprint = _fingerprint(images_root(folder), paths)
         stored = {"fingerprint": fingerprint, "paths": paths, "images": images}
+        cache = folder / form.cache_name
         try:
             io_utils.write_file(cache, lambda f: torch.save(stored, f))
         except io_utils.WriteError as exc:  # a read-only or full data folder: decode each time
@@ -130,30 +141,62 @@ class ImageStore:
         return cls(folder, paths, images)
 
 
-def _fingerprint(folder: Path, paths: list[str]) -> str:
+def images_root(folder: Path) -> Path:
+    """Where the filelists' image paths of ``folder`` start: the folder itself for a
+    prepared dataset, or the image folder its ``benchmark.json`` names (python -m data.folder
+    writes a benchmark beside the images, never into their folder)."""
+    try:
+        described = json.loads((Path(folder) / OWN_DESCRIPTION).read_text())
+    except (OSError, ValueError):
+        return Path(folder)
+    images = described.get("images") if isinstance(described, dict) else None
+    return Path(images) if isinstance(images, str) else Path(folder)
+
+
+def _fingerprint(root: Path, paths: list[str]) -> str:
     digest = hashlib.sha256(f"v{STORE_VERSION}".encode())
     for p in paths:
         try:
-            st = (folder / p).stat()
+            st = (root / p).stat()
         except OSError:
-            raise UserError(f"image {folder / p} listed in the filelists is missing; "
+            raise UserError(f"image {root / p} listed in the filelists is missing; "
                             "prepare the data again") from None
         digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
-def _decode_all(paths: list[Path], form: ImageForm) -> np.ndarray:
-    out = np.empty((len(paths), *form.shape), dtype=np.uint8)
+def decode_all(paths: list[Path], form: ImageForm, strict: bool = True
+               ) -> tuple[np.ndarray, list[int]]:
+    """Every image of ``paths`` in its stored form, decoded by as many processes as there
+    are cores. ``strict``: a file that cannot be decoded is an error; otherwise its index is
+    returned among the unusable ones (its slot of the array stays zero)."""
+    out = np.zeros((len(paths), *form.shape), dtype=np.uint8)
+    unusable = []
     workers = min(os.cpu_count() or 1, 8)
+    decoder = partial(load_image if strict else _decode_or_none, form=form)
     if workers > 1 and len(paths) > 2000:
         with ProcessPoolExecutor(workers) as pool:
-            decoded = pool.map(partial(load_image, form=form), paths, chunksize=256)
+            decoded = pool.map(decoder, paths, chunksize=256)
             for i, image in enumerate(decoded):
-                out[i] = image
+                if image is None:
+                    unusable.append(i)
+                else:
+                    out[i] = image
     else:
         for i, path in enumerate(paths):
-            out[i] = load_image(path, form)
-    return out
+            image = decoder(path)
+            if image is None:
+                unusable.append(i)
+            else:
+                out[i] = image
+    return out, unusable
+
+
+def _decode_or_none(path: Path, form: ImageForm) -> np.ndarray | None:
+    try:
+        return decode(path, form)
+    except Exception:  # PIL raises many types for a file that is not an image
+        return None
 
 
 @dataclass

@@ -6,7 +6,9 @@ RESULTS.md from the records the runs leave in ``results/runs/NAME/``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 
 # The reference's published cross_char commands (its commands.sh), word for word
 # (../shared/reference/published-commands.txt).
@@ -48,6 +50,75 @@ SHORT_BAYES = ("--kl_scale 1e-24 --kl_stop_val 0.001 --hm_weight_set_num_train 5
                "--hm_weight_set_num_test 0")
 
 
+# The reference's published CUB commands (published-commands-images.txt), word for word but
+# for the dataset (CUB-100, below) and the schedule: HyperMAML's 1,000 x n_task 4 = 4,000
+# epochs take about 7.5 days on one CPU thread at 84 pixels, so the photograph rows run 24
+# epochs (0.6%), with the warm-up, the switch and the lr drop at the same places of the
+# cross_char short schedule (the 128-epoch rows): warm-up epochs 0-1, switch to epoch 8, lr
+# x 0.3 at epoch 18.
+PUBLISHED_CUB = {
+    ("hyper_maml", 1): "--method hyper_maml --model Conv4Pool --dataset CUB --num_classes 200 "
+    "--n_shot 1 --test_n_way 5 --train_n_way 5 --train_aug --stop_epoch 1000 --es_threshold 20 "
+    "--lr 1e-3 --lr_scheduler multisteplr --hm_maml_warmup --hm_maml_warmup_epochs 100 "
+    "--hm_maml_warmup_switch_epochs 1000 --milestones 101 1100 --hn_head_len 3 "
+    "--hn_hidden_size 256 --hm_enhance_embeddings True --hm_use_class_batch_input",
+    ("hyper_maml", 5): "--method hyper_maml --model Conv4Pool --dataset CUB --num_classes 200 "
+    "--n_shot 5 --test_n_way 5 --train_n_way 5 --train_aug --stop_epoch 1000 --es_threshold 20 "
+    "--lr 1e-3 --lr_scheduler multisteplr --hm_maml_warmup --hm_maml_warmup_epochs 100 "
+    "--hm_maml_warmup_switch_epochs 1000 --milestones 101 1100 --hn_head_len 3 "
+    "--hn_hidden_size 256 --hm_enhance_embeddings True --hm_use_class_batch_input "
+    "--hn_sup_aggregation mean",
+    ("bayes_hmaml", 1): "--hm_weight_set_num_test 0 --method bayes_hmaml --model Conv4Pool "
+    "--dataset CUB --num_classes 200 --n_shot 1 --test_n_way 5 --train_n_way 5 --train_aug "
+    "--stop_epoch 1000 --es_threshold 20 --lr 0.01 --lr_scheduler multisteplr --hm_maml_warmup "
+    "--hm_maml_warmup_epochs 100 --hm_maml_warmup_switch_epochs 1000 --milestones 101 1100 "
+    "--hn_head_len 3 --hn_hidden_size 256 --hm_enhance_embeddings True "
+    "--hm_use_class_batch_input --kl_scale 1e-24 --kl_stop_val 0.0001 "
+    "--hm_weight_set_num_train 5",
+    ("bayes_hmaml", 5): "--method bayes_hmaml --model Conv4Pool --dataset CUB --num_classes 200 "
+    "--n_shot 5 --test_n_way 5 --train_n_way 5 --train_aug --stop_epoch 1000 --es_threshold 20 "
+    "--lr 1e-3 --lr_scheduler multisteplr --hm_maml_warmup --hm_maml_warmup_epochs 100 "
+    "--hm_maml_warmup_switch_epochs 1000 --milestones 101 1100 --hn_head_len 3 "
+    "--hn_hidden_size 256 --hm_enhance_embeddings True --hm_use_class_batch_input "
+    "--hn_sup_aggregation mean --hm_weight_set_num_test 0 --hm_weight_set_num_train 5 "
+    "--kl_stop_val 1e-5",
+    # No MAML command is published for CUB: the reference's defaults (n_task 4, 5 inner
+    # steps of 0.01, lr 1e-3) with the published image commands' backbone and augmentation.
+    **{("maml", shots): f"--method maml --model Conv4Pool --dataset CUB --n_shot {shots} "
+       "--test_n_way 5 --train_n_way 5 --train_aug" for shots in (1, 5)},
+}
+PHOTO_SCHEDULE = {"--stop_epoch 1000": "--stop_epoch 6", "--hm_maml_warmup_epochs 100":
+                  "--hm_maml_warmup_epochs 2", "--hm_maml_warmup_switch_epochs 1000":
+                  "--hm_maml_warmup_switch_epochs 8", "--milestones 101 1100": "--milestones 18"}
+PHOTO_EPOCHS = 24
+PHOTO_GROUP = ("real photographs: CUB-100 (100 CUB-200-2011 species, split 50 / 25 / 25) and "
+               "Caltech-101 -> CUB-100, 84 pixels, 24 epochs")
+
+# Where the photograph folders come from (../shared/data, or $FSL_DATA_SOURCE), and the
+# benchmarks python -m data.folder makes of them under filelists/ (results.run makes them).
+PHOTO_SOURCE = Path(os.environ.get("FSL_DATA_SOURCE")
+                    or Path(__file__).resolve().parents[2] / "shared" / "data")
+PHOTO_BENCHMARKS = {
+    "filelists/cub100": (str(PHOTO_SOURCE / "cub100"), "--fractions", "0.5", "0.25", "0.25"),
+    "filelists/caltech101": (str(PHOTO_SOURCE / "caltech101"),),
+    "filelists/caltech_to_cub100": ("--cross", "filelists/caltech101", "filelists/cub100"),
+}
+
+
+def _photos(method: str, shots: int, dataset: str = "filelists/cub100") -> "Experiment":
+    options = PUBLISHED_CUB[(method, shots)].replace("--dataset CUB", f"--dataset {dataset}")
+    for published, scaled in PHOTO_SCHEDULE.items():
+        options = options.replace(published, scaled)
+    if method == "maml":
+        options += f" --stop_epoch {PHOTO_EPOCHS // 4}"
+    published = 4000 if method != "maml" else (2400 if shots == 1 else 1600)
+    needs = [d for d in PHOTO_BENCHMARKS if d in (dataset, "filelists/cub100")]
+    if dataset == "filelists/caltech_to_cub100":
+        needs = list(PHOTO_BENCHMARKS)
+    return Experiment(options, published, PHOTO_GROUP,
+                      prepare=tuple((d, PHOTO_BENCHMARKS[d]) for d in needs))
+
+
 PRECISION_GROUP = ("precision: bf16 against fp32, and a second fp32 seed (cross_char 1-shot, "
                    "128 epochs)")
 
@@ -56,11 +127,14 @@ PRECISION_GROUP = ("precision: bf16 against fp32, and a second fp32 seed (cross_
 class Experiment:
     """One row of RESULTS.md: ``train`` is train.py's command line (test.py gets the same);
     ``published_epochs`` the epochs of the method's published schedule; ``group`` the table;
-    ``compare`` rows of other tables repeated in this one, to be read side by side."""
+    ``compare`` rows of other tables repeated in this one, to be read side by side;
+    ``prepare`` the benchmarks of image folders it needs."""
     train: str
     published_epochs: int
     group: str
     compare: tuple[str, ...] = ()
+    # (benchmark folder, python -m data.folder arguments) made before training if missing
+    prepare: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
 
     def argv(self) -> list[str]:
         return self.train.split()
@@ -106,6 +180,10 @@ EXPERIMENTS: dict[str, Experiment] = {
                   PRECISION_GROUP, (f"{method}_cross_char_1shot_128",))
        for method in ("maml", "hyper_maml")
        for variant, option in (("bf16", "--precision bf16"), ("seed1", "--seed 1"))},
+    **{f"{method}_cub100_{shots}shot_{PHOTO_EPOCHS}": _photos(method, shots)
+       for method in ("hyper_maml", "bayes_hmaml", "maml") for shots in (1, 5)},
+    f"hyper_maml_caltech_to_cub100_1shot_{PHOTO_EPOCHS}":
+        _photos("hyper_maml", 1, "filelists/caltech_to_cub100"),
 }
 
 # What the literature reports for the same setting, shown beside ours in the README's summary

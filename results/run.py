@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 import config  # noqa: E402
 import io_utils  # noqa: E402
-from errors import run_cli  # noqa: E402
+from errors import UserError, run_cli  # noqa: E402
 from methods import METHODS  # noqa: E402
 from results.experiments import EXPERIMENTS  # noqa: E402
 
@@ -180,8 +180,23 @@ def main(argv=None) -> int:
         lock.release()
 
 
+def prepare_benchmarks(name: str) -> None:
+    """Make the image-folder benchmarks ``name`` needs that are not there yet."""
+    from data.benchmarks import OWN_DESCRIPTION
+    from data.folder import main as make_benchmark
+    for benchmark, folder_args in EXPERIMENTS[name].prepare:
+        target = REPO / benchmark
+        if (target / OWN_DESCRIPTION).exists():
+            continue
+        argv = [*folder_args, "--name", target.name, "--data_dir", str(target.parent)]
+        if make_benchmark(argv) != 0:
+            raise UserError(f"{name}: could not make the benchmark {benchmark} "
+                            f"(python -m data.folder {' '.join(argv)})")
+
+
 def run_experiment(args) -> int:
     folder = run_folder(args.name)
+    prepare_benchmarks(args.name)
     lost = set_aside_lost_run(args.name)
     if lost:
         print(f"{args.name}: {lost}", file=sys.stderr)
