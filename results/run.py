@@ -47,8 +47,14 @@ def record_folder(name: str) -> Path:
 
 def checkpoint_folder(name: str) -> Path:
     """Where train.py writes the run of ``name`` (its checkpoint naming rule)."""
-    opts, _ = config.parse("train", list(METHODS), EXPERIMENTS[name].argv())
-    opts.save_dir = str(run_folder(name))
+    argv = EXPERIMENTS[name].argv()
+    # An image-folder benchmark (filelists/cub100) exists only once results.run has made it,
+    # and parsing checks --dataset: parse with a built-in one, since the folder's name is all
+    # the naming rule reads of it.
+    dataset = argv[argv.index("--dataset") + 1]
+    argv[argv.index("--dataset") + 1] = "CUB"
+    opts, _ = config.parse("train", list(METHODS), argv)
+    opts.dataset, opts.save_dir = dataset, str(run_folder(name))
     return io_utils.checkpoint_dir(opts)
 
 
