@@ -68,8 +68,9 @@ class Options:
     # --- what to run -------------------------------------------------------------------------
     dataset: str = _opt(None, "benchmark: omniglot (Vinyals splits), cross_char (Omniglot "
                         "without Latin -> EMNIST), CUB, miniImagenet, cross (mini-ImageNet "
-                        "-> CUB), or a folder of your own images made into a benchmark by "
-                        "python -m data.folder; required, except beside test.py --checkpoint",
+                        "-> CUB), or a benchmark of a folder of images written by python -m "
+                        "data.folder (its path, or its name under filelists/); required, "
+                        "except beside test.py --checkpoint",
                         "model", type=dataset_argument, metavar="DATASET")
     method: str = _opt(None, "meta-learning method; required, except beside test.py "
                        "--checkpoint", "model")

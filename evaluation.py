@@ -20,6 +20,7 @@ import distributed
 import engine
 import io_utils
 import plots
+from data.benchmarks import folder_name
 from data.episodes import TEST_QUERY
 from errors import UserError
 from methods import METHODS, bf16_kernels, build_method, choose_precision, options_ignored_by
@@ -36,6 +37,16 @@ def evaluate_episodes(opts, model, sampler, desc: str, world: distributed.World)
     engine.require_finite(results, desc)
     return (results, torch.cat([r.logits for r in results]),
             torch.cat([r.labels for r in results]))
+
+
+def episode_sheet(sampler, result, n_shot: int) -> plots.EpisodeSheet:
+    """Episode 0 of ``sampler`` as :func:`plots.episode_sheet` draws it, with the
+    predictions of its evaluated ``result``."""
+    pixels, names = sampler.shown(0)
+    return plots.EpisodeSheet(support=pixels[:, :n_shot], names=names,
+                              queries=pixels[:, n_shot:].reshape(-1, *pixels.shape[2:]),
+                              predicted=result.logits.argmax(dim=1).tolist(),
+                              truth=result.labels.tolist())
 
 
 def checkpoint_path(opts) -> Path:
@@ -123,6 +134,8 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
             text += f"; after temperature scaling {scaled}"
         world.say(text, flush=True)
         repeats.append(entry)
+        if r == 0:
+            first_episode = results[0]
         all_logits.append(logits)
         all_labels.append(labels)
     if not world.is_main:  # every rank has every result; rank 0 reports and records them
@@ -144,7 +157,8 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
             logits.double() / temperature, labels)
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_name = f"{opts.dataset}_{opts.model}_{opts.method}_{opts.test_n_way}way_{opts.n_shot}shot"
+    run_name = (f"{folder_name(opts.dataset)}_{opts.model}_{opts.method}_{opts.test_n_way}way_"
+                f"{opts.n_shot}shot")
     if opts.plot:
         record_dir.mkdir(parents=True, exist_ok=True)
         figure = plots.reliability_diagram(
@@ -153,6 +167,12 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
             f"{opts.n_shot}-shot, {len(labels):,} test queries")
         record["reliability_diagram"] = str(figure)
         print(f"Reliability diagram: {figure}")
+        sheet = episode_sheet(sampler.with_seed(opts.seed), first_episode, opts.n_shot)
+        figure = plots.episode_sheet(
+            sheet, record_dir / f"episode_{run_name}_{stamp}.png",
+            f"{opts.method} on {opts.dataset} {opts.split}, episode 0 of repeat 1")
+        record["episode_sheet"] = str(figure)
+        print(f"Episode sheet: {figure}")
 
     line = (f"{stamp} {opts.dataset} split={opts.split} {opts.model} {opts.method} "
             f"{opts.n_shot}shot {opts.test_n_way}way checkpoint={path}: "

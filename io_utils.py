@@ -304,11 +304,18 @@ def save_model_file(state: dict, path: Path, experiment: str = "") -> None:
     with everything test.py and predict.py need to rebuild it: the run's configuration, the
     epoch and its validation accuracy, the schedule state (warm-up phase)."""
     from safetensors.torch import save
+
+    from data.benchmarks import find
     tensors = {name: value.detach().contiguous() for name, value in state["model"].items()}
+    # The input form, so that predict.py reads images right where the benchmark folder of an
+    # image-folder dataset is not at hand (another machine, a clean clone).
+    benchmark = find(state["config"]["dataset"])
     metadata = {"format": MODEL_FORMAT, "experiment": experiment,
                 "config": json.dumps(state["config"]), "epoch": str(state["epoch"]),
                 "best_val_acc": repr(float(state["best_val_acc"])),
-                "schedule": json.dumps(state.get("schedule", {}))}
+                "schedule": json.dumps(state.get("schedule", {})),
+                "image_form": json.dumps({"image_size": benchmark.image_size,
+                                          "colour": benchmark.colour})}
     write_file(path, lambda f: f.write(save(tensors, metadata)))
 
 
@@ -329,6 +336,7 @@ def load_model_file(path: Path) -> dict:
             "model": model, "epoch": int(metadata["epoch"]),
             "best_val_acc": float(metadata["best_val_acc"]),
             "schedule": json.loads(metadata["schedule"]),
+            "image_form": json.loads(metadata.get("image_form", "null")),
             "experiment": metadata.get("experiment", "")}
 
 

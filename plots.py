@@ -1,4 +1,5 @@
-"""Figures: reliability diagrams (test.py --plot) and training curves from metrics logs.
+"""Figures: reliability diagrams and episode sheets (test.py --plot, predict.py --plot) and
+training curves from metrics logs.
 
     python plots.py curves RUN [RUN ...] --out curves.png
 
@@ -12,6 +13,8 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 import io_utils
 from calibration import ReliabilityBins
@@ -145,6 +148,67 @@ def reliability_diagram(panels: dict[str, ReliabilityBins], path: Path, title: s
     after temperature scaling), to the PNG ``path``."""
     plt = require_matplotlib()
     save_figure(plt, reliability_figure(panels, title), path)
+    return path
+
+
+@dataclass
+class EpisodeSheet:
+    """What one episode shows: the support images ``uint8 [ways, shots, (3,) H, W]`` of the
+    classes ``names`` (in label order), the queries ``uint8 [queries, (3,) H, W]`` with
+    their predicted labels and, where known, their true ones."""
+    support: np.ndarray
+    names: list[str]
+    queries: np.ndarray
+    predicted: list[int]
+    truth: list[int] | None = None
+
+
+def episode_sheet(sheet: EpisodeSheet, path: Path, title: str, columns: int = 10) -> Path:
+    """The support set, a row per class, above the queries, each captioned with its
+    predicted class (and its true class when it is wrong, framed in red; right ones in
+    green), written to the PNG ``path``."""
+    plt = require_matplotlib()
+    ways, shots = sheet.support.shape[:2]
+    columns = max(columns, shots)
+    query_rows = -(-len(sheet.queries) // columns)
+    fig, axes = plt.subplots(ways + query_rows, columns, squeeze=False,
+                             figsize=(1.25 * columns, 1.45 * (ways + query_rows) + 0.6))
+    for ax in axes.flat:
+        ax.axis("off")
+
+    def show(ax, pixels, caption: str, colour: str | None = None) -> None:
+        image = pixels.transpose(1, 2, 0) if pixels.ndim == 3 else pixels
+        ax.imshow(image, cmap=None if pixels.ndim == 3 else "gray", vmin=0, vmax=255)
+        ax.set_title(caption, fontsize=7, color=colour or "black")
+        if colour:  # a frame: the axis back on, ticks hidden
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colour)
+                spine.set_linewidth(2.5)
+
+    short = lambda name: name if len(name) <= 18 else name[:17] + "\u2026"  # noqa: E731
+    for c in range(ways):
+        for k in range(shots):
+            show(axes[c, k], sheet.support[c, k], f"support: {short(sheet.names[c])}"
+                 if k == 0 else "")
+    for q, pixels in enumerate(sheet.queries):
+        predicted = sheet.names[sheet.predicted[q]]
+        if sheet.truth is None:
+            show(axes[ways + q // columns, q % columns], pixels, short(predicted))
+            continue
+        right = sheet.predicted[q] == sheet.truth[q]
+        caption = short(predicted) if right else (f"{short(predicted)}\n"
+                                                  f"(is {short(sheet.names[sheet.truth[q]])})")
+        show(axes[ways + q // columns, q % columns], pixels, caption,
+             "tab:green" if right else "tab:red")
+    if sheet.truth is not None:
+        correct = sum(p == t for p, t in zip(sheet.predicted, sheet.truth))
+        title += f": {correct} of {len(sheet.queries)} queries right (wrong ones framed in red)"
+    fig.suptitle(title, fontsize=9, wrap=True)
+    fig.tight_layout()
+    save_figure(plt, fig, path)
     return path
 
 

@@ -26,6 +26,7 @@ import allocator
 import config
 import engine
 import io_utils
+import plots
 from backbones import BACKBONES
 from data import augment
 from data.benchmarks import Benchmark, find
@@ -41,8 +42,8 @@ into the form of the model's training data (its dataset is in the model file):
   centre crop 28x28, dark strokes on a light background (Omniglot's polarity, to which
   EMNIST was inverted); --invert auto inverts an image whose border is darker than
   mid-grey. The character should fill most of the image, as in Omniglot and EMNIST;
-- photographs (CUB, miniImagenet, cross): colour, resized to 96x96 (aspect ratio not
-  kept), centre crop 84x84, as the reference tests them.
+- photographs (CUB, miniImagenet, cross, folders of your own photographs): colour, resized
+  to 96x96 (aspect ratio not kept), centre crop 84x84, as the reference tests them.
 
 The support set needs as many classes as the model's ways. Each class needs as many images
 as the model's shots where its hypernetwork reads a fixed number (HyperMAML and BayesHMAML
@@ -128,9 +129,10 @@ def read_support(files: dict[str, list[Path]], read: ImageReader) -> SupportSet:
 
 
 def load_model(path: Path, device: torch.device, shots: int, precision: str):
-    """The trained model in ``path`` (test-time behaviour) and its options, built for a
-    support set of ``shots`` images per class, computing in ``precision`` (the caller's
-    choice, as in test.py, not the arithmetic the model was trained in)."""
+    """The trained model in ``path`` (test-time behaviour), its options and its benchmark's
+    image form, built for a support set of ``shots`` images per class, computing in
+    ``precision`` (the caller's choice, as in test.py, not the arithmetic the model was
+    trained in)."""
     state = io_utils.load_checkpoint(path, None)
     known = {f.name for f in dataclasses.fields(config.Options)}
     opts = config.Options(**{k: v for k, v in state["config"].items() if k in known})
@@ -149,7 +151,19 @@ def load_model(path: Path, device: torch.device, shots: int, precision: str):
     if state.get("schedule", {}).get("phase") == "maml-warmup":
         print(f"note: {path} was saved in the pure MAML warm-up: its hypernetwork is untrained",
               file=sys.stderr)
-    return model, opts
+    return model, opts, image_benchmark(opts.dataset, state)
+
+
+def image_benchmark(dataset: str, state: dict) -> Benchmark:
+    """The benchmark a model was trained on, for the form of its images: looked up, or, for
+    a folder of images that is not on this machine, the form its model file records."""
+    try:
+        return find(dataset)
+    except UserError:
+        form = state.get("image_form")
+        if not form:
+            raise
+        return Benchmark({}, int(form["image_size"]), bool(form["colour"]))
 
 
 def posterior_spread(model, opts, episode: Episode, samples: int, device) -> torch.Tensor:
@@ -176,14 +190,15 @@ def query_probabilities(model, episode: Episode) -> torch.Tensor:
 
 
 def predict(args) -> int:
+    if args.plot:
+        plots.require_matplotlib()  # before any work, as test.py --plot
     device = io_utils.resolve_device(args.device)
     files = support_files(args.support)
     n_way, shots = len(files), len(next(iter(files.values())))
-    model, opts = load_model(args.model, device, shots, args.precision)
+    model, opts, benchmark = load_model(args.model, device, shots, args.precision)
     if n_way != opts.train_n_way:
         raise UserError(f"{args.model} holds a {opts.train_n_way}-way model; the support set "
                         f"{args.support} has {n_way} classes")
-    benchmark = find(opts.dataset)
     read = ImageReader(benchmark, args.invert)
     support = read_support(files, read)
     queries = [f for q in args.queries for f in image_files(q)]
@@ -201,6 +216,13 @@ def predict(args) -> int:
     spread = (posterior_spread(model, opts, episode, args.samples, device)
               if METHODS[opts.method].samples_classifiers else None)
     report(queries, support.names, probabilities, spread, args.json)
+    if args.plot:
+        sheet = plots.EpisodeSheet(support=support.images, names=support.names,
+                                   queries=query_pixels,
+                                   predicted=probabilities.argmax(dim=1).tolist())
+        plots.episode_sheet(sheet, args.plot, f"{args.model.name}: {len(queries)} queries "
+                            f"classified from {shots} example(s) per class")
+        print(f"Episode sheet: {args.plot}", file=sys.stderr)
     return 0
 
 
@@ -233,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("support", type=Path, help="folder with one folder of images per class")
     parser.add_argument("queries", type=Path, nargs="+", help="images or folders of images")
     parser.add_argument("--json", action="store_true", help="print JSON, one object per query")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the support set "
+                        "and each query with its predicted class into this PNG file")
     parser.add_argument("--invert", default="auto", choices=("auto", "yes", "no"),
                         help="turn light strokes on a dark background into the training data's "
                         "dark on light (default: auto, by the image's border)")
@@ -254,6 +278,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.samples < 2:
         parser.error(f"--samples must be at least 2 (a spread needs two), got {args.samples}")
+
     return run_cli(lambda: predict(args))
 
 

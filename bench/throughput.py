@@ -135,6 +135,9 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
         model.engine, model.precision = engines[0], precisions[0]
         model.to(memory_format=getattr(torch, formats[0].replace("contiguous",
                                                                  "contiguous_format")))
+        train_gflop, test_gflop = gflop_per_task(lambda: train_updates(1, 40_000), opts.n_task,
+                                                 lambda: evaluate(test, 1))
+        matmul = matmul_gflops(device)
         val_time = timed(lambda: evaluate(val, eval_episodes))
         test_time = timed(lambda: evaluate(test, eval_episodes))
         per_epoch = engine.updates_per_epoch(epoch_episodes, opts.n_task)
@@ -162,10 +165,43 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
                 "episodes_per_epoch": per_epoch * opts.n_task + epoch_episodes,
                 "validation_episodes_per_epoch": epoch_episodes,
                 "sampling_episodes_per_s": 200 / sampling,
+                "train_gflop_per_task": train_gflop, "test_gflop_per_task": test_gflop,
+                "matmul_gflops": matmul,
                 "peak_memory_mb": peak / 2**20,
                 "memory_kind": "cuda peak allocated" if device.type == "cuda" else "peak RSS"}
 
     return distributed.run_in_world(opts, body)
+
+
+def gflop_per_task(train_update, n_task: int, test_episode) -> tuple[float, float]:
+    """The floating-point operations of one training task (forward, backward and, for MAML,
+    the second-order terms: a meta-update's count over its tasks) and of one test task, as
+    torch's FLOP counter adds them up from the matrix products and convolutions run."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counts = []
+    for run in (train_update, test_episode):
+        with FlopCounterMode(display=False) as counter:
+            run()
+        counts.append(counter.get_total_flops() / 1e9)
+    return counts[0] / n_task, counts[1]
+
+
+def matmul_gflops(device) -> float:
+    """What this device computes in float32 matrix products of 2,048 x 2,048 (GFLOP/s, best
+    of five), measured in the same process with the same threads: the practical peak the
+    tasks' rates are put against."""
+    import torch
+    a, b = (torch.randn(2048, 2048, device=device) for _ in range(2))
+    best = float("inf")
+    for _ in range(5):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * 2048 ** 3 / best / 1e9
 
 
 def default_memory_format(method: str, device_name: str) -> str:
@@ -173,6 +209,11 @@ def default_memory_format(method: str, device_name: str) -> str:
     from methods import choose_memory_format
     opts = argparse.Namespace(memory_format="auto", method=method)
     return choose_memory_format(opts, io_utils.resolve_device(device_name))
+
+
+def achieved(row: dict) -> float:
+    """The training tasks' GFLOP/s as a share of the same device's matrix-product rate."""
+    return row["train_gflop_per_task"] * row["train_tasks_per_s"] / row["matmul_gflops"]
 
 
 def variant_text(row: dict) -> str:
@@ -289,6 +330,7 @@ def main() -> int:
     rows = []
     header = (f"{'method':<12}{'phase':<10}{'shot':>4}{'procs':>6}{'malloc':>7}{'train t/s':>11}"
               f"{'val t/s':>9}{'test t/s':>10}{'epoch s':>9}{'sample e/s':>12}{'peak MB':>9}"
+              f"{'GFLOP/task':>12}{'of matmul':>10}"
               f"  train/test t/s by engine/layout/precision (ratio to the first)")
     print(header)
     for method in args.method.split(","):
@@ -334,7 +376,8 @@ def main() -> int:
                           f"{row['train_tasks_per_s']:>11.1f}"
                           f"{row['val_tasks_per_s']:>9.1f}{row['test_tasks_per_s']:>10.1f}"
                           f"{row['epoch_s']:>9.2f}{row['sampling_episodes_per_s']:>12.0f}"
-                          f"{row['peak_memory_mb']:>9.0f}  {variant_text(row)}{compared}",
+                          f"{row['peak_memory_mb']:>9.0f}{row['train_gflop_per_task']:>12.1f}"
+                          f"{achieved(row):>10.0%}  {variant_text(row)}{compared}",
                           flush=True)
     if rows:
         threads = ", ".join(sorted({f"{r['processes']} process(es) x {r['threads']} threads"
@@ -343,7 +386,10 @@ def main() -> int:
         print(f"device {rows[0]['device']}, {threads}; {rows[0]['n_task']} tasks per "
               f"meta-update; epoch = {rows[0]['episodes_per_epoch'] - validation} training + "
               f"{validation} validation episodes; "
-              f"peak memory is {rows[0]['memory_kind']} (of all processes together)")
+              f"peak memory is {rows[0]['memory_kind']} (of all processes together); GFLOP/task "
+              f"is one training task's (torch's FLOP counter), 'of matmul' the training rate "
+              f"as a share of {rows[0]['matmul_gflops']:.0f} GFLOP/s, this device's float32 "
+              "2,048 x 2,048 matrix product measured in the same process")
     if args.json:
         io_utils.write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0

@@ -74,7 +74,7 @@ def find(dataset: str) -> Benchmark:
     ``python -m data.folder`` (of your own images, or a cross-domain pair)."""
     if dataset in BENCHMARKS:
         return BENCHMARKS[dataset]
-    folder = Path(dataset).expanduser().resolve()
+    folder = benchmark_folder(dataset)
     try:
         described = json.loads((folder / OWN_DESCRIPTION).read_text())
         if "splits" in described:  # a cross-domain pair: splits in other benchmark folders
@@ -90,6 +90,21 @@ def find(dataset: str) -> Benchmark:
         raise UserError(f"--dataset {dataset}: neither one of {', '.join(BENCHMARKS)} nor a "
                         f"benchmark folder written by python -m data.folder ({hint}a "
                         f"benchmark folder holds its {OWN_DESCRIPTION})") from None
+
+
+def benchmark_folder(dataset: str) -> Path:
+    """The folder a ``--dataset`` that is not built in names: a path from the working
+    directory, else from the toolkit's folder (``filelists/cub100``), else a name under
+    ``filelists/`` (``cub100``), the first that holds a benchmark; so that a model file's
+    dataset is found from wherever test.py or predict.py runs."""
+    path = Path(dataset).expanduser()
+    toolkit = Path(__file__).resolve().parents[1]
+    candidates = [path] if path.is_absolute() else [path, toolkit / path,
+                                                    toolkit / "filelists" / path]
+    for candidate in candidates:
+        if (candidate / OWN_DESCRIPTION).is_file():
+            return candidate.resolve()
+    return candidates[0].resolve()
 
 
 def folder_name(dataset: str) -> str:

@@ -121,6 +121,17 @@ class EpisodeSampler:
         picks = np.stack([rng.choice(self.counts[c], per_class, replace=False) for c in classes])
         return classes, picks, int(rng.integers(1 << 62))
 
+    def shown(self, index: int) -> tuple[np.ndarray, list[str]]:
+        """Episode ``index``'s images as a person looks at them: ``uint8 [n_way,
+        shots+queries, (3,) H, W]``, centre-cropped to the input (never augmented), and the
+        names of its classes in label order."""
+        classes, picks, _ = self.draw(index)
+        pixels = self.images[torch.as_tensor(classes, device=self.device)[:, None],
+                             torch.as_tensor(picks, device=self.device)]
+        if self.crop != pixels.shape[-1]:
+            pixels = augment.centre_crop(pixels, self.crop)
+        return pixels.cpu().numpy(), [self.split.label_names[c] for c in classes]
+
     def episode(self, index: int) -> Episode:
         classes, picks, task_seed = self.draw(index)
         classes_t = torch.as_tensor(classes, device=self.device)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -98,6 +99,7 @@ def _target(data_dir: Path, name: str, images: Path) -> Path:
 def _claim(target: Path, description: dict) -> None:
     """Create ``target``, or accept it when it holds this very benchmark; anything else in it
     is left alone and refused (another split of the classes, or files of someone else's)."""
+    _refuse_foreign(target)
     old = target / OWN_DESCRIPTION
     if old.exists():
         try:
@@ -108,10 +110,14 @@ def _claim(target: Path, description: dict) -> None:
             raise UserError(f"{old} describes another benchmark (other images, split or image "
                             "form); models trained on it would no longer match its filelists: "
                             "give another --name, or remove that folder to split anew")
-    elif target.exists() and any(target.iterdir()):
+    target.mkdir(parents=True, exist_ok=True)
+
+
+def _refuse_foreign(target: Path) -> None:
+    if (target.exists() and not (target / OWN_DESCRIPTION).exists()
+            and (not target.is_dir() or any(target.iterdir()))):
         raise UserError(f"{target} exists and is not a benchmark made by python -m "
                         "data.folder: give another --name or --data_dir")
-    target.mkdir(parents=True, exist_ok=True)
 
 
 def _write_filelists(target: Path, splits: dict[str, list[str]],
@@ -123,6 +129,29 @@ def _write_filelists(target: Path, splits: dict[str, list[str]],
         io_utils.write_text(target / f"{split}.json", json.dumps(filelist) + "\n")
     io_utils.write_text(target / CLASS_TABLE, "".join(
         f"{split}\t{name}\n" for split in SPLITS for name in splits[split]))
+
+
+def recipe(dataset: str, colour: bool, shots: int) -> list[str]:
+    """train.py's options for a first HyperMAML run on an image-folder benchmark: a short
+    schedule (the published architecture, warm-up, switch and lr drop of the 128-epoch rows
+    of RESULTS.md, shortened) that trains above chance in minutes on one CPU thread
+    (tests/test_image_folders.py runs it), test.py taking the same options. Photographs:
+    Conv4Pool with --train_aug, as the published CUB commands; 8 epochs of 100 tasks.
+    Grayscale drawings: Conv4 as the character benchmarks (n_task 32, no augmentation); 32
+    epochs of 100 tasks."""
+    common = ["--dataset", dataset, "--method", "hyper_maml", "--n_shot", str(shots),
+              "--lr_scheduler", "multisteplr", "--hm_maml_warmup", "--hn_head_len", "3",
+              "--hm_enhance_embeddings", "True", "--hm_use_class_batch_input"]
+    if shots > 1:
+        common += ["--hn_sup_aggregation", "mean"]
+    if colour:
+        return common + ["--model", "Conv4Pool", "--train_aug", "--stop_epoch", "2",
+                         "--lr", "1e-3", "--milestones", "6",
+                         "--hm_maml_warmup_epochs", "1", "--hm_maml_warmup_switch_epochs", "3",
+                         "--hn_hidden_size", "256"]
+    return common + ["--model", "Conv4", "--stop_epoch", "1", "--lr", "1e-2",
+                     "--milestones", "25", "--hm_maml_warmup_epochs", "3",
+                     "--hm_maml_warmup_switch_epochs", "10", "--hn_hidden_size", "512"]
 
 
 def write_benchmark(images: Path, target_dir: Path, name: str | None, fractions: list[float],
@@ -142,6 +171,7 @@ def write_benchmark(images: Path, target_dir: Path, name: str | None, fractions:
                         f"1, got {ways[0]}, {ways[1]}, {shots} and {queries}")
     images = images.resolve()
     target = _target(target_dir, name or images.name, images)
+    _refuse_foreign(target)  # before the decoding, which takes a while
     root = class_root(images)
     classes = class_folders(root)
 
@@ -272,8 +302,10 @@ def main(argv=None) -> int:
             args.images, data_dir, args.name, args.fractions, args.seed, args.image_size,
             args.grayscale, (args.train_n_way, args.test_n_way), (args.n_shot, args.n_query))
         counts = ", ".join(f"{split} {n}" for split, n in described["classes"].items())
-        print(f"{target}: classes {counts} (which went where: {target / CLASS_TABLE}); "
-              f"train with --dataset {target}")
+        print(f"{target}: classes {counts} (which went where: {target / CLASS_TABLE})")
+        command = shlex.join(recipe(str(target), described["colour"], args.n_shot))
+        print(f"A first run (minutes on a CPU; test.py takes the same options):\n"
+              f"  python train.py {command}")
         return 0
 
     return run_cli(write)

@@ -166,12 +166,18 @@ def main(argv=None) -> int:
                         help="torch threads (1: two runs share a 2-core machine best)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--skip_test", action="store_true", help="train only")
+    parser.add_argument("--prepare_data", action="store_true", help="only make the benchmarks "
+                        "of image folders that the experiments (NAME's, or all) read")
     # Split at "--" here: argparse gives a trailing nargs="*" positional nothing once an
     # option stands between it and NAME (``NAME --skip_test -- --precision bf16``).
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:cut])
     args.extra = argv[cut + 1:]
+    if args.prepare_data:
+        for name in [args.name] if args.name else EXPERIMENTS:
+            prepare_benchmarks(name)
+        return 0
     if args.list or not args.name:
         for name, experiment in EXPERIMENTS.items():
             print(f"{name}  [{experiment.group}]\n    {experiment.train}")

@@ -29,6 +29,18 @@ SHIPPED = sorted(MODELS.glob("*.safetensors"))
 PUBLISHED = MODELS / "hyper_maml_cross_char_1shot_published.safetensors"
 PREDICTORS = [MODELS / f"{name}_cross_char_1shot_128.safetensors"
               for name in ("hyper_maml", "bayes_hmaml", "maml")]
+# The models tested on CUB-100's novel species (trained on CUB-100 or on Caltech-101).
+BIRD_MODELS = [p for p in SHIPPED if "cub100" in p.stem]
+
+
+def require_benchmark(dataset: str) -> None:
+    """Skip where an image-folder benchmark is not made (.ci/run makes them)."""
+    from data.benchmarks import find
+    from errors import UserError
+    try:
+        find(dataset)
+    except UserError:
+        pytest.skip(f"{dataset} is not made here: python -m results.run --prepare_data")
 
 
 def records(experiment: str) -> dict:
@@ -175,6 +187,7 @@ def test_shipped_model_reproduces_its_record(path, data_dir, tmp_path, capsys):
     75, the total by 1 and 3. There each episode must be within 3 queries and the total within
     0.5% of the queries; a wrong model, seed or image form changes far more."""
     record = records(path.stem)
+    require_benchmark(record["config"]["dataset"])
     recorded = [r["episode_correct"][:10] for r in record["repeats"]]
     documented = re.search(rf"`python test.py --checkpoint models/{re.escape(path.name)}([^`]*)`",
                            (REPO_ROOT / "RESULTS.md").read_text())
@@ -274,6 +287,37 @@ def test_predict_on_emnist_matches_the_test_accuracy(model, data_dir, tmp_path, 
     after = predictions(tmp_path / "0", model, capsys)
     for b, a in zip(before, after):
         assert {renamed[c]: p for c, p in b["probabilities"].items()} == a["probabilities"]
+
+
+@pytest.mark.parametrize("model", BIRD_MODELS, ids=[p.stem for p in BIRD_MODELS])
+def test_predict_on_real_birds_matches_the_test_accuracy(model, tmp_path, capsys):
+    """5 novel species of CUB-100, the model's shots of real photos each as the support set
+    and the next 10 photos of each as queries (50): the accuracy is within 20 points of the
+    model's recorded test accuracy (its standard error here is 6-7 points); --plot draws
+    them."""
+    from data.benchmarks import find
+    from data.store import images_root
+    record = records(model.stem)
+    require_benchmark(record["config"]["dataset"])
+    folder, filelist = find(record["config"]["dataset"]).splits["novel"]
+    novel = json.loads((Path(folder) / f"{filelist}.json").read_text())
+    root, shots = images_root(Path(folder)), record["n_shot"]
+    truth = {}
+    for label, name in enumerate(novel["label_names"][:5]):
+        photos = [n for n, lab in zip(novel["image_names"], novel["image_labels"])
+                  if lab == label]
+        (tmp_path / "support" / name).mkdir(parents=True)
+        for photo in photos[:shots]:
+            shutil.copy(root / photo, tmp_path / "support" / name)
+        (tmp_path / "query").mkdir(exist_ok=True)
+        for i, photo in enumerate(photos[shots:shots + 10]):
+            query = tmp_path / "query" / f"q{label}_{i:02d}.jpg"
+            shutil.copy(root / photo, query)
+            truth[query.name] = name
+    got = predictions(tmp_path, model, capsys, "--plot", tmp_path / "sheet.png")
+    accuracy = 100 * np.mean([g["prediction"] == truth[Path(g["query"]).name] for g in got])
+    assert len(got) == 50 and (tmp_path / "sheet.png").stat().st_size > 0
+    assert abs(accuracy - record["acc_mean"]) < 20, (accuracy, record["acc_mean"])
 
 
 def test_predict_computes_in_fp32_unless_told_whatever_the_model_was_trained_in(
