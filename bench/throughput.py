@@ -175,14 +175,27 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
 
 def gflop_per_task(train_update, n_task: int, test_episode) -> tuple[float, float]:
     """The floating-point operations of one training task (forward, backward and, for MAML,
-    the second-order terms: a meta-update's count over its tasks) and of one test task, as
-    torch's FLOP counter adds them up from the matrix products and convolutions run."""
-    from torch.utils.flop_counter import FlopCounterMode
+    the second-order terms: a meta-update's count over its tasks) and of one test task, added
+    up from the matrix products and convolutions run, with torch's FLOP formulas. (Not with
+    its FlopCounterMode, whose module hooks break MAML's autograd.grad.)"""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    class Count(TorchDispatchMode):
+        flops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                self.flops += formula(*args, **(kwargs or {}), out_val=out)
+            return out
+
     counts = []
     for run in (train_update, test_episode):
-        with FlopCounterMode(display=False) as counter:
+        with Count() as counter:
             run()
-        counts.append(counter.get_total_flops() / 1e9)
+        counts.append(counter.flops / 1e9)
     return counts[0] / n_task, counts[1]
 
 
