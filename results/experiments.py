@@ -52,10 +52,13 @@ SHORT_BAYES = ("--kl_scale 1e-24 --kl_stop_val 0.001 --hm_weight_set_num_train 5
 
 # The reference's published CUB commands (published-commands-images.txt), word for word but
 # for the dataset (CUB-100, below) and the schedule: HyperMAML's 1,000 x n_task 4 = 4,000
-# epochs take about 7.5 days on one CPU thread at 84 pixels, so the photograph rows run 24
-# epochs (0.6%), with the warm-up, the switch and the lr drop at the same places of the
-# cross_char short schedule (the 128-epoch rows): warm-up epochs 0-1, switch to epoch 8, lr
-# x 0.3 at epoch 18.
+# epochs take about 7.2 days on one CPU thread at 84 pixels (docs/performance.md), so the
+# HyperMAML and BayesHMAML photograph rows run 24 epochs (0.6%), with the warm-up, the switch
+# and the lr drop at about the fractions of the run where the cross_char short schedule (the
+# 128-epoch rows) has them: warm-up epochs 0-1, switch over epochs 2-9, lr x 0.3 at epoch 18
+# (published: warm-up 0-99, switch 100-1099, lr drops at 101 and 1100 of 4,000). MAML costs
+# twice as much per training task and three times as much per test task (its inner steps),
+# so its rows run 8 epochs, to fit about two hours with their 3,600 test episodes.
 PUBLISHED_CUB = {
     ("hyper_maml", 1): "--method hyper_maml --model Conv4Pool --dataset CUB --num_classes 200 "
     "--n_shot 1 --test_n_way 5 --train_n_way 5 --train_aug --stop_epoch 1000 --es_threshold 20 "
@@ -91,8 +94,9 @@ PHOTO_SCHEDULE = {"--stop_epoch 1000": "--stop_epoch 6", "--hm_maml_warmup_epoch
                   "--hm_maml_warmup_epochs 2", "--hm_maml_warmup_switch_epochs 1000":
                   "--hm_maml_warmup_switch_epochs 8", "--milestones 101 1100": "--milestones 18"}
 PHOTO_EPOCHS = 24
+MAML_PHOTO_EPOCHS = 8
 PHOTO_GROUP = ("real photographs: CUB-100 (100 CUB-200-2011 species, split 50 / 25 / 25) and "
-               "Caltech-101 -> CUB-100, 84 pixels, 24 epochs")
+               "Caltech-101 -> CUB-100, 84 pixels, 24 epochs (MAML 8)")
 
 # Where the photograph folders come from (../shared/data, or $FSL_DATA_SOURCE), and the
 # benchmarks python -m data.folder makes of them under filelists/ (results.run makes them).
@@ -110,7 +114,7 @@ def _photos(method: str, shots: int, dataset: str = "filelists/cub100") -> "Expe
     for published, scaled in PHOTO_SCHEDULE.items():
         options = options.replace(published, scaled)
     if method == "maml":
-        options += f" --stop_epoch {PHOTO_EPOCHS // 4}"
+        options += f" --stop_epoch {MAML_PHOTO_EPOCHS // 4}"
     published = 4000 if method != "maml" else (2400 if shots == 1 else 1600)
     needs = [d for d in PHOTO_BENCHMARKS if d in (dataset, "filelists/cub100")]
     if dataset == "filelists/caltech_to_cub100":
@@ -180,7 +184,8 @@ EXPERIMENTS: dict[str, Experiment] = {
                   PRECISION_GROUP, (f"{method}_cross_char_1shot_128",))
        for method in ("maml", "hyper_maml")
        for variant, option in (("bf16", "--precision bf16"), ("seed1", "--seed 1"))},
-    **{f"{method}_cub100_{shots}shot_{PHOTO_EPOCHS}": _photos(method, shots)
+    **{f"{method}_cub100_{shots}shot_{MAML_PHOTO_EPOCHS if method == 'maml' else PHOTO_EPOCHS}":
+       _photos(method, shots)
        for method in ("hyper_maml", "bayes_hmaml", "maml") for shots in (1, 5)},
     f"hyper_maml_caltech_to_cub100_1shot_{PHOTO_EPOCHS}":
         _photos("hyper_maml", 1, "filelists/caltech_to_cub100"),
