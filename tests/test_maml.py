@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import engine
 from backbones import BACKBONES, Conv4, Conv4S
 from conftest import TEST_DEVICE, on_test_device
 from data.episodes import Episode
@@ -169,6 +170,29 @@ def test_evaluation_adapts_like_training_without_a_meta_graph():
     torch.testing.assert_close(eval_logits, trained_logits.detach())
     assert result.total == episode.query_y.numel()
     assert result.correct == int((trained_logits.argmax(1) == episode.query_y).sum())
+
+
+class TinySampler:
+    """Episode i is tiny_episode(i): what engine.evaluate asks of an EpisodeSampler."""
+
+    def episode(self, index: int) -> Episode:
+        return tiny_episode(index)
+
+
+def test_a_pass_keeps_every_episodes_logits_in_one_block():
+    # One small tensor per episode, kept to the end of the pass between the episodes' large
+    # activations, grew test.py's heap to 16 GB on photographs (engine.QueryBlock).
+    model = tiny_maml()
+    results = list(engine.evaluate(model, TinySampler(), 4))
+    for index, result in enumerate(results):
+        alone = model.evaluate(tiny_episode(index))
+        torch.testing.assert_close(result.logits, alone.logits, rtol=0, atol=0)
+        torch.testing.assert_close(result.labels, alone.labels, rtol=0, atol=0)
+        assert result.correct == alone.correct
+    storages = {r.logits.untyped_storage().data_ptr() for r in results}
+    assert len(storages) == 1
+    assert len({r.labels.untyped_storage().data_ptr() for r in results}) == 1
+    assert results[0].logits.data_ptr() != results[1].logits.data_ptr()
 
 
 def test_batchnorm_is_transductive():
