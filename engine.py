@@ -149,8 +149,6 @@ class QueryBlock:
         self.logits = self.labels = None
 
     def hold(self, result: TaskResult) -> TaskResult:
-        if result.logits is None:
-            return result
         if self.logits is None:
             self.logits = result.logits.new_empty((self.n_episode, *result.logits.shape))
             self.labels = result.labels.new_empty((self.n_episode, *result.labels.shape))

@@ -192,7 +192,6 @@ def test_a_pass_keeps_every_episodes_logits_in_one_block():
     storages = {r.logits.untyped_storage().data_ptr() for r in results}
     assert len(storages) == 1
     assert len({r.labels.untyped_storage().data_ptr() for r in results}) == 1
-    assert results[0].logits.data_ptr() != results[1].logits.data_ptr()
 
 
 def test_batchnorm_is_transductive():
