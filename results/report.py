@@ -95,6 +95,10 @@ def earlier_text(attempt: Path, segments: list[dict]) -> str:
 
 def accuracy_text(test: dict) -> str:
     repeats = [r["acc"] for r in test["repeats"]]
+    if len(repeats) == 1:
+        # No spread over repeats to take: the interval is the one repeat's, over its episodes.
+        only = test["repeats"][0]
+        return f"**{only['acc']:.2f} +- {only['ci95']:.2f}** (1 x {test['n_episode']} episodes)"
     half = 1.96 * test["acc_std"] / math.sqrt(len(repeats))
     each = ", ".join(f"{r['acc']:.2f}" for r in test["repeats"])
     intervals = [r["ci95"] for r in test["repeats"]]
@@ -165,6 +169,7 @@ def details(row: dict) -> list[str]:
         options = f" --seed {first_seed}" if first_seed else ""
         precision = test.get("config", {}).get("precision", "fp32")
         options += f" --precision {precision}" if precision != "fp32" else ""
+        options += f" {EXPERIMENTS[row['name']].test}" if EXPERIMENTS[row["name"]].test else ""
         lines.append(f"  model: [{shipped}]({shipped}) (`python test.py --checkpoint "
                      f"{shipped}{options}`)")
     elif row["test"]:
@@ -199,8 +204,9 @@ not the model's). A bf16 test repeats its record query for query only on a CPU w
 bf16 instructions (AMX, AVX512-BF16, or neither); on another kind a few borderline queries
 differ, by a query or two per episode.
 
-Accuracy: the recorded test (5 x 600 novel episodes, mean +- 95% interval over the repeats);
-ECE / NLL before -> after temperature scaling.
+Accuracy: the recorded test (5 x 600 novel episodes, mean +- 95% interval over the repeats;
+where a row says 1 x 600, the one repeat's interval over its episodes); ECE / NLL before ->
+after temperature scaling.
 
 """
 

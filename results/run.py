@@ -225,7 +225,9 @@ def run_experiment(args) -> int:
     if args.skip_test:
         return 0
     code = launch("test", args.name, common + ["--record_dir", str(record_folder(args.name)),
-                                               "--temperature_scaling", "--plot"], args.threads)
+                                               "--temperature_scaling", "--plot",
+                                               *EXPERIMENTS[args.name].test.split()],
+                  args.threads)
     if code != 0:
         return code
     best = io_utils.load_checkpoint(checkpoint_folder(args.name) / "best_model.tar", None)

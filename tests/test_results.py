@@ -91,6 +91,24 @@ def test_run_resume_and_report_from_records(tiny, tmp_path, monkeypatch):
     assert "The first row repeats a run of another table" in side
 
 
+def test_an_experiment_with_a_shorter_test_is_tested_and_reported_as_such(tiny, tmp_path,
+                                                                         monkeypatch):
+    """An experiment's test-only options (a row whose full test does not fit a session) reach
+    test.py, and the report gives its one repeat's interval over its episodes, not a spread
+    over repeats that it does not have, and the model's command repeats that test."""
+    monkeypatch.setitem(experiments.EXPERIMENTS, "tiny_one", experiments.Experiment(
+        tiny.train, 19200, "equal budget, cross_char", test="--repeat 1"))
+    assert runner.main(["tiny_one", "--", "--n_episode", "4"]) == 0
+    test = json.loads((tmp_path / "runs" / "tiny_one" / "record" / "results.jsonl")
+                      .read_text().splitlines()[-1])
+    assert len(test["repeats"]) == 1
+    text = report.build()
+    row = next(line for line in text.splitlines() if line.startswith("| `tiny_one`"))
+    only = test["repeats"][0]
+    assert f"**{only['acc']:.2f} +- {only['ci95']:.2f}** (1 x 4 episodes)" in row
+    assert "tiny_one.safetensors --repeat 1`" in text
+
+
 def test_run_whose_checkpoints_were_lost_restarts_and_keeps_its_records(tiny, tmp_path):
     """A tested run folder that arrived without its checkpoints (the records are committed,
     the checkpoints stayed on another machine): results.run moves the earlier records to
