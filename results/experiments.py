@@ -97,13 +97,8 @@ PHOTO_EPOCHS = 24
 # MAML's second-order inner loop at 84 pixels costs about 4 s a training episode on one thread
 # (5-shot: 25 support images through 5 steps); 8 epochs fit two hours at 1-shot, 4 at 5-shot.
 MAML_PHOTO_EPOCHS = {1: 8, 5: 4}
-# A 5-shot MAML test episode takes about 2.9 s on one thread: the full protocol (5 x 600 novel
-# episodes and 600 val ones for the temperature) would be 2.9 h, more than a session holds
-# after training, so that row is tested on one repeat of 600 episodes.
-MAML_PHOTO_TEST = {5: "--repeat 1"}
 PHOTO_GROUP = ("real photographs: CUB-100 (100 CUB-200-2011 species, split 50 / 25 / 25) and "
-               "Caltech-101 -> CUB-100, 84 pixels, 24 epochs (MAML 1-shot 8; MAML 5-shot 4, "
-               "tested on 1 x 600 episodes)")
+               "Caltech-101 -> CUB-100, 84 pixels, 24 epochs (MAML 1-shot 8; MAML 5-shot 4)")
 
 # Where the photograph folders come from (../shared/data, or $FSL_DATA_SOURCE), and the
 # benchmarks python -m data.folder makes of them under filelists/ (results.run makes them).
@@ -120,15 +115,13 @@ def _photos(method: str, shots: int, dataset: str = "filelists/cub100") -> "Expe
     options = PUBLISHED_CUB[(method, shots)].replace("--dataset CUB", f"--dataset {dataset}")
     for published, scaled in PHOTO_SCHEDULE.items():
         options = options.replace(published, scaled)
-    test = ""
     if method == "maml":
         options += f" --stop_epoch {MAML_PHOTO_EPOCHS[shots] // 4}"
-        test = MAML_PHOTO_TEST.get(shots, "")
     published = 4000 if method != "maml" else (2400 if shots == 1 else 1600)
     needs = [d for d in PHOTO_BENCHMARKS if d in (dataset, "filelists/cub100")]
     if dataset == "filelists/caltech_to_cub100":
         needs = list(PHOTO_BENCHMARKS)
-    return Experiment(options, published, PHOTO_GROUP, test=test,
+    return Experiment(options, published, PHOTO_GROUP,
                       prepare=tuple((d, PHOTO_BENCHMARKS[d]) for d in needs))
 
 
@@ -141,15 +134,13 @@ class Experiment:
     """One row of RESULTS.md: ``train`` is train.py's command line (test.py gets the same);
     ``published_epochs`` the epochs of the method's published schedule; ``group`` the table;
     ``compare`` rows of other tables repeated in this one, to be read side by side;
-    ``prepare`` the benchmarks of image folders it needs; ``test`` options test.py gets beyond
-    ``train`` (a shorter test where the full protocol does not fit a session)."""
+    ``prepare`` the benchmarks of image folders it needs."""
     train: str
     published_epochs: int
     group: str
     compare: tuple[str, ...] = ()
     # (benchmark folder, python -m data.folder arguments) made before training if missing
     prepare: tuple[tuple[str, tuple[str, ...]], ...] = field(default=())
-    test: str = ""
 
     def argv(self) -> list[str]:
         return self.train.split()

@@ -17,6 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import config  # noqa: E402
 import io_utils  # noqa: E402
 from results.experiments import EXPERIMENTS, REFERENCE_NUMBERS  # noqa: E402
 from results.run import (checkpoint_folder, earlier_attempts, model_file,  # noqa: E402
@@ -163,13 +164,14 @@ def details(row: dict) -> list[str]:
         # The recorded test's episodes follow its seeds: a run trained with --seed N was
         # tested with it (seeds N .. N+4), so its model repeats that test with --seed N. The
         # arithmetic is the tester's choice, not the model's (test.py keeps its own), so a
-        # run tested in bf16 names it for its model to repeat that test.
+        # run tested in bf16 names it for its model to repeat that test, and a test of other
+        # than 5 repeats its count.
         test = row["test"] or {}
-        first_seed = test.get("seeds", [0])[0]
-        options = f" --seed {first_seed}" if first_seed else ""
+        seeds = test.get("seeds", [0])
+        options = f" --seed {seeds[0]}" if seeds[0] else ""
+        options += f" --repeat {len(seeds)}" if len(seeds) != config.Options.repeat else ""
         precision = test.get("config", {}).get("precision", "fp32")
         options += f" --precision {precision}" if precision != "fp32" else ""
-        options += f" {EXPERIMENTS[row['name']].test}" if EXPERIMENTS[row["name"]].test else ""
         lines.append(f"  model: [{shipped}]({shipped}) (`python test.py --checkpoint "
                      f"{shipped}{options}`)")
     elif row["test"]:
@@ -205,7 +207,7 @@ bf16 instructions (AMX, AVX512-BF16, or neither); on another kind a few borderli
 differ, by a query or two per episode.
 
 Accuracy: the recorded test (5 x 600 novel episodes, mean +- 95% interval over the repeats;
-where a row says 1 x 600, the one repeat's interval over its episodes); ECE / NLL before ->
+where a row says 1 x N episodes, that one repeat's interval over its episodes); ECE / NLL before ->
 after temperature scaling.
 
 """

@@ -6,7 +6,8 @@
 Trains into ``results/runs/NAME/`` (continuing with ``--resume`` if that folder holds a run,
 e.g. after a stopped shell or a restarted machine), then tests the best model with test.py
 (5 x 600 episodes, calibration with temperature scaling, a reliability diagram) and writes it
-as the model file ``models/NAME.safetensors``. Each launch
+as the model file ``models/NAME.safetensors``; ``--test_only`` tests again without training
+(from the model file where the checkpoints are not on this machine). Each launch
 appends what it runs and where to ``results/runs/NAME/segments.jsonl`` (command, git commit,
 threads, device, CPU, torch) when it starts, and its wall time and exit status when it ends;
 ``python -m results.report`` reads these records.
@@ -166,6 +167,9 @@ def main(argv=None) -> int:
                         help="torch threads (1: two runs share a 2-core machine best)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--skip_test", action="store_true", help="train only")
+    parser.add_argument("--test_only", action="store_true",
+                        help="test again without training: the run's best_model.tar where "
+                        "this machine has it, else the shipped models/NAME.safetensors")
     parser.add_argument("--prepare_data", action="store_true", help="only make the benchmarks "
                         "of image folders that the experiments (NAME's, or all) read")
     # Split at "--" here: argparse gives a trailing nargs="*" positional nothing once an
@@ -174,6 +178,8 @@ def main(argv=None) -> int:
     cut = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:cut])
     args.extra = argv[cut + 1:]
+    if args.skip_test and args.test_only:
+        parser.error("--skip_test and --test_only exclude each other")
     if args.prepare_data:
         for name in [args.name] if args.name else EXPERIMENTS:
             prepare_benchmarks(name)
@@ -209,6 +215,8 @@ def prepare_benchmarks(name: str) -> None:
 def run_experiment(args) -> int:
     folder = run_folder(args.name)
     prepare_benchmarks(args.name)
+    if args.test_only:
+        return test_again(args)
     lost = set_aside_lost_run(args.name)
     if lost:
         print(f"{args.name}: {lost}", file=sys.stderr)
@@ -224,10 +232,7 @@ def run_experiment(args) -> int:
         return code
     if args.skip_test:
         return 0
-    code = launch("test", args.name, common + ["--record_dir", str(record_folder(args.name)),
-                                               "--temperature_scaling", "--plot",
-                                               *EXPERIMENTS[args.name].test.split()],
-                  args.threads)
+    code = launch("test", args.name, common + test_options(args.name), args.threads)
     if code != 0:
         return code
     best = io_utils.load_checkpoint(checkpoint_folder(args.name) / "best_model.tar", None)
@@ -236,6 +241,28 @@ def run_experiment(args) -> int:
     print(f"done: {args.name}; model in {model_file(args.name)}; python -m results.report "
           "rebuilds RESULTS.md")
     return 0
+
+
+def test_options(name: str) -> list[str]:
+    """What test.py gets beyond the training options: the protocol's calibration and figures,
+    and where its records go."""
+    return ["--record_dir", str(record_folder(name)), "--temperature_scaling", "--plot"]
+
+
+def test_again(args) -> int:
+    """Test ``args.name`` again (say, to the full protocol after a shorter test) from its run's
+    best model, or from its model file where the checkpoints stayed on another machine; the
+    new record is appended, and the report reads the latest."""
+    best = checkpoint_folder(args.name) / "best_model.tar"
+    if best.exists():
+        source = ["--save_dir", str(run_folder(args.name))]
+    elif model_file(args.name).exists():
+        source = ["--checkpoint", str(model_file(args.name))]
+    else:
+        raise UserError(f"{args.name}: nothing to test: neither {best} nor "
+                        f"{model_file(args.name)} exists")
+    argv = EXPERIMENTS[args.name].argv() + ["--device", args.device, *source, *args.extra]
+    return launch("test", args.name, argv + test_options(args.name), args.threads)
 
 
 if __name__ == "__main__":

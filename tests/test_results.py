@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from errors import UserError
 from results import experiments, report
 from results import run as runner
 
@@ -91,22 +92,35 @@ def test_run_resume_and_report_from_records(tiny, tmp_path, monkeypatch):
     assert "The first row repeats a run of another table" in side
 
 
-def test_an_experiment_with_a_shorter_test_is_tested_and_reported_as_such(tiny, tmp_path,
-                                                                         monkeypatch):
-    """An experiment's test-only options (a row whose full test does not fit a session) reach
-    test.py, and the report gives its one repeat's interval over its episodes, not a spread
-    over repeats that it does not have, and the model's command repeats that test."""
-    monkeypatch.setitem(experiments.EXPERIMENTS, "tiny_one", experiments.Experiment(
-        tiny.train, 19200, "equal budget, cross_char", test="--repeat 1"))
-    assert runner.main(["tiny_one", "--", "--n_episode", "4"]) == 0
-    test = json.loads((tmp_path / "runs" / "tiny_one" / "record" / "results.jsonl")
-                      .read_text().splitlines()[-1])
-    assert len(test["repeats"]) == 1
-    text = report.build()
-    row = next(line for line in text.splitlines() if line.startswith("| `tiny_one`"))
-    only = test["repeats"][0]
-    assert f"**{only['acc']:.2f} +- {only['ci95']:.2f}** (1 x 4 episodes)" in row
-    assert "tiny_one.safetensors --repeat 1`" in text
+def test_a_run_tests_again_from_its_model_file_and_is_reported_by_its_latest_test(tiny,
+                                                                                  tmp_path):
+    """--test_only, where the checkpoints stayed on another machine (the run folder holds the
+    records, the repository the model file): test.py tests the model file, the new record is
+    appended and reported (one repeat: its interval over its episodes, not a spread over
+    repeats it does not have, and a model command that repeats one); nothing is trained or set
+    aside, and the model file is kept."""
+    assert runner.main(["tiny", "--", "--n_episode", "4", "--repeat", "2"]) == 0
+    for checkpoint in runner.checkpoint_folder("tiny").glob("*.tar"):
+        checkpoint.unlink()
+    model = tmp_path / "models" / "tiny.safetensors"
+    shipped = model.read_bytes()
+    assert runner.main(["tiny", "--test_only", "--", "--n_episode", "6", "--repeat", "1"]) == 0
+    records = (runner.record_folder("tiny") / "results.jsonl").read_text().splitlines()
+    assert [len(json.loads(r)["repeats"]) for r in records] == [2, 1]
+    segments = [json.loads(line) for line in
+                (tmp_path / "runs" / "tiny" / "segments.jsonl").read_text().splitlines()]
+    last = [s for s in segments if "started" in s][-1]
+    assert last["kind"] == "test" and last["argv"][last["argv"].index("--checkpoint") + 1] \
+        == str(model)
+    assert not (tmp_path / "runs" / "tiny" / "earlier").exists() and model.read_bytes() == shipped
+    only = json.loads(records[-1])["repeats"][0]
+    built = report.build()
+    row = next(line for line in built.splitlines() if line.startswith("| `tiny`"))
+    assert f"**{only['acc']:.2f} +- {only['ci95']:.2f}** (1 x 6 episodes)" in row
+    assert "tiny.safetensors --repeat 1`" in built  # the model's command repeats that test
+    model.unlink()
+    with pytest.raises(UserError, match="nothing to test"):
+        runner.main(["tiny", "--test_only"])
 
 
 def test_run_whose_checkpoints_were_lost_restarts_and_keeps_its_records(tiny, tmp_path):
