@@ -15,10 +15,12 @@ printed. ``--processes 1,2`` also times each configuration under
 processes, as train.py does) and prints the speed-up over the first count. ``--allocator
 glibc,keep`` times each configuration with glibc's own malloc settings and with the entry
 points' (allocator.py), in two processes one after the other, and prints the speed-up of the
-second. Each (method, phase, shots) runs in its own process, so peak memory (RSS on a CPU, peak
-allocated on CUDA) belongs to that configuration alone. The options are the published ones
-(n_task 32, one inner step of 0.1, the HyperMAML/BayesHMAML architecture); the HyperMAML
-phases are taken at an epoch inside the warm-up (p = 1) and after it (p = 0).
+second. ``--profile`` also names where one meta-update's time goes: the operators with the
+most self time under torch.profiler, each with its share. Each (method, phase, shots) runs in
+its own process, so peak memory (RSS on a CPU, peak allocated on CUDA) belongs to that
+configuration alone. The options are the published ones (n_task 32, one inner step of 0.1,
+the HyperMAML/BayesHMAML architecture); the HyperMAML phases are taken at an epoch inside the
+warm-up (p = 1) and after it (p = 0).
 """
 from __future__ import annotations
 
@@ -59,7 +61,7 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
             model_name: str, dataset: str, train_aug: bool,
             updates: int, eval_episodes: int, engines: list[str], formats: list[str],
             precisions: list[str], n_task: int | None = None, epoch_episodes: int = 100,
-            n_way: int = 5) -> dict | None:
+            n_way: int = 5, profile: bool = False) -> dict | None:
     """Run one configuration in this process (this rank, under torchrun) and return its
     measurements (None on the ranks other than 0)."""
     import torch
@@ -143,6 +145,7 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
         per_epoch = engine.updates_per_epoch(epoch_episodes, opts.n_task)
         epoch_time = timed(lambda: (train_updates(per_epoch, 20_000),
                                     evaluate(val, epoch_episodes)))
+        operators = profile_update(lambda: train_updates(1, 50_000), device) if profile else None
         peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         if world.size > 1:  # the run's memory: all processes together
@@ -168,7 +171,8 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
                 "train_gflop_per_task": train_gflop, "test_gflop_per_task": test_gflop,
                 "matmul_gflops": matmul,
                 "peak_memory_mb": peak / 2**20,
-                "memory_kind": "cuda peak allocated" if device.type == "cuda" else "peak RSS"}
+                "memory_kind": "cuda peak allocated" if device.type == "cuda" else "peak RSS",
+                **({"profile": operators} if profile else {})}
 
     return distributed.run_in_world(opts, body)
 
@@ -197,6 +201,28 @@ def gflop_per_task(train_update, n_task: int, test_episode) -> tuple[float, floa
             run()
         counts.append(counter.flops / 1e9)
     return counts[0] / n_task, counts[1]
+
+
+def profile_update(train_update, device, top: int = 12) -> list[dict]:
+    """The ``top`` operators of one meta-update (its episodes' sampling and augmentation
+    included) by self time under torch.profiler (the device's kernels on a GPU, the CPU's
+    otherwise), each with its milliseconds, calls and share of the update's total self time."""
+    from torch.profiler import ProfilerActivity, profile
+    on_gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU]
+                 + ([ProfilerActivity.CUDA] if on_gpu else [])) as profiler:
+        train_update()
+    events = profiler.key_averages()
+    self_us = lambda e: e.self_device_time_total if on_gpu else e.self_cpu_time_total
+    total = sum(map(self_us, events))
+    return [{"op": e.key, "ms": self_us(e) / 1e3, "calls": e.count,
+             "share": self_us(e) / total}
+            for e in sorted(events, key=self_us, reverse=True)[:top]]
+
+
+def profile_text(operators: list[dict]) -> str:
+    return "  where one meta-update's time goes (self time): " + ", ".join(
+        f"{o['op']} {o['share']:.0%}" for o in operators)
 
 
 def matmul_gflops(device) -> float:
@@ -311,6 +337,8 @@ def main() -> int:
     parser.add_argument("--n_task", type=int, default=None,
                         help="tasks per meta-update (default: the published 32 for characters, "
                              "4 for photographs); smaller for a quick smoke run")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one meta-update: its operators by self time")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "PHASE", "SHOTS"),
                         help=argparse.SUPPRESS)  # one configuration, in a child process
@@ -334,7 +362,8 @@ def main() -> int:
                    else [default_memory_format(method, args.device)])
         row = measure(method, phase, int(shots), args.device, args.data_dir, args.model,
                       args.dataset, args.train_aug, args.updates, args.eval_episodes, engines, formats,
-                      args.precision.split(","), args.n_task, args.epoch_episodes, args.n_way)
+                      args.precision.split(","), args.n_task, args.epoch_episodes, args.n_way,
+                      args.profile)
         if row is not None:
             # "glibc" also where nothing was changed for another reason (allocator.py)
             print(json.dumps({**row, "allocator": "keep" if kept else "glibc"}))
@@ -364,7 +393,8 @@ def main() -> int:
                         "--engine", args.engine,
                         "--precision", args.precision, "--model", args.model,
                         "--dataset", args.dataset, "--n_way", str(args.n_way)
-                    ] + (["--train_aug"] if args.train_aug else [])
+                    ] + (["--train_aug"] if args.train_aug else []) + (
+                        ["--profile"] if args.profile else [])
                     if args.memory_format:
                         command += ["--memory_format", args.memory_format]
                     if args.data_dir:
@@ -392,6 +422,8 @@ def main() -> int:
                           f"{row['peak_memory_mb']:>9.0f}{row['train_gflop_per_task']:>12.1f}"
                           f"{achieved(row):>10.0%}  {variant_text(row)}{compared}",
                           flush=True)
+                    if args.profile:
+                        print(profile_text(row["profile"]), flush=True)
     if rows:
         threads = ", ".join(sorted({f"{r['processes']} process(es) x {r['threads']} threads"
                                     for r in rows}))

@@ -13,7 +13,7 @@ def test_benchmark_smoke_run(data_dir, tmp_path):
     done = subprocess.run(
         [sys.executable, "bench/throughput.py", "--method", "maml", "--n_shot", "1",
          "--device", "cpu", "--updates", "1", "--eval_episodes", "2", "--processes", "1,2",
-         "--n_task", "4", "--epoch_episodes", "8",
+         "--n_task", "4", "--epoch_episodes", "8", "--profile",
          "--data_dir", str(data_dir), "--json", str(out)],
         capture_output=True, text=True, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-6000:]
@@ -24,9 +24,15 @@ def test_benchmark_smoke_run(data_dir, tmp_path):
         assert row["train_tasks_per_s"] > 0 and row["peak_memory_mb"] > 0
         assert row["n_task"] == 4
         assert row["episodes_per_epoch"] == 16  # 2 updates x 4 tasks + 8 validation
+        # The profile: most self time first, shares of one update's total; a Conv4 task's
+        # time goes mostly to its convolutions (forward and backward).
+        shares = [o["share"] for o in row["profile"]]
+        assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+        assert any("conv" in o["op"] for o in row["profile"][:3]), row["profile"]
     assert "train t/s" in done.stdout and "peak RSS" in done.stdout
     assert "4 tasks per meta-update; epoch = 8 training + 8 validation episodes" in done.stdout
     assert "vs 1 process(es), keep malloc: training" in done.stdout
+    assert done.stdout.count("where one meta-update's time goes (self time): ") == 2
 
 
 def test_a_failed_worker_is_reported_with_what_its_ranks_said(tmp_path):
