@@ -168,7 +168,10 @@ class RunLock:
     """An exclusive lock on a run folder, held while a run writes there: a second run into
     the same folder stops at once instead of interleaving its records and checkpoints with
     the first's. ``flock`` locks belong to the open file, so the operating system releases
-    them when the process ends, however it ends: a killed run leaves no stale lock."""
+    them when the last descriptor of it closes, however the process ends: a killed run leaves
+    no stale lock. A forked child (a decoding worker) would inherit that descriptor and hold
+    the lock after its parent died, so every child closes its copy as it starts (``_HELD``);
+    an executed program never gets it (``os.open`` descriptors are not inheritable)."""
 
     NAME = ".run.lock"
 
@@ -211,6 +214,7 @@ class RunLock:
             self._remove_created()
             raise UserError(f"cannot write to {self.folder}: {exc.strerror or exc}") from None
         self.fd = fd
+        _HELD.add(self)
 
     def release(self) -> None:
         """Unlock; folders that :meth:`acquire` created and that stayed empty are removed (a
@@ -220,7 +224,15 @@ class RunLock:
         self.path.unlink(missing_ok=True)  # while still locked: see acquire
         os.close(self.fd)
         self.fd = None
+        _HELD.discard(self)
         self._remove_created()
+
+    def _drop_in_child(self) -> None:
+        """In a forked child: close the inherited descriptor, leaving the lock (and the lock
+        file) to the parent alone."""
+        os.close(self.fd)
+        self.fd = None
+        self.created = []
 
     def _remove_created(self) -> None:
         for folder in self.created:
@@ -229,6 +241,18 @@ class RunLock:
             except OSError:  # not empty (the run wrote there), or gone
                 break
         self.created = []
+
+
+_HELD: set[RunLock] = set()  # the locks this process holds
+
+
+def _drop_held_locks() -> None:
+    for lock in _HELD:
+        lock._drop_in_child()
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_held_locks)
 
 
 def load_safely(path: Path, what: str):

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -175,7 +176,7 @@ def decode_all(paths: list[Path], form: ImageForm, strict: bool = True
     workers = min(os.cpu_count() or 1, 8)
     decoder = partial(load_image if strict else _decode_or_none, form=form)
     if workers > 1 and len(paths) > 2000:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, initializer=_die_with, initargs=(os.getpid(),)) as pool:
             decoded = pool.map(decoder, paths, chunksize=256)
             for i, image in enumerate(decoded):
                 if image is None:
@@ -190,6 +191,21 @@ def decode_all(paths: list[Path], form: ImageForm, strict: bool = True
             else:
                 out[i] = image
     return out, unusable
+
+
+def _die_with(parent: int) -> None:
+    """A decoding worker ends with the process that started it: killed (even by SIGKILL or
+    the OOM killer, which leave it no time to stop its pool), it would otherwise keep
+    decoding, orphaned, for nothing. Linux's parent-death signal does this; elsewhere a killed
+    parent leaves its workers to finish their chunk."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return
+    if os.getppid() != parent:  # the parent died before the signal was asked for
+        os._exit(1)
 
 
 def _decode_or_none(path: Path, form: ImageForm) -> np.ndarray | None:

@@ -10,11 +10,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
+import io_utils
 from conftest import REPO_ROOT
 from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, run, run_folder,
                               run_until, tiny_run, train_command)  # noqa: F401
@@ -247,6 +249,105 @@ def test_results_run_holds_its_folder(tmp_path, monkeypatch):
     finally:
         holder.release()
     assert not (tmp_path / "runs").exists()  # nothing was recorded; the lock's folders went
+
+
+def children_of(pid: int) -> set[int]:
+    """The processes ``pid`` started that are still its children (Linux's /proc)."""
+    found = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found.update(int(c) for c in f.read().split())
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's /proc")
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_a_run_killed_while_its_workers_decode_leaves_no_lock_and_no_orphan(signum, tmp_path):
+    """A process holding a run folder's lock decodes CUB-100's real photographs with worker
+    processes (as train.py does when it builds the store) and is killed mid-decode: its
+    workers end with it, and the folder is free at once (a worker forked with the lock's
+    descriptor would otherwise keep it locked for as long as it lived)."""
+    from conftest import SHARED_DATA
+    photos = sorted((SHARED_DATA / "cub100" / "images").rglob("*.jpg"))
+    if len(photos) <= 2000 or (os.cpu_count() or 1) < 2:
+        pytest.skip("needs CUB-100's photographs and two cores, for the decoding workers")
+    folder = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import sys; sys.path.insert(0, {str(REPO_ROOT)!r})
+from pathlib import Path
+import io_utils
+from data.store import ImageForm, decode_all
+io_utils.RunLock(Path({str(folder)!r})).acquire()
+paths = sorted((Path({str(SHARED_DATA)!r}) / "cub100" / "images").rglob("*.jpg"))
+decode_all(paths * 4, ImageForm(96, True))
+"""], cwd=REPO_ROOT)
+    try:
+        workers: set[int] = set()
+        for _ in range(600):  # until both workers run
+            workers = children_of(holder.pid)
+            if len(workers) >= 2:
+                break
+            assert holder.poll() is None, "the decoding process ended early"
+            time.sleep(0.05)
+        assert len(workers) >= 2, workers
+        time.sleep(0.5)  # well into the decoding
+        holder.send_signal(signum)
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    for _ in range(100):
+        if not any(map(alive, workers)):
+            break
+        time.sleep(0.05)
+    orphans = [w for w in workers if alive(w)]
+    for w in orphans:
+        os.kill(w, signal.SIGKILL)
+    assert not orphans, f"decoding workers {orphans} outlived their killed parent"
+    lock = io_utils.RunLock(folder)
+    lock.acquire()  # refused with "in use by another run" if anyone still held it
+    lock.release()
+
+
+def test_a_forked_child_does_not_hold_its_parents_run_lock(tmp_path):
+    """A child forked while the lock is held (any worker pool's) closes its copy of the
+    lock's descriptor: when the parent dies (here: closes its descriptor without releasing,
+    as the operating system does for a killed process), the folder is free although the child
+    still lives, and the child cannot remove the parent's lock file."""
+    lock = io_utils.RunLock(tmp_path / "run")
+    lock.acquire()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: wait to be told to end, then say whether it kept the lock
+        kept = True
+        try:
+            os.close(write)
+            os.read(read, 1)
+            lock.release()  # must do nothing here: the lock is the parent's
+            kept = lock.fd is not None or bool(io_utils._HELD)
+        finally:
+            os._exit(3 if kept else 0)
+    os.close(read)
+    try:
+        os.close(lock.fd)  # the parent dies
+        again = io_utils.RunLock(tmp_path / "run")
+        again.acquire()  # refused while the child holds the flock on an inherited descriptor
+        again.release()
+    finally:
+        os.write(write, b"x")
+        os.close(write)
+        _, status = os.waitpid(child, 0)
+        lock.fd = None  # closed above; not to be closed again by a later fork
+        io_utils._HELD.discard(lock)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child kept its parent's lock"
 
 
 # --- failed writes ------------------------------------------------------------------------------
