@@ -86,13 +86,17 @@ def split_classes(names: list[str], fractions: list[float], seed: int) -> dict[s
 
 
 def _target(data_dir: Path, name: str, images: Path) -> Path:
-    """The benchmark folder, refused inside the image folder (which is never written)."""
+    """The benchmark folder, refused inside the image folder (which is never written) and
+    around it (the folder a user keeps it in, with files of their own beside it)."""
     if not name or "/" in name or name in (".", ".."):
         raise UserError(f"--name {name!r}: give a plain folder name")
     target = (data_dir / name).resolve()
     if target == images or images in target.parents:
         raise UserError(f"{target} is inside the image folder {images}, which is never "
                         "written: give another --data_dir")
+    if target in images.parents:
+        raise UserError(f"{target} holds the image folder {images}, and is never written: "
+                        "give another --data_dir or --name")
     return target
 
 

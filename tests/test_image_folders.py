@@ -119,6 +119,9 @@ def test_unusable_files_are_named_in_one_line_and_left_out(tmp_path, capsys):
 
 
 def test_a_benchmark_folder_of_something_else_is_never_overwritten(tmp_path, capsys):
+    """A user's own filelists are never replaced: not in a folder of theirs under the data
+    root, not in the image folder, not in the folder that holds it (CUB-100's, with its
+    metadata files, when its images/ is given)."""
     from data.folder import main as make_benchmark
     own = tmp_path / "data" / "my symbols"
     own.mkdir(parents=True)
@@ -129,6 +132,9 @@ def test_a_benchmark_folder_of_something_else_is_never_overwritten(tmp_path, cap
     assert (own / "base.json").read_text() == "mine\n"
     code = make_benchmark([str(CUB100), "--data_dir", str(CUB100)])
     assert_one_line_error(code, capsys.readouterr().err, "never written")
+    code = make_benchmark([str(CUB100 / "images"), "--data_dir", str(CUB100.parent),
+                           "--name", CUB100.name])
+    assert_one_line_error(code, capsys.readouterr().err, "holds the image folder")
 
 
 def test_cross_domain_trains_on_every_caltech_class_and_tests_on_cub(photo_benchmarks, capsys):
