@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,50 @@ def make_scheduler(opts, optimizer, total_epochs: int):
         return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(optimizer, T_0=total_epochs)
     milestones = opts.milestones or [total_epochs * q // 4 for q in (1, 2, 3)]
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.3)
+
+
+def refuse_another_optimiser(opts, saved: dict, source: Path) -> None:
+    """``--resume --optim X`` of a run trained with another optimiser: its saved state (Adam's
+    moments) cannot continue as another's."""
+    if "optim" in saved and opts.optim != saved["optim"]:
+        raise UserError(f"--optim {opts.optim}: the run in {source} was trained with "
+                        f"{saved['optim']}, whose saved state cannot continue as "
+                        f"{opts.optim}'s; resume without --optim, or start a new run (another "
+                        "--checkpoint_suffix)")
+
+
+def reschedule(opts, saved: dict, optimizer, scheduler, epochs: int, start_epoch: int, say):
+    """The learning rate of a resumed run whose ``--lr``, ``--lr_scheduler``, ``--milestones``
+    or schedule length changed: the loaded optimiser state holds the old rate and the loaded
+    scheduler the old milestones, which would silently win over the options (and over the
+    records, which show the options). The rate is set to what the new options give at
+    ``start_epoch``, by a scheduler built from them and stepped to it; the optimiser's moments
+    are kept. Returns the scheduler to continue with (the loaded one if nothing changed, so that
+    a plain ``--resume`` stays exact)."""
+    before = {"lr": saved.get("lr"), "lr_scheduler": saved.get("lr_scheduler"),
+              "milestones": saved.get("milestones"),
+              "epochs": saved.get("stop_epoch", opts.stop_epoch) * saved.get("n_task", opts.n_task)}
+    now = {"lr": opts.lr, "lr_scheduler": opts.lr_scheduler, "milestones": opts.milestones,
+           "epochs": epochs}
+    known = {"lr", "lr_scheduler", "milestones", "stop_epoch"} & saved.keys()
+    changed = [k for k in now if before[k] != now[k] and (k in known or k == "epochs")
+               and (k != "epochs" or opts.lr_scheduler != "none")]
+    if not changed:
+        return scheduler
+    for group in optimizer.param_groups:
+        group["lr"] = opts.lr
+        group.pop("initial_lr", None)  # else the new scheduler would start from the old rate
+    scheduler = make_scheduler(opts, optimizer, epochs)
+    if scheduler is not None:
+        with warnings.catch_warnings():  # stepping to the epoch, with no optimiser step between
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(start_epoch):
+                scheduler.step()
+    said = ", ".join(f"{k} {before[k]} -> {now[k]}" for k in changed)
+    say(f"note: --resume with another schedule ({said}): the learning rate is "
+        f"{optimizer.param_groups[0]['lr']:g} from epoch {start_epoch}, as these options give "
+        "it there")
+    return scheduler
 
 
 def total_epochs(opts) -> int:
@@ -147,6 +192,8 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
             if f.name in saved and f.name not in given and f.name not in NOT_RESUMED:
                 setattr(opts, f.name, saved[f.name])
     opts = config.resolve(opts, "train")
+    if resume_state is not None:
+        refuse_another_optimiser(opts, resume_state["config"], last_path)
     config.note_ignored(opts, given, options_ignored_by(opts.method), world.say)
     METHODS[opts.method].check_options(opts)
     choose_precision(opts, device)  # refused before any work if the device lacks it
@@ -183,6 +230,8 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
         restore_rng(resume_state["rng"])
         saved_epoch = resume_state["epoch"]
         start_epoch = saved_epoch + 1
+        scheduler = reschedule(opts, resume_state["config"], optimizer, scheduler, epochs,
+                               start_epoch, world.say)
         best_acc, best_epoch = resume_state["best_val_acc"], resume_state["best_epoch"]
         saved_world = resume_state.get("world_size", 1)
         world.say(f"Resuming {last_path} after epoch {resume_state['epoch']}"
@@ -218,6 +267,7 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
         started = time.time()
         model.set_epoch(epoch, epochs)
         schedule = model.schedule_state()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
         results = []
         updates_iter = engine.train_epoch(model, optimizer, train_sampler, epoch,
                                           opts.n_episode, opts.n_task, world)
@@ -234,7 +284,7 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
             scheduler.step()
         record = {"epoch": epoch, "train_loss": float(np.mean([r.loss for r in results])),
                   "train_acc": float(np.mean([r.accuracy for r in results])),
-                  "lr": optimizer.param_groups[0]["lr"], **schedule}
+                  "lr": lr, **schedule}
         if (epoch + 1) % opts.eval_freq == 0 or epoch == epochs - 1:
             val_iter = engine.evaluate(model, val_sampler, opts.n_episode, opts.n_task, world)
             mine = list(io_utils.progress(val_iter, len(world.share(opts.n_episode)),
@@ -315,8 +365,9 @@ def divergence_message(exc: engine.Diverged, opts, last_path: Path,
     kept = (f"{last_path} (epoch {saved_epoch}) and the other checkpoints are the last finite "
             "ones, kept" if saved_epoch is not None else
             "no checkpoint was saved before it")
-    return (f"training diverged {exc}; usually {cause}; {kept}; training stopped, start "
-            "again with a lower --lr")
+    again = ("--resume with a lower --lr continues from it" if saved_epoch is not None else
+             "start again with a lower --lr")
+    return f"training diverged {exc}; usually {cause}; {kept}; training stopped: {again}"
 
 
 def delta_record(model, sampler, epoch: int, n_episode: int, schedule: dict) -> dict:

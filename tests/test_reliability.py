@@ -324,27 +324,28 @@ def test_a_forked_child_does_not_hold_its_parents_run_lock(tmp_path):
     still lives, and the child cannot remove the parent's lock file."""
     lock = io_utils.RunLock(tmp_path / "run")
     lock.acquire()
-    read, write = os.pipe()
+    started, end = os.pipe(), os.pipe()  # child -> parent: running; parent -> child: end
     child = os.fork()
-    if child == 0:  # the child: wait to be told to end, then say whether it kept the lock
+    if child == 0:  # the child: say it runs, wait to be told to end, say if it kept the lock
         kept = True
         try:
-            os.close(write)
-            os.read(read, 1)
+            os.write(started[1], b"x")
+            os.read(end[0], 1)
             lock.release()  # must do nothing here: the lock is the parent's
             kept = lock.fd is not None or bool(io_utils._HELD)
         finally:
             os._exit(3 if kept else 0)
-    os.close(read)
     try:
+        os.read(started[0], 1)  # the child's fork handlers have run
         os.close(lock.fd)  # the parent dies
         again = io_utils.RunLock(tmp_path / "run")
         again.acquire()  # refused while the child holds the flock on an inherited descriptor
         again.release()
     finally:
-        os.write(write, b"x")
-        os.close(write)
+        os.write(end[1], b"x")
         _, status = os.waitpid(child, 0)
+        for fd in (*started, *end):
+            os.close(fd)
         lock.fd = None  # closed above; not to be closed again by a later fork
         io_utils._HELD.discard(lock)
     assert os.waitstatus_to_exitcode(status) == 0, "the child kept its parent's lock"
@@ -433,3 +434,39 @@ def test_a_real_full_disk(data_dir, straight_run, tmp_path, capsys):
     assert len(lines) == 1 and "No space left on device; training stopped in epoch 1" in \
         lines[0], done.stderr
     assert_resumes_exactly(straight_run, tmp_path / "save", data_dir, capsys)
+
+
+# --- a resumed run records what it used ---------------------------------------------------------
+def test_a_resumed_run_trains_at_the_rate_its_options_give(data_dir, tmp_path, capsys):
+    """--resume with another --lr and other milestones: the rates of the resumed epochs are
+    those a fresh run with these options has at those epochs (the saved optimiser and scheduler
+    state brought the old ones back), and args.json, the checkpoint and metrics.jsonl say so."""
+    first = TINY + ["--data_dir", data_dir, "--lr_scheduler", "multisteplr", "--milestones", "1"]
+    assert run(TRAIN, first + ["--save_dir", tmp_path / "a"], capsys)[0] == 0
+    changed = ["--stop_epoch", "2", "--lr", "3e-4", "--milestones", "3"]
+    code, out, err = run(TRAIN, first + changed + ["--save_dir", tmp_path / "a", "--resume"],
+                         capsys)
+    assert code == 0, err
+    assert "note: --resume with another schedule (lr 0.001 -> 0.0003, milestones [1] -> [3]" \
+        in out, out
+    assert run(TRAIN, first + changed + ["--save_dir", tmp_path / "fresh"], capsys)[0] == 0
+    resumed, fresh = (strict_json_lines(run_folder(tmp_path / f) / "metrics.jsonl")
+                      for f in ("a", "fresh"))
+    assert [m["lr"] for m in resumed[2:]] == [m["lr"] for m in fresh[2:]]
+    assert resumed[2]["lr"] == pytest.approx(3e-4) and resumed[3]["lr"] == pytest.approx(9e-5)
+    folder = run_folder(tmp_path / "a")
+    state = torch.load(folder / "last_model.tar", weights_only=True)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(9e-5)
+    assert state["config"]["lr"] == json.loads((folder / "args.json").read_text())["lr"] == 3e-4
+    assert list(state["scheduler"]["milestones"]) == [3]
+
+
+def test_a_resume_cannot_change_the_optimiser(data_dir, tmp_path, capsys):
+    """--resume --optim sgd of an Adam run: one line, before anything is rewritten."""
+    assert run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", tmp_path], capsys)[0] == 0
+    folder = run_folder(tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    code, _, err = run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", tmp_path,
+                                      "--stop_epoch", "2", "--optim", "sgd", "--resume"], capsys)
+    assert_one_line_error(code, err, "--optim sgd: the run in .* was trained with adam")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
