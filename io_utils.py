@@ -124,22 +124,38 @@ def _os_error(exc: BaseException | None) -> OSError | None:
 def append_text(path: Path, text: str) -> None:
     """Append ``text`` to ``path`` (created if missing), all of it or nothing: a failed write
     is cut back off, so a record file never ends in half a line."""
+    append_together([(path, text)])
+
+
+def append_together(appends: list[tuple[Path, str]]) -> None:
+    """Append each text to its file, all of them or none: when one write fails, the files
+    already appended to are cut back to their former size, so records kept in two forms (a
+    line of results.txt and its results.jsonl record) never disagree."""
+    done: list[tuple[int, int, Path | None]] = []  # descriptor, size before, path if created
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _file_mode())
-    except OSError as exc:
-        raise WriteError(path, exc) from None
-    try:
-        size = os.fstat(fd).st_size
-        data = text.encode()
-        try:
-            while data:
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        except OSError as exc:
+        for path, text in appends:
+            existed = os.path.exists(path)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _file_mode())
+            except OSError as exc:
+                raise WriteError(path, exc) from None
+            done.append((fd, os.fstat(fd).st_size, None if existed else Path(path)))
+            data = text.encode()
+            try:
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            except OSError as exc:
+                raise WriteError(path, exc) from None
+    except WriteError:
+        for fd, size, created in done:
             os.ftruncate(fd, size)
-            raise WriteError(path, exc) from None
+            if created is not None:
+                created.unlink(missing_ok=True)
+        raise
     finally:
-        os.close(fd)
+        for fd, _, _ in done:
+            os.close(fd)
 
 
 def json_line(record: dict) -> str:
@@ -443,14 +459,15 @@ def load_feature_net(feature: torch.nn.Module, path: Path) -> int:
 
 
 def append_result(record_dir: Path, line: str, record: dict) -> None:
-    """Append one human-readable line to results.txt and one JSON record to results.jsonl."""
+    """Append one human-readable line to results.txt and one JSON record to results.jsonl,
+    both or neither."""
     ensure_writable(record_dir)
     try:
         Path(record_dir).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WriteError(record_dir, exc) from None
-    append_text(record_dir / "results.txt", line + "\n")
-    append_text(record_dir / "results.jsonl", json_line(record))
+    append_together([(record_dir / "results.jsonl", json_line(record)),
+                     (record_dir / "results.txt", line + "\n")])
 
 
 def progress(iterable, total: int, desc: str, shown: bool = True):

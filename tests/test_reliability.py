@@ -395,6 +395,33 @@ def test_a_full_disk_is_one_line_and_resumes_exactly(failing, nth, data_dir, str
     assert_resumes_exactly(straight_run, tmp_path, data_dir, capsys)
 
 
+@pytest.mark.parametrize("failing", ["results.txt", "results.jsonl"])
+def test_a_failed_record_write_leaves_both_records_as_they_were(failing, data_dir, tiny_run,
+                                                                 tmp_path, monkeypatch, capsys):
+    """test.py's result is one line of results.txt and one record of results.jsonl: the disk
+    filling on either leaves both as they were (none created in an empty folder), so the two
+    never disagree."""
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")) == failing:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    argv = TINY + ["--data_dir", data_dir, "--save_dir", tiny_run, "--n_episode", "2",
+                   "--repeat", "1"]
+    kept, fresh = tmp_path / "kept", tmp_path / "fresh"
+    assert run(TEST, argv + ["--record_dir", kept], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in kept.iterdir()}
+    monkeypatch.setattr(os, "fsync", fsync)
+    for records in (kept, fresh):
+        code, _, err = run(TEST, argv + ["--record_dir", records], capsys)
+        assert_one_line_error(code, err, f"could not write .*{failing}: No space left")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert {p.name: p.read_bytes() for p in kept.iterdir()} == before
+    assert not [p for p in fresh.iterdir() if p.name.startswith("results")]
+
+
 def test_a_run_folder_removed_mid_run_is_one_line(data_dir, tmp_path, monkeypatch, capsys):
     import io_utils
     real_append, appends = io_utils.append_text, []
