@@ -16,11 +16,13 @@ backbone reads (:mod:`data.episodes`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import signal
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -38,7 +40,8 @@ from errors import UserError
 # ImageNet's per-channel statistics, with which the reference normalises the RGB copies.
 CHANNEL_MEAN = (0.485, 0.456, 0.406)
 CHANNEL_STD = (0.229, 0.224, 0.225)
-STORE_VERSION = 1  # bump when the preprocessing changes, so old caches are rebuilt
+STORE_VERSION = 2  # bump when the preprocessing changes, so old caches are rebuilt (2: deep and
+# transparent images scaled and laid on white)
 _ROTATION = re.compile(r"/rot(\d{3})$")
 
 
@@ -69,10 +72,61 @@ def load_image(path: Path, form: ImageForm = CHARACTER_FORM) -> np.ndarray:
         raise UserError(f"cannot read image {path}: {exc}; prepare the data again") from None
 
 
+# The largest image decoded: 150 megapixels (12,247 x 12,247), more than a 100-megapixel
+# photograph; a larger file is more likely a decompression bomb (PIL's own limit warns at
+# 89 and raises at 179 megapixels, as a traceback).
+MAX_PIXELS = 150_000_000
+# Where an image is transparent, it is laid on white: the character benchmarks' background
+# (dark strokes on white, Omniglot's polarity), and a neutral one for photographs.
+BACKGROUND = 255
+_HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def standard_mode(im: Image.Image) -> Image.Image:
+    """``im`` in a mode that converts to 8-bit grey or RGB without losing it: images of 16
+    or 32 bits, integer or float, scaled to 0-255 from their type's range (PIL's convert
+    would clip them to 255, leaving a near-white image), and transparent ones composited on
+    :data:`BACKGROUND` (convert would drop the alpha, leaving whatever colour the transparent
+    pixels hold: black, usually, under black strokes)."""
+    if im.mode in _HIGH_DEPTH:
+        values = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError("it has pixel values that are not finite numbers")
+        low, high = float(values.min()), float(values.max())
+        if low < 0:  # no range to read it in: stretched to 0-255
+            values = (values - low) / max(high - low, 1e-12)
+        else:
+            # 16-bit types by their range; 32-bit ones (integer or float) by the smallest of
+            # the usual ranges that holds their values (float 0-1, 8, 16, 31 bits)
+            ranges = ((65535,) if im.mode.startswith("I;16") else
+                      ((1.0,) if im.mode == "F" else ()) + (255, 65535, 2**31 - 1))
+            full = next((r for r in ranges if high <= r), high)
+            values = values / full
+        return Image.fromarray(np.round(values * 255).astype(np.uint8), "L")
+    if im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info:
+        im = im.convert("RGBA")
+        background = Image.new("RGBA", im.size, (BACKGROUND,) * 3 + (255,))
+        return Image.alpha_composite(background, im)
+    return im
+
+
 def decode(path: Path, form: ImageForm = CHARACTER_FORM) -> np.ndarray:
     """Any image PIL reads -> ``uint8`` of ``form.shape``: grayscale resized to the Resize
-    square and centre-cropped, or RGB resized to the square (channels first)."""
-    with Image.open(path) as im:
+    square and centre-cropped, or RGB resized to the square (channels first); deep and
+    transparent images first brought to 8 bits on white (:func:`standard_mode`). An image
+    of more than :data:`MAX_PIXELS` is refused (ValueError) before it is decoded."""
+    with warnings.catch_warnings():  # PIL's own check warns, or raises, on opening
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            opened = Image.open(path)
+        except Image.DecompressionBombError:
+            opened = None
+    with opened or contextlib.nullcontext() as im:
+        if im is None or im.size[0] * im.size[1] > MAX_PIXELS:
+            size = "" if im is None else f"{im.size[0]:,} x {im.size[1]:,} pixels, "
+            raise ValueError(f"it is {size}more than the {MAX_PIXELS:,} pixels decoded here "
+                             "(a decompression bomb, or a scan to make smaller first)")
+        im = standard_mode(im)
         if form.colour:
             im = im.convert("RGB").resize((form.size, form.size), Image.BILINEAR)
             return np.ascontiguousarray(np.asarray(im).transpose(2, 0, 1))
@@ -176,7 +230,8 @@ def decode_all(paths: list[Path], form: ImageForm, strict: bool = True
     workers = min(os.cpu_count() or 1, 8)
     decoder = partial(load_image if strict else _decode_or_none, form=form)
     if workers > 1 and len(paths) > 2000:
-        with ProcessPoolExecutor(workers, initializer=_die_with, initargs=(os.getpid(),)) as pool:
+        with ProcessPoolExecutor(workers, initializer=_die_with,
+                                 initargs=(os.getpid(),)) as pool:
             decoded = pool.map(decoder, paths, chunksize=256)
             for i, image in enumerate(decoded):
                 if image is None:

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import os
+import struct
 import sys
+import zlib
+from io import BytesIO
 from pathlib import Path
 
 import pytest
@@ -79,3 +82,17 @@ def project_root_untouched(tmp_path_factory):
     left = sorted(os.listdir(cwd))
     assert not left, (f"the tests left {left} in the working directory (a default ./save or "
                       "./record?)")
+
+
+def bomb_png(path: Path, side: int = 30_000) -> Path:
+    """A PNG whose header says ``side`` x ``side`` pixels (900 megapixels by default), a few
+    bytes on disk: a decompression bomb."""
+    from PIL import Image
+    buffer = BytesIO()
+    Image.new("L", (1, 1)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    header = struct.pack(">II", side, side) + bytes(data[24:29])
+    data[16:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    path.write_bytes(bytes(data))
+    return path

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, bomb_png
 from test_entrypoints import TEST, TRAIN, assert_one_line_error, run
 
 CUB100, CALTECH = SHARED_DATA / "cub100", SHARED_DATA / "caltech101"
@@ -92,8 +92,9 @@ def test_mixed_sizes_and_greyscale_photos_reach_the_store_as_colour_squares(phot
 
 
 def test_unusable_files_are_named_in_one_line_and_left_out(tmp_path, capsys):
-    """A copy of five real species with a text file and a truncated JPEG among the photos:
-    both named on one line, left out, the rest made into a benchmark."""
+    """A copy of five real species with a text file, a truncated JPEG and a decompression
+    bomb (a PNG of 900 megapixels, by its header) among the photos: all named on one line,
+    left out, the rest made into a benchmark."""
     from data.folder import main as make_benchmark
     mine = tmp_path / "my birds"
     species_names = sorted(p.name for p in (CUB100 / "images").iterdir())[:5]
@@ -105,6 +106,7 @@ def test_unusable_files_are_named_in_one_line_and_left_out(tmp_path, capsys):
     (mine / first / "notes.txt").write_text("seen at dawn\n")
     whole = sorted((mine / second).iterdir())[0].read_bytes()
     (mine / second / "cut.jpg").write_bytes(whole[:300])
+    bomb_png(mine / second / "bomb.png")
     code = make_benchmark([str(mine), "--data_dir", str(tmp_path / "data"), "--fractions",
                            "1", "1", "1", "--train_n_way", "1", "--test_n_way", "1",
                            "--n_shot", "1"])
@@ -112,10 +114,11 @@ def test_unusable_files_are_named_in_one_line_and_left_out(tmp_path, capsys):
     assert code == 0, out
     notes = [line for line in out.splitlines() if "not readable images" in line]
     assert len(notes) == 1 and f"{first}/notes.txt" in notes[0] \
-        and f"{second}/cut.jpg" in notes[0], out
+        and f"{second}/cut.jpg" in notes[0] and f"{second}/bomb.png" in notes[0], out
     images = sum((listed(tmp_path / "data" / "my birds", s)["image_names"]
                   for s in ("base", "val", "novel")), [])
-    assert len(images) == 20 and not any(i.endswith(("notes.txt", "cut.jpg")) for i in images)
+    assert len(images) == 20 and not any(i.endswith(("notes.txt", "cut.jpg", "bomb.png"))
+                                         for i in images)
 
 
 def test_a_benchmark_folder_of_something_else_is_never_overwritten(tmp_path, capsys):

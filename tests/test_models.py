@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, bomb_png
 from data.episodes import TEST_QUERY
 from methods import bf16_kernels
 from results.report import read_jsonl
@@ -387,6 +387,42 @@ def test_predict_with_a_bayesian_model_gives_the_spread(data_dir, tmp_path, caps
                           "reads exactly 1 image.* per class; the support set has 2")
 
 
+def test_images_of_every_mode_read_as_their_8_bit_original(data_dir, tmp_path):
+    """A real EMNIST image saved as 16-bit PNG, 32-bit integer and float TIFF, and as dark
+    strokes on a transparent background (grey + alpha, RGBA, a palette with a transparent
+    entry) gives the pixels of the 8-bit original to rounding: deep images scaled from their
+    range (PIL's convert clipped them to a blank white), transparency laid on white (convert
+    dropped it, leaving black strokes on black)."""
+    from data.benchmarks import BENCHMARKS
+    path = data_dir / "emnist" / json.loads((data_dir / "emnist" / "novel.json").read_text())[
+        "image_names"][3]
+    read = PREDICT.ImageReader(BENCHMARKS["cross_char"], "auto")
+    original = read(path).astype(int)
+    with Image.open(path) as im:
+        grey = np.asarray(im.convert("L"))
+    ink = 255 - grey.astype(np.uint8)  # the strokes' opacity
+    black = np.zeros_like(grey)
+    variants = {
+        "16-bit.png": Image.fromarray(grey.astype(np.uint16) * 257),
+        "int32.tif": Image.fromarray((grey.astype(np.int64) * (2**31 - 1) // 255)
+                                     .astype(np.int32)),
+        "int32-16-bit-values.tif": Image.fromarray(grey.astype(np.int32) * 257),
+        "int32-8-bit-values.tif": Image.fromarray(grey.astype(np.int32)),
+        "float.tif": Image.fromarray(grey.astype(np.float32) / 255),
+        "la.png": Image.fromarray(np.stack([black, ink], -1), "LA"),
+        "rgba.png": Image.fromarray(np.stack([black] * 3 + [ink], -1), "RGBA"),
+    }
+    palette = Image.fromarray(np.where(grey < 128, 1, 0).astype(np.uint8), "P")
+    palette.putpalette([0, 0, 0, 0, 0, 0])  # entry 0 (the background) black but transparent
+    palette.info["transparency"] = 0
+    for name, image in variants.items():
+        image.save(tmp_path / name)
+        assert np.abs(read(tmp_path / name).astype(int) - original).max() <= 1, name
+    palette.save(tmp_path / "palette.png", transparency=0)
+    binary = read(tmp_path / "palette.png").astype(int)
+    assert abs(binary.mean() - original.mean()) < 12  # thresholded, but white where it was
+
+
 def test_predict_bad_input_is_one_line(data_dir, tiny_model, tmp_path, capsys):
     emnist_task(data_dir, tmp_path, np.random.default_rng(1))
     support, query = tmp_path / "support", tmp_path / "query"
@@ -409,6 +445,10 @@ def test_predict_bad_input_is_one_line(data_dir, tiny_model, tmp_path, capsys):
     fails("hold different numbers of images")
     (first / "again.png").unlink()
     fails("nowhere: no such file or folder", tiny_model, tmp_path / "nowhere")
+    fails(r"cannot read image .*bomb.png: it is more than the 150,000,000 pixels decoded here",
+          tiny_model, bomb_png(tmp_path / "bomb.png"))
+    fails(r"cannot read image .*large.png: it is 12,500 x 12,500 pixels, more than",
+          tiny_model, bomb_png(tmp_path / "large.png", 12_500))
     # A diverged model predicts nothing (NaN logits would read as the first class).
     from safetensors import safe_open
     from safetensors.torch import save_file
