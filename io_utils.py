@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -278,8 +279,15 @@ def load_safely(path: Path, what: str):
     one line, with the way to convert a file one trusts."""
     path = Path(path)
     try:
+        damaged = _failed_checksum(path)
+        if damaged:
+            raise UserError(f"{what} {path} is damaged: its record {damaged} does not match the "
+                            "checksum written with it, so its weights are not what was saved; "
+                            "use another copy, or an earlier checkpoint of the run")
         with torch.serialization.safe_globals(_FORMAT_2_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except FileNotFoundError:
         raise UserError(f"{what} {path}: no such file") from None
     except IsADirectoryError:
@@ -296,6 +304,19 @@ def load_safely(path: Path, what: str):
                 f"{path} NEW_FILE` converts it") from None
         raise UserError(f"{what} {path} is unreadable ({type(exc).__name__}); it may be "
                         "corrupt, truncated or not a PyTorch file") from None
+
+
+def _failed_checksum(path: Path) -> str | None:
+    """The first record of a checkpoint whose bytes fail the CRC-32 its zip archive keeps
+    with it, or None. torch.load does not check them: flipped bits in a weight record load as
+    other weights without a word."""
+    if not zipfile.is_zipfile(path):
+        return None  # not torch's zip format: torch.load says what it is
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        return f"index ({exc})"
 
 
 def _unsafe_globals(path: Path) -> list[str]:
