@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -405,7 +406,64 @@ def adaptation_steps(opts: Options) -> int:
     return steps
 
 
+# The largest value of each option that sizes an allocation or a loop: far above any
+# published experiment, low enough that a typo or an altered file is refused in one line
+# instead of hanging for hours or asking for hundreds of GB.
+LIMITS = {"n_shot": 1000, "train_n_way": 1000, "test_n_way": 1000, "n_episode": 1_000_000,
+          "n_task": 10_000, "task_update_num": 1000, "hm_weight_set_num_train": 1000,
+          "hm_weight_set_num_test": 1000, "hn_hidden_size": 16_384, "hn_head_len": 64,
+          "hn_val_epochs": 100_000, "repeat": 1000, "stop_epoch": 10_000_000,
+          "seed": 2**63 - 1}
+
+
+def _check_limits(values: dict, named) -> None:
+    """Each value of ``values`` that :data:`LIMITS` bounds, and every float, checked;
+    ``named(option)`` says where it came from, for the message."""
+    for name, value in values.items():
+        if name in LIMITS and isinstance(value, int) and not 0 <= value <= LIMITS[name]:
+            if value < 0 and name == "seed":
+                raise UserError(f"{named(name)} must be >= 0, got {value}")
+            if value > LIMITS[name]:
+                raise UserError(f"{named(name)} is {value:,}, more than the {LIMITS[name]:,} "
+                                "allowed (it sizes a loop or an allocation)")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{named(name)} is {value}: it must be a finite number")
+
+
+def check_saved(saved: dict, source: str, methods: Sequence[str]) -> None:
+    """A configuration read from a checkpoint or model file checked as the command line is
+    before any of it sizes anything: its known options have their type, one of their choices and a value within :data:`LIMITS`; the method one of ``methods``. A file
+    that fails was not written by this toolkit, or was altered: one line."""
+    where = f"the configuration in {source}"
+    fields = {f.name: f for f in dataclasses.fields(Options)}
+    for name, value in saved.items():
+        if name not in fields:
+            continue  # an option of another version: not read
+        kind = str(fields[name].type).replace("Optional[", "").rstrip("]")
+        optional = str(fields[name].type).startswith("Optional[")
+        if value is None and (optional or fields[name].default is None):
+            continue
+        fits = {"int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+                "bool": isinstance(value, bool), "str": isinstance(value, str),
+                "list": isinstance(value, list) and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in value)}.get(kind, True)
+        if not fits:
+            raise UserError(f"{where} gives {name} {value!r:.60}, not a value of type {kind}")
+        choices = fields[name].metadata["argparse"].get("choices")
+        if choices and value not in choices:
+            raise UserError(f"{where} gives {name} {value!r:.60}, not one of {', '.join(choices)}")
+    if saved.get("method") not in methods:
+        raise UserError(f"{where} names the method {saved.get('method')!r:.60}, which this "
+                        f"toolkit does not have ({', '.join(methods)})")
+    for name in ("n_shot", "train_n_way", "test_n_way", "n_task"):
+        if isinstance(saved.get(name), int) and saved[name] < 1:
+            raise UserError(f"{where} gives {name} {saved[name]}: it must be positive")
+    _check_limits(saved, lambda name: f"{name} in {where}")
+
+
 def _check(opts: Options, entry: str) -> None:
+    _check_limits(opts.to_dict(), lambda name: f"--{name}")
     positive = {"n_shot": opts.n_shot, "train_n_way": opts.train_n_way,
                 "test_n_way": opts.test_n_way, "n_episode": opts.n_episode,
                 "n_task": opts.n_task}

@@ -349,6 +349,9 @@ def load_checkpoint(path: Path, method: str | None) -> dict:
     except (KeyError, TypeError):
         raise UserError(f"checkpoint {path} is not one of this toolkit (no config and model "
                         "in it)") from None
+    import config
+    from methods import METHODS
+    config.check_saved(state["config"], str(path), list(METHODS))
     if method is not None and saved_method != method:
         raise UserError(f"checkpoint {path} holds a {saved_method} model, not {method}")
     return _upgrade(state, path)
@@ -393,12 +396,25 @@ def load_model_file(path: Path) -> dict:
     if metadata.get("format") != MODEL_FORMAT:
         raise UserError(f"{path} is a safetensors file but not a model file of this toolkit "
                         f"(its metadata has no format {MODEL_FORMAT!r})")
-    return {"format": CHECKPOINT_FORMAT, "config": json.loads(metadata["config"]),
-            "model": model, "epoch": int(metadata["epoch"]),
-            "best_val_acc": float(metadata["best_val_acc"]),
-            "schedule": json.loads(metadata["schedule"]),
-            "image_form": json.loads(metadata.get("image_form", "null")),
-            "experiment": metadata.get("experiment", "")}
+    try:
+        state = {"format": CHECKPOINT_FORMAT, "config": json.loads(metadata["config"]),
+                 "model": model, "epoch": int(metadata["epoch"]),
+                 "best_val_acc": float(metadata["best_val_acc"]),
+                 "schedule": json.loads(metadata["schedule"]),
+                 "image_form": json.loads(metadata.get("image_form", "null")),
+                 "experiment": metadata.get("experiment", "")}
+    except (KeyError, ValueError, RecursionError) as exc:  # RecursionError: nested too deep
+        raise UserError(f"model file {path} has unreadable metadata ({type(exc).__name__}: "
+                        f"{str(exc)[:80]}); it was not written by this toolkit, or was "
+                        "altered") from None
+    form = state["image_form"]
+    if not isinstance(state["schedule"], dict) or not (form is None or (
+            isinstance(form, dict) and isinstance(form.get("colour"), bool)
+            and type(form.get("image_size")) is int and 8 <= form["image_size"] <= 1024)):
+        raise UserError(f"model file {path} has unreadable metadata (its schedule or image "
+                        "form is not one this toolkit writes); it was not written by this toolkit, or was "
+                        "altered")
+    return state
 
 
 def _upgrade(state: dict, path: Path) -> dict:

@@ -150,6 +150,67 @@ def test_bad_model_files_are_one_line(data_dir, tiny_model, tmp_path, capsys):
     assert "required: --dataset, --method" in capsys.readouterr().err
 
 
+def test_crafted_model_metadata_is_one_line_before_anything_is_sized(data_dir, tiny_model,
+                                                                     tmp_path, capsys):
+    """A model file whose metadata was altered (a loop count or a way count of 10^9, a
+    negative or fractional count, an unknown method or backbone, a configuration that is not
+    JSON or nested past any parser's depth, a string epoch, a huge image size): test.py and
+    predict.py refuse it in one line at once, where they hung or asked for 256 GB."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    with safe_open(str(tiny_model), framework="pt") as f:
+        weights = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata()
+    config = json.loads(metadata["config"])
+    emnist_task(data_dir, tmp_path / "task", np.random.default_rng(2))
+    unreadable = "has unreadable metadata"
+    cases = [({"task_update_num": 10**9}, "task_update_num in the configuration in .* is "
+              "1,000,000,000, more than the 1,000 allowed"),
+             ({"hm_weight_set_num_test": 10**9}, "hm_weight_set_num_test .* more than"),
+             ({"train_n_way": 10**9}, "train_n_way .* more than the 1,000 allowed"),
+             ({"train_n_way": -5}, "gives train_n_way -5: it must be positive"),
+             ({"n_shot": 1.5}, "gives n_shot 1.5, not a value of type int"),
+             ({"lr": "fast"}, "gives lr 'fast', not a value of type float"),
+             ({"method": "nope"}, "names the method 'nope', which this toolkit does not have"),
+             ({"model": "ResNet"}, "gives model 'ResNet', not one of Conv4"),
+             ("not json", unreadable), ("[" * 100_000 + "]" * 100_000, unreadable),
+             ("[1, 2]", "is not one of this toolkit")]
+    for i, (change, message) in enumerate(cases + [("epoch", unreadable), ("form", unreadable)]):
+        crafted = dict(metadata)
+        if change == "epoch":
+            crafted["epoch"] = "x"
+        elif change == "form":
+            crafted["image_form"] = json.dumps({"image_size": 10**6, "colour": False})
+        else:
+            crafted["config"] = (json.dumps({**config, **change}) if isinstance(change, dict)
+                                 else change)
+        path = tmp_path / f"crafted{i}.safetensors"
+        save_file(weights, path, crafted)
+        code, _, err = run(TEST, ["--checkpoint", path, "--data_dir", data_dir, "--n_episode",
+                                  "2", "--repeat", "1", "--record_dir", tmp_path / "r"], capsys)
+        assert_one_line_error(code, err, message)
+        code = PREDICT.main([str(path), str(tmp_path / "task" / "support"),
+                             str(tmp_path / "task" / "query")])
+        assert_one_line_error(code, capsys.readouterr().err, message)
+    assert not (tmp_path / "r").exists()
+
+
+def test_numbers_on_the_command_line_are_finite_and_bounded(data_dir, tmp_path, capsys):
+    """--lr nan, --train_lr nan, --seed 2**70, a loop count of 10^9: one line each, naming the
+    option given (a NaN --train_lr was blamed on --lr once training diverged)."""
+    base = TINY + ["--data_dir", data_dir, "--save_dir", tmp_path]
+    for extra, message in ((["--lr", "nan"], "--lr is nan: it must be a finite number"),
+                           (["--train_lr", "nan"], "--train_lr is nan"),
+                           (["--seed", str(2**70)], "--seed is 1,180,591,620,717,411,303,424, "
+                                                    "more than the"),
+                           (["--seed", "-3"], "--seed must be >= 0, got -3"),
+                           (["--task_update_num", str(10**9)], "--task_update_num is "
+                                                               "1,000,000,000, more than")):
+        code, _, err = run(TRAIN, base + extra, capsys)
+        assert_one_line_error(code, err, message)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 # --- the shipped models ------------------------------------------------------------------------
 @contextlib.contextmanager
 def threads_of_record(experiment: str):
