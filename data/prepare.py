@@ -25,6 +25,8 @@ last, so an interrupted run is detected and redone, and a finished one is never 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import http.client
 import io
 import json
@@ -52,6 +54,7 @@ DATASET_FOLDERS = {"omniglot": "omniglot", "emnist": "emnist", "CUB": "CUB",
 FORMAT_VERSION = 1
 MARKER_NAME = ".prepared"
 WORK_FOLDER_NAME = ".prepare-tmp"
+PREPARE_LOCK_NAME = ".prepare.lock"
 
 # Raw files of each dataset: path inside a --source folder -> public URL.
 _OMNIGLOT_URL = "https://github.com/brendenlake/omniglot/raw/master/python/"
@@ -150,8 +153,38 @@ def prepare(name: str, data_dir: Path, source: Path | None = None) -> Path:
     if is_prepared(data_dir, name):
         print(f"{name}: already prepared in {dataset_dir}", flush=True)
         return dataset_dir
+    try:
+        dataset_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot prepare {name} in {dataset_dir}: {exc.strerror or exc}") from None
+    with _preparing(dataset_dir, name):
+        if is_prepared(data_dir, name):  # by the process this one waited for
+            print(f"{name}: prepared in {dataset_dir} by another process meanwhile", flush=True)
+            return dataset_dir
+        return _prepare_locked(name, data_dir, dataset_dir, source)
+
+
+@contextlib.contextmanager
+def _preparing(dataset_dir: Path, name: str):
+    """Hold ``dataset_dir``'s preparation lock: runs started together on an unprepared data
+    root (a job array, parallel tests) prepare it once, the others waiting and then sharing
+    it, instead of removing each other's half-written files. ``flock`` is released by the
+    operating system however the holder ends."""
+    fd = os.open(dataset_dir / PREPARE_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{name}: another process is preparing it in {dataset_dir}; waiting for it",
+                  flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _prepare_locked(name: str, data_dir: Path, dataset_dir: Path, source: Path | None) -> Path:
     started = time.perf_counter()
-    dataset_dir.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(dataset_dir, name)
     work_dir = dataset_dir / WORK_FOLDER_NAME
     work_dir.mkdir()

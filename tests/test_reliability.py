@@ -265,6 +265,27 @@ def test_two_launches_at_once_leave_one_run(data_dir, tmp_path):
     assert metrics == [0, 1]
 
 
+def test_runs_started_together_on_unprepared_data_prepare_it_once(tmp_path):
+    """Three train.py started at the same moment on an empty data root (offline, from
+    ../shared/data): one prepares each dataset while the others wait for it, then all three
+    train on it; nothing is left half-written."""
+    from conftest import SHARED_DATA
+    root = tmp_path / "data"
+    command = [sys.executable, str(REPO_ROOT / "train.py"), *TINY, "--data_dir", str(root),
+               "--data_source", str(SHARED_DATA)]
+    launched = [subprocess.Popen(command + ["--save_dir", str(tmp_path / f"save{i}")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 cwd=REPO_ROOT) for i in range(3)]
+    finished = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in launched]
+    assert [code for code, _, _ in finished] == [0, 0, 0], [err for _, _, err in finished]
+    outs = "".join(out for _, out, _ in finished)
+    for name in ("omniglot", "emnist"):
+        assert outs.count(f"{name}: done in") == 1, outs
+    from data.prepare import is_prepared
+    assert is_prepared(root, "omniglot") and is_prepared(root, "emnist")
+    assert not list(root.glob("*/.prepare-tmp"))
+
+
 def test_results_run_holds_its_folder(tmp_path, monkeypatch):
     import io_utils
     from errors import UserError
