@@ -484,6 +484,40 @@ def test_images_of_every_mode_read_as_their_8_bit_original(data_dir, tmp_path):
     assert abs(binary.mean() - original.mean()) < 12  # thresholded, but white where it was
 
 
+def test_predict_classifies_in_batches_of_bounded_size(data_dir, tmp_path, capsys):
+    """Real EMNIST queries given with --query_batch 10: classified 10 at a time, each batch
+    exactly as if its queries had been given alone (so memory grows with the batch, not with
+    the query count), with a note; a batch that holds them all is the one-batch answer. A
+    class name with a newline keeps each query on its one line."""
+    model = PREDICTORS[0]
+    emnist_task(data_dir, tmp_path, np.random.default_rng(3), queries=5)
+    queries = sorted((tmp_path / "query").iterdir())
+    batched = predictions(tmp_path, model, capsys, "--query_batch", 10)
+    alone = tmp_path / "first"
+    alone.mkdir()
+    for q in queries[:10]:
+        shutil.copy(q, alone / q.name)
+    code = PREDICT.main([str(model), str(tmp_path / "support"), str(alone), "--json",
+                         "--device", "cpu"])
+    first = json.loads(capsys.readouterr().out)
+    assert code == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "query"} for r in rows]  # noqa
+    assert strip(batched[:10]) == strip(first)
+    code = PREDICT.main([str(model), str(tmp_path / "support"), str(tmp_path / "query"),
+                         "--query_batch", "10", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert "25 queries, classified in 3 batches of at most 10" in err
+    whole = predictions(tmp_path, model, capsys)
+    assert predictions(tmp_path, model, capsys, "--query_batch", 25) == whole
+    odd = sorted((tmp_path / "support").iterdir())[0]
+    odd.rename(odd.with_name("two\nlines"))
+    code = PREDICT.main([str(model), str(tmp_path / "support"), str(tmp_path / "query"),
+                         "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert code == 0 and len(out.strip().splitlines()) == len(queries), out
+    assert "two\\nlines" in out
+
+
 def test_predict_bad_input_is_one_line(data_dir, tiny_model, tmp_path, capsys):
     emnist_task(data_dir, tmp_path, np.random.default_rng(1))
     support, query = tmp_path / "support", tmp_path / "query"
