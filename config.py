@@ -432,7 +432,8 @@ def _check_limits(values: dict, named) -> None:
 
 def check_saved(saved: dict, source: str, methods: Sequence[str]) -> None:
     """A configuration read from a checkpoint or model file checked as the command line is
-    before any of it sizes anything: its known options have their type, one of their choices and a value within :data:`LIMITS`; the method one of ``methods``. A file
+    before any of it sizes anything: its known options have their type, one of their choices
+    and a value within :data:`LIMITS`; the method one of ``methods``. A file
     that fails was not written by this toolkit, or was altered: one line."""
     where = f"the configuration in {source}"
     fields = {f.name: f for f in dataclasses.fields(Options)}
@@ -480,6 +481,10 @@ def _check(opts: Options, entry: str) -> None:
         raise UserError(f"--train_lr must be >= 0, got {opts.train_lr}")
     if entry == "train" and opts.start_epoch < 0:
         raise UserError(f"--start_epoch must be >= 0, got {opts.start_epoch}")
+    if entry == "train" and opts.start_epoch >= opts.stop_epoch * opts.n_task:
+        raise UserError(f"--start_epoch {opts.start_epoch} is not before the run's last epoch "
+                        f"({opts.stop_epoch * opts.n_task - 1}: --stop_epoch {opts.stop_epoch} "
+                        f"x n_task {opts.n_task}): it would train nothing")
     if opts.train_aug and not find(opts.dataset).augmentable:
         raise UserError(f"--train_aug: {opts.dataset} is trained without augmentation (the "
                         "reference asserts it for omniglot and cross_char)")

@@ -57,6 +57,9 @@ def checkpoint_dir(opts) -> Path:
     """``save/checkpoints/{dataset}/{model}_{method}_{n}way_{k}shot[_{suffix}]``, as the reference."""
     name = f"{opts.model}_{opts.method}_{opts.train_n_way}way_{opts.n_shot}shot"
     if opts.checkpoint_suffix:
+        if "/" in opts.checkpoint_suffix or "\0" in opts.checkpoint_suffix:
+            raise UserError(f"--checkpoint_suffix {opts.checkpoint_suffix!r}: give a plain name "
+                            "(it is appended to the run's folder name; --save_dir says where)")
         name += f"_{opts.checkpoint_suffix}"
     return Path(opts.save_dir) / "checkpoints" / folder_name(opts.dataset) / name
 
@@ -232,6 +235,7 @@ class RunLock:
             raise UserError(f"cannot write to {self.folder}: {exc.strerror or exc}") from None
         self.fd = fd
         _HELD.add(self)
+        _remove_temporaries(self.folder)
 
     def release(self) -> None:
         """Unlock; folders that :meth:`acquire` created and that stayed empty are removed (a
@@ -258,6 +262,21 @@ class RunLock:
             except OSError:  # not empty (the run wrote there), or gone
                 break
         self.created = []
+
+
+# write_file's temporary files (mkstemp: ".NAME." and 8 characters) of a run's own files.
+_TEMPORARY = re.compile(r"\.(.+\.(?:tar|json|jsonl))\.[A-Za-z0-9_]{8}")
+
+
+def _remove_temporaries(folder: Path) -> None:
+    """Remove what writes killed mid-way (kill -9, power loss) left in a run folder: its
+    lock is held, so no write of another run is under way there."""
+    left = [p for p in Path(folder).iterdir() if _TEMPORARY.fullmatch(p.name)]
+    for path in left:
+        path.unlink(missing_ok=True)
+    if left:
+        print(f"note: removed {len(left)} temporary file(s) that interrupted writes left in "
+              f"{folder} ({', '.join(p.name for p in left[:3])})", flush=True)
 
 
 _HELD: set[RunLock] = set()  # the locks this process holds
@@ -412,8 +431,8 @@ def load_model_file(path: Path) -> dict:
             isinstance(form, dict) and isinstance(form.get("colour"), bool)
             and type(form.get("image_size")) is int and 8 <= form["image_size"] <= 1024)):
         raise UserError(f"model file {path} has unreadable metadata (its schedule or image "
-                        "form is not one this toolkit writes); it was not written by this toolkit, or was "
-                        "altered")
+                        "form is not one this toolkit writes); it was not written by this "
+                        "toolkit, or was altered")
     return state
 
 
@@ -443,12 +462,23 @@ def _load_state(module: torch.nn.Module, state: dict, what: str) -> None:
     unexpected = [k for k in state if k not in expected]
     reshaped = [f"{k} (saved {list(state[k].shape)}, model {list(expected[k].shape)})"
                 for k in expected if k in state and state[k].shape != expected[k].shape]
+    # A weight saved as integers, booleans or complex numbers would be cast without a word
+    # (load_state_dict copies into the model's dtype): garbage weights, confident answers.
+    retyped = [f"{k} (saved {str(state[k].dtype).removeprefix('torch.')}, model "
+               f"{str(expected[k].dtype).removeprefix('torch.')})" for k in expected
+               if k in state and isinstance(state[k], torch.Tensor)
+               and _number_kind(state[k]) != _number_kind(expected[k])]
     problems = [_few(len(keys), kind, keys) for keys, kind in
-                ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape"))
-                if keys]
+                ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "of another shape"),
+                 (retyped, "of another kind of number")) if keys]
     if problems:
         raise UserError(f"{what}: {'; '.join(problems)}")
     module.load_state_dict(state)
+
+
+def _number_kind(tensor: torch.Tensor) -> str:
+    return ("complex" if tensor.is_complex() else "float" if tensor.is_floating_point() else
+            "bool" if tensor.dtype == torch.bool else "integer")
 
 
 def _few(count: int, kind: str, keys: list[str], shown: int = 3) -> str:

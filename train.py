@@ -127,9 +127,20 @@ class EpochLog:
             io_utils.write_text(path, "")
         elif path.exists():
             complete = path.read_text().split("\n")[:-1]  # the part after the last newline
-            kept = [line for line in complete
-                    if line and json.loads(line)["epoch"] <= resume_after_epoch]
+            kept = [line for n, line in enumerate(complete, 1)
+                    if line and self._epoch(line, n) <= resume_after_epoch]
             io_utils.write_text(path, "".join(line + "\n" for line in kept))
+
+    def _epoch(self, line: str, number: int) -> int:
+        try:
+            epoch = json.loads(line)["epoch"]
+            if type(epoch) is int:
+                return epoch
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise UserError(f"{self.path}, line {number}, is not an epoch's record (altered or "
+                        "damaged); nothing was changed: repair or remove that line, then "
+                        "--resume again")
 
     def append(self, record: dict) -> None:
         io_utils.append_text(self.path, io_utils.json_line(record))
@@ -244,11 +255,12 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
     world.broadcast_parameters(model)
     metrics = deltas = None
     if world.is_main:
-        io_utils.write_text(folder / "args.json", json.dumps(opts.to_dict(), indent=2) + "\n")
         resumed_after = None if resume_state is None else resume_state["epoch"]
         metrics = EpochLog(folder / "metrics.jsonl", resumed_after)
         if opts.hm_save_delta_params:
             deltas = EpochLog(folder / "delta_params.jsonl", resumed_after)
+        # After the records were read: a refused resume leaves the run's options as they were.
+        io_utils.write_text(folder / "args.json", json.dumps(opts.to_dict(), indent=2) + "\n")
 
     updates = engine.updates_per_epoch(opts.n_episode, opts.n_task)
     processes = f"{world.size} processes, " if world.size > 1 else ""

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import re
 import signal
 import subprocess
 import sys
@@ -548,3 +549,54 @@ def test_a_resume_cannot_change_the_optimiser(data_dir, tmp_path, capsys):
                                       "--stop_epoch", "2", "--optim", "sgd", "--resume"], capsys)
     assert_one_line_error(code, err, "--optim sgd: the run in .* was trained with adam")
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+# --- smaller ones ---------------------------------------------------------------------------------
+def test_a_suffix_or_start_epoch_that_cannot_be_is_one_line(data_dir, tmp_path, capsys):
+    """--checkpoint_suffix with a path in it would write the run outside checkpoints/;
+    --start_epoch past the run's last epoch would train nothing and exit 0."""
+    base = TINY + ["--data_dir", data_dir, "--save_dir", tmp_path / "save"]
+    code, _, err = run(TRAIN, base + ["--checkpoint_suffix", "../../outside"], capsys)
+    assert_one_line_error(code, err, "--checkpoint_suffix '../../outside': give a plain name")
+    code, _, err = run(TRAIN, base + ["--start_epoch", "1000000000"], capsys)
+    assert_one_line_error(code, err, "--start_epoch 1000000000 is not before the run's last "
+                                     r"epoch \(1: --stop_epoch 1 x n_task 2\)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_a_resume_reads_its_records_before_rewriting_anything(data_dir, tiny_run, tmp_path,
+                                                               capsys):
+    """--resume over a metrics.jsonl with a damaged line: one line naming it, args.json and
+    the records as they were; the temporary files killed writes left are removed when the
+    folder is next locked."""
+    save = tmp_path / "save"
+    shutil.copytree(tiny_run, save)
+    folder = run_folder(save)
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    (folder / "metrics.jsonl").write_text(lines[0] + "\n{\"epoch\": \n" + lines[1] + "\n")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    (folder / ".last_model.tar.k3x9_q2z").write_bytes(b"half a checkpoint")
+    code, out, err = run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", save, "--resume",
+                                        "--stop_epoch", "2", "--lr", "5e-4"], capsys)
+    assert_one_line_error(code, err, r"metrics.jsonl, line 2, is not an epoch's record")
+    assert "removed 1 temporary file(s) that interrupted writes left" in out, out
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64])
+def test_weights_of_another_kind_of_number_are_refused(dtype, data_dir, tiny_run, tmp_path,
+                                                        capsys):
+    """A checkpoint whose float weight is stored as integers, booleans or complex numbers
+    (load_state_dict would cast it: garbage weights, confident answers): one line."""
+    save = tmp_path / "save"
+    shutil.copytree(tiny_run, save)
+    path = run_folder(save) / "best_model.tar"
+    state = torch.load(path, weights_only=True)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] = (state["model"][name] * 100).to(dtype)
+    torch.save(state, path)
+    code, _, err = run(TEST, TINY + ["--data_dir", data_dir, "--save_dir", save, "--n_episode",
+                                     "2", "--repeat", "1", "--record_dir", tmp_path / "r"],
+                       capsys)
+    assert_one_line_error(code, err, f"1 key of another kind of number: {re.escape(name)} "
+                                     f"\\(saved {str(dtype).removeprefix('torch.')}, model float32")
