@@ -75,21 +75,34 @@ def find(dataset: str) -> Benchmark:
     if dataset in BENCHMARKS:
         return BENCHMARKS[dataset]
     folder = benchmark_folder(dataset)
+    description = folder / OWN_DESCRIPTION
     try:
-        described = json.loads((folder / OWN_DESCRIPTION).read_text())
-        if "splits" in described:  # a cross-domain pair: splits in other benchmark folders
-            splits = {split: (str(Path(described["splits"][split][0])),
-                              str(described["splits"][split][1]))
-                      for split in ("base", "val", "novel")}
-        else:
-            splits = {split: (str(folder), split) for split in ("base", "val", "novel")}
-        return Benchmark(splits, int(described["image_size"]), bool(described["colour"]))
-    except (OSError, ValueError, KeyError, TypeError, IndexError):
-        close = difflib.get_close_matches(dataset, list(BENCHMARKS), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise UserError(f"--dataset {dataset}: neither one of {', '.join(BENCHMARKS)} nor a "
-                        f"benchmark folder written by python -m data.folder ({hint}a "
-                        f"benchmark folder holds its {OWN_DESCRIPTION})") from None
+        described = json.loads(description.read_text())
+    except FileNotFoundError:
+        described = None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise UserError(f"{description} cannot be read ({type(exc).__name__}): make the "
+                        "benchmark again with python -m data.folder") from None
+    if described is not None:
+        try:
+            if "splits" in described:  # a cross-domain pair: splits in other benchmark folders
+                splits = {split: (str(Path(described["splits"][split][0])),
+                                  str(described["splits"][split][1]))
+                          for split in ("base", "val", "novel")}
+            else:
+                splits = {split: (str(folder), split) for split in ("base", "val", "novel")}
+            size, colour = described["image_size"], described["colour"]
+            if type(size) is int and 8 <= size <= 1024 and isinstance(colour, bool):
+                return Benchmark(splits, size, colour)
+        except (KeyError, TypeError, IndexError):
+            pass
+        raise UserError(f"{description} is not a benchmark description python -m data.folder "
+                        "writes (altered or damaged): make the benchmark again with it")
+    close = difflib.get_close_matches(dataset, list(BENCHMARKS), n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    raise UserError(f"--dataset {dataset}: neither one of {', '.join(BENCHMARKS)} nor a "
+                    f"benchmark folder written by python -m data.folder ({hint}a "
+                    f"benchmark folder holds its {OWN_DESCRIPTION})")
 
 
 def benchmark_folder(dataset: str) -> Path:

@@ -5,6 +5,7 @@ real EMNIST drawings; nothing is ever written into an image folder."""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import shutil
 from pathlib import Path
@@ -240,3 +241,22 @@ def test_own_folder_refusals_are_one_line(argv, message, data_dir, tmp_path, cap
     code = make_benchmark([str(folder), "--data_dir", str(tmp_path / "data"), *argv])
     assert_one_line_error(code, capsys.readouterr().err, message)
     assert not (tmp_path / "data" / "mine").exists()
+
+
+@pytest.mark.parametrize("text,message", [
+    ("{not json", "benchmark.json cannot be read \\(JSONDecodeError\\): make the benchmark again"),
+    ('{"image_size": "84", "colour": "no"}', "benchmark.json is not a benchmark description"),
+    ('{"image_size": 100000, "colour": true}', "is not a benchmark description"),
+    ("[1, 2]", "is not a benchmark description")])
+def test_a_damaged_benchmark_description_is_one_line_naming_it(text, message, tmp_path, capsys):
+    """A benchmark folder whose benchmark.json was damaged or altered: one line that names
+    the file (not "neither a built-in benchmark nor a folder"), before anything is sized."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "benchmark.json").write_text(text)
+    with pytest.raises(SystemExit) as stopped:  # argparse checks --dataset: status 2
+        TRAIN.main(["--dataset", str(folder), "--method", "maml", "--save_dir",
+                    str(tmp_path / "save")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stopped.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert re.search(message, err[0]), err[0]
