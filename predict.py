@@ -212,6 +212,7 @@ def predict(args) -> int:
     normalise = Normaliser(BACKBONES[opts.model].input_channels, device)
     pixels = lambda images: torch.from_numpy(images).to(device)  # noqa: E731
     support_x = normalise(pixels(support.images), benchmark.colour).flatten(0, 1)
+    support_y = torch.arange(n_way, device=device).repeat_interleave(shots)
     size = args.query_batch or (QUERY_BATCH["colour" if benchmark.colour else "grey"])
     batches = [queries[i:i + size] for i in range(0, len(queries), size)]
     if len(batches) > 1:
@@ -223,8 +224,7 @@ def predict(args) -> int:
     for batch in io_utils.progress(batches, len(batches), "query batches"):
         query_pixels = np.stack([read(q) for q in batch])
         episode = Episode(
-            support_x=support_x,
-            support_y=torch.arange(n_way, device=device).repeat_interleave(shots),
+            support_x=support_x, support_y=support_y,
             query_x=normalise(pixels(query_pixels), benchmark.colour),
             query_y=torch.zeros(len(batch), dtype=torch.long, device=device), seed=args.seed)
         probabilities.append(query_probabilities(model, episode).cpu())

@@ -65,13 +65,11 @@ def reschedule(opts, saved: dict, optimizer, scheduler, epochs: int, start_epoch
     ``start_epoch``, by a scheduler built from them and stepped to it; the optimiser's moments
     are kept. Returns the scheduler to continue with (the loaded one if nothing changed, so that
     a plain ``--resume`` stays exact)."""
-    before = {"lr": saved.get("lr"), "lr_scheduler": saved.get("lr_scheduler"),
-              "milestones": saved.get("milestones"),
-              "epochs": saved.get("stop_epoch", opts.stop_epoch) * saved.get("n_task", opts.n_task)}
-    now = {"lr": opts.lr, "lr_scheduler": opts.lr_scheduler, "milestones": opts.milestones,
-           "epochs": epochs}
-    known = {"lr", "lr_scheduler", "milestones", "stop_epoch"} & saved.keys()
-    changed = [k for k in now if before[k] != now[k] and (k in known or k == "epochs")
+    keys = ("lr", "lr_scheduler", "milestones", "stop_epoch", "n_task")
+    was = dataclasses.replace(opts, **{k: saved[k] for k in keys if k in saved})
+    before, now = ({"lr": o.lr, "lr_scheduler": o.lr_scheduler, "milestones": o.milestones,
+                    "epochs": total_epochs(o)} for o in (was, opts))
+    changed = [k for k in now if before[k] != now[k]
                and (k != "epochs" or opts.lr_scheduler != "none")]
     if not changed:
         return scheduler

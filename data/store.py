@@ -16,7 +16,6 @@ backbone reads (:mod:`data.episodes`).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -110,6 +109,11 @@ def standard_mode(im: Image.Image) -> Image.Image:
     return im
 
 
+def _too_large(size: str) -> ValueError:
+    return ValueError(f"it is {size}more than the {MAX_PIXELS:,} pixels decoded here (a "
+                      "decompression bomb, or a scan to make smaller first)")
+
+
 def decode(path: Path, form: ImageForm = CHARACTER_FORM) -> np.ndarray:
     """Any image PIL reads -> ``uint8`` of ``form.shape``: grayscale resized to the Resize
     square and centre-cropped, or RGB resized to the square (channels first); deep and
@@ -120,12 +124,10 @@ def decode(path: Path, form: ImageForm = CHARACTER_FORM) -> np.ndarray:
         try:
             opened = Image.open(path)
         except Image.DecompressionBombError:
-            opened = None
-    with opened or contextlib.nullcontext() as im:
-        if im is None or im.size[0] * im.size[1] > MAX_PIXELS:
-            size = "" if im is None else f"{im.size[0]:,} x {im.size[1]:,} pixels, "
-            raise ValueError(f"it is {size}more than the {MAX_PIXELS:,} pixels decoded here "
-                             "(a decompression bomb, or a scan to make smaller first)")
+            raise _too_large("") from None
+    with opened as im:
+        if im.size[0] * im.size[1] > MAX_PIXELS:
+            raise _too_large(f"{im.size[0]:,} x {im.size[1]:,} pixels, ")
         im = standard_mode(im)
         if form.colour:
             im = im.convert("RGB").resize((form.size, form.size), Image.BILINEAR)
