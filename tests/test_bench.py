@@ -25,10 +25,12 @@ def test_benchmark_smoke_run(data_dir, tmp_path):
         assert row["n_task"] == 4
         assert row["episodes_per_epoch"] == 16  # 2 updates x 4 tasks + 8 validation
         # The profile: most self time first, shares of one update's total; a Conv4 task's
-        # time goes mostly to its convolutions (forward and backward).
+        # convolutions (forward and backward) take a large part of it (about a third on an
+        # idle CPU; at least 15% with the suite's other tests sharing the cores).
         shares = [o["share"] for o in row["profile"]]
         assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
-        assert any("conv" in o["op"] for o in row["profile"][:3]), row["profile"]
+        convolution = sum(o["share"] for o in row["profile"] if "conv" in o["op"])
+        assert convolution >= 0.15, row["profile"]
     assert "train t/s" in done.stdout and "peak RSS" in done.stdout
     assert "4 tasks per meta-update; epoch = 8 training + 8 validation episodes" in done.stdout
     assert "vs 1 process(es), keep malloc: training" in done.stdout
