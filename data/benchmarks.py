@@ -68,6 +68,12 @@ BENCHMARKS: dict[str, Benchmark] = {
                         "novel": ("CUB", "novel")}, **PHOTOGRAPHS),
 }
 
+# Every filelist name a benchmark reads (python -m data.folder writes base, val, novel and
+# all). A dataset folder's image store holds the images these list and no other .json is taken
+# for a filelist, so notes or metadata a user keeps beside them change nothing.
+FILELISTS = tuple(sorted({name for benchmark in BENCHMARKS.values()
+                          for _, name in benchmark.splits.values()}))
+
 
 def find(dataset: str) -> Benchmark:
     """The benchmark ``--dataset`` names: a built-in one, or a benchmark folder written by

@@ -33,7 +33,7 @@ from PIL import Image
 
 import io_utils
 from data.augment import stored_size
-from data.benchmarks import OWN_DESCRIPTION, find
+from data.benchmarks import FILELISTS, OWN_DESCRIPTION, find
 from errors import UserError
 
 # ImageNet's per-channel statistics, with which the reference normalises the RGB copies.
@@ -163,7 +163,8 @@ class ImageStore:
         """Load the cached store of ``folder``, building (or rebuilding) it if stale."""
         folder = Path(folder)
         root = images_root(folder)
-        filelists = [f for f in sorted(folder.glob("*.json")) if f.name != OWN_DESCRIPTION]
+        filelists = [folder / f"{name}.json" for name in FILELISTS
+                     if (folder / f"{name}.json").is_file()]
         paths = sorted({name for filelist in filelists
                         for name in read_filelist(filelist)["image_names"]})
         fingerprint = _fingerprint(root, paths)

@@ -2,6 +2,7 @@
 preprocessing and the on-disk image cache."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -13,7 +14,8 @@ from PIL import Image
 from conftest import TEST_DEVICE
 from data.episodes import EpisodeSampler, fitting_query_count
 from data.augment import stored_size
-from data.store import CHANNEL_MEAN, CHANNEL_STD, CHARACTER_FORM, ImageStore, load_image, load_split
+from data.store import (CHANNEL_MEAN, CHANNEL_STD, CHARACTER_FORM, ImageStore, load_image,
+                        load_split, read_filelist)
 
 IMAGE_SIZE = CHARACTER_FORM.size
 RESIZE_TO = stored_size(IMAGE_SIZE)
@@ -170,6 +172,22 @@ def test_store_cache_is_reused_and_rebuilt_when_images_change(data_dir, tmp_path
     rebuilt = ImageStore.open(folder, verbose=False)
     assert rebuilt.images[rebuilt.index[path]].max() == 0
     assert not torch.equal(rebuilt.images, first.images)
+
+
+def test_other_json_files_beside_the_filelists_are_not_read_as_filelists(data_dir, tmp_path):
+    # A reference-layout dataset folder (val.json beside its class folders) where the user
+    # keeps notes and a stray list of their own: the store holds what the filelists list.
+    folder = tmp_path / "emnist"
+    folder.mkdir()
+    shutil.copy(data_dir / "emnist" / "val.json", folder)
+    classes = {name.split("/")[0] for name in read_filelist(folder / "val.json")["image_names"]}
+    for name in classes:
+        shutil.copytree(data_dir / "emnist" / name, folder / name)
+    (folder / "notes.json").write_text('{"author": "me", "todo": ["tune lr"]}')
+    (folder / "old_split.json").write_text(json.dumps(
+        {"image_names": ["gone/0.png"], "image_labels": [0], "label_names": ["gone"]}))
+    store = ImageStore.open(folder, verbose=False)
+    assert sorted(store.index) == sorted(read_filelist(folder / "val.json")["image_names"])
 
 
 def test_corrupt_and_missing_images_are_one_clear_error(data_dir, tmp_path):
