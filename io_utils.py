@@ -108,6 +108,7 @@ def write_file(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _note_written(path)
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
@@ -151,6 +152,8 @@ def append_together(appends: list[tuple[Path, str]]) -> None:
                 os.fsync(fd)
             except OSError as exc:
                 raise WriteError(path, exc) from None
+        for path, _ in appends:
+            _note_written(path)
     except WriteError:
         for fd, size, created in done:
             os.ftruncate(fd, size)
@@ -200,12 +203,14 @@ class RunLock:
         self.path = self.folder / self.NAME
         self.fd: int | None = None
         self.created: list[Path] = []
+        self.written: set[Path] = set()  # the files of the folder written under this lock
 
     def acquire(self) -> None:
         """Lock the folder, creating it if need be; refused in one line if another process
         holds it."""
         ensure_writable(self.folder)
         self.created = [p for p in (self.folder, *self.folder.parents) if not p.exists()]
+        fd = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             while True:
@@ -230,18 +235,27 @@ class RunLock:
             os.ftruncate(fd, 0)
             os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, since "
                          f"{started}\n".encode())
-        except OSError as exc:
+        except OSError as exc:  # a full disk, say: no lock file left to keep the folder
+            if fd is not None:
+                self.path.unlink(missing_ok=True)
+                os.close(fd)
             self._remove_created()
             raise UserError(f"cannot write to {self.folder}: {exc.strerror or exc}") from None
         self.fd = fd
         _HELD.add(self)
         _remove_temporaries(self.folder)
 
-    def release(self) -> None:
+    def release(self, discard_written: bool = False) -> None:
         """Unlock; folders that :meth:`acquire` created and that stayed empty are removed (a
-        start refused before any work leaves nothing behind)."""
+        start refused before any work leaves nothing behind). ``discard_written`` first
+        removes every file written into the folder under the lock: a run that failed before
+        it saved anything worth resuming."""
         if self.fd is None:
             return
+        if discard_written:
+            for path in self.written:
+                path.unlink(missing_ok=True)
+        self.written = set()
         self.path.unlink(missing_ok=True)  # while still locked: see acquire
         os.close(self.fd)
         self.fd = None
@@ -280,6 +294,13 @@ def _remove_temporaries(folder: Path) -> None:
 
 
 _HELD: set[RunLock] = set()  # the locks this process holds
+
+
+def _note_written(path: Path) -> None:
+    folder = os.path.abspath(Path(path).parent)
+    for lock in _HELD:
+        if os.path.abspath(lock.folder) == folder:
+            lock.written.add(Path(path))
 
 
 def _drop_held_locks() -> None:

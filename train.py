@@ -181,9 +181,15 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
     lock = io_utils.RunLock(folder)
     world.from_main(lock.acquire)
     try:
-        return train_in(folder, opts, given, device, world)
-    finally:
-        lock.release()
+        outcome = train_in(folder, opts, given, device, world)
+    except BaseException:
+        # A run that stopped before it saved its first epoch leaves nothing to resume: what
+        # it wrote goes with it (and the folder, if it made it), so the same command starts
+        # cleanly again and no half-begun run folder looks like a run.
+        lock.release(discard_written=not (folder / "last_model.tar").exists())
+        raise
+    lock.release()
+    return outcome
 
 
 def train_in(folder: Path, opts, given: set[str], device: torch.device,

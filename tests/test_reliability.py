@@ -210,8 +210,7 @@ def test_a_non_finite_validation_stops_before_saving(data_dir, tmp_path, capsys)
     code, _, err = run(TRAIN, options, capsys)
     assert_one_line_error(code, err, "training diverged in the validation after epoch 0: the "
                                      "model's logits are not finite .*no checkpoint was saved")
-    assert not list(run_folder(tmp_path).glob("*.tar"))
-    assert strict_json_lines(run_folder(tmp_path) / "metrics.jsonl") == []
+    assert not run_folder(tmp_path).exists()  # nothing saved, so nothing left to resume
 
 
 def test_json_records_stay_strict():
@@ -513,6 +512,60 @@ def test_a_real_full_disk(data_dir, straight_run, tmp_path, capsys):
     assert len(lines) == 1 and "No space left on device; training stopped in epoch 1" in \
         lines[0], done.stderr
     assert_resumes_exactly(straight_run, tmp_path / "save", data_dir, capsys)
+
+
+def test_a_start_refused_on_a_full_disk_leaves_no_folder_and_no_lock(data_dir, tmp_path):
+    """A full 1 MiB tmpfs: the lock's holder line finds no room; then, with room for the
+    records but not for a checkpoint, epoch 0's best_model.tar. Neither start leaves a run
+    folder, a lock or records behind, and the same command then runs where there is room."""
+    disk, code = tmp_path / "disk", tmp_path / "code"
+    disk.mkdir()
+    train = (f"{sys.executable} train.py {' '.join(map(str, TINY))} --data_dir {data_dir} "
+             f"--save_dir {disk}/save")
+    script = (f"mount -t tmpfs -o size=1m tmpfs {disk} && cd {REPO_ROOT} && mkdir {disk}/save "
+              f"&& head -c 2000000 /dev/zero > {disk}/filler 2>/dev/null; {train}; "
+              f"echo $? > {code}; "
+              f"find {disk}/save > {tmp_path}/left; rm {disk}/filler; "
+              f"head -c 900000 /dev/zero > {disk}/filler; {train}; echo $? >> {code}; "
+              f"find {disk}/save >> {tmp_path}/left")
+    try:
+        done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if not code.exists():
+        pytest.skip(f"no private tmpfs here: {done.stderr.strip()[:200]}")
+    assert code.read_text().split() == ["1", "1"], done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: cannot write to ") and \
+        "No space left on device" in lines[0], done.stderr
+    assert "best_model.tar: No space left on device; training stopped in epoch 0; no " \
+        "checkpoint was saved yet" in lines[1], done.stderr
+    assert (tmp_path / "left").read_text().split() == [f"{disk}/save"] * 2
+
+
+def test_a_run_that_saved_no_epoch_removes_only_what_it_wrote(data_dir, tmp_path,
+                                                              monkeypatch, capsys):
+    """A fresh start in a folder that holds other files (no run: no last_model.tar), failing
+    at its first checkpoint: its args.json and metrics.jsonl go, the files it found stay."""
+    folder = run_folder(tmp_path)
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("lr 0.01 diverged\n")
+    (folder / "best_model.tar").write_bytes(b"kept by hand")
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{fd}")).startswith(".best_model.tar."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    code, _, err = run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", tmp_path], capsys)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert_one_line_error(code, err, "best_model.tar: No space left on device; training "
+                                     "stopped in epoch 0; no checkpoint was saved yet")
+    assert sorted(p.name for p in folder.iterdir()) == ["best_model.tar", "notes.txt"]
+    assert (folder / "best_model.tar").read_bytes() == b"kept by hand"
 
 
 # --- a resumed run records what it used ---------------------------------------------------------
