@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import hashlib
 import json
 import math
 import os
@@ -415,6 +416,7 @@ def save_model_file(state: dict, path: Path, experiment: str = "") -> None:
     # image-folder dataset is not at hand (another machine, a clean clone).
     benchmark = find(state["config"]["dataset"])
     metadata = {"format": MODEL_FORMAT, "experiment": experiment,
+                "weights_sha256": _weights_digest(tensors),
                 "config": json.dumps(state["config"]), "epoch": str(state["epoch"]),
                 "best_val_acc": repr(float(state["best_val_acc"])),
                 "schedule": json.dumps(state.get("schedule", {})),
@@ -436,6 +438,13 @@ def load_model_file(path: Path) -> dict:
     if metadata.get("format") != MODEL_FORMAT:
         raise UserError(f"{path} is a safetensors file but not a model file of this toolkit "
                         f"(its metadata has no format {MODEL_FORMAT!r})")
+    # safetensors checks the layout, not the bytes: a flipped bit in a weight loads silently.
+    # Files written before the digest (the shipped ones, whose SHA-256 models/README.md lists
+    # and git verifies) have none.
+    digest = metadata.get("weights_sha256")
+    if digest is not None and digest != _weights_digest(model):
+        raise UserError(f"model file {path} is damaged: its weights do not match the checksum "
+                        "written with them (a changed byte, a bad copy); copy it again")
     try:
         state = {"format": CHECKPOINT_FORMAT, "config": json.loads(metadata["config"]),
                  "model": model, "epoch": int(metadata["epoch"]),
@@ -455,6 +464,16 @@ def load_model_file(path: Path) -> dict:
                         "form is not one this toolkit writes); it was not written by this "
                         "toolkit, or was altered")
     return state
+
+
+def _weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of the weights: each tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _upgrade(state: dict, path: Path) -> dict:

@@ -125,6 +125,17 @@ def test_model_file_holds_weights_and_configuration_only(tiny_run, tiny_model):
     assert tiny_model.stat().st_size < 0.5 * checkpoint.stat().st_size  # no optimiser state
 
 
+def test_shipped_model_files_are_the_ones_models_readme_lists():
+    """The shipped files carry no digest of their own (written before it): each one's SHA-256
+    is in models/README.md, so a damaged or replaced file is caught here."""
+    import hashlib
+    listed = (REPO_ROOT / "models" / "README.md").read_text()
+    shipped = sorted((REPO_ROOT / "models").glob("*.safetensors"))
+    assert shipped
+    for path in shipped:
+        assert f"`{hashlib.sha256(path.read_bytes()).hexdigest()}`" in listed, path.name
+
+
 def test_bad_model_files_are_one_line(data_dir, tiny_model, tmp_path, capsys):
     base = ["--data_dir", data_dir, "--n_episode", "2", "--repeat", "1",
             "--record_dir", tmp_path / "rec"]
@@ -141,6 +152,13 @@ def test_bad_model_files_are_one_line(data_dir, tiny_model, tmp_path, capsys):
     save_file({"w": torch.zeros(2)}, tmp_path / "other.safetensors")
     code, _, err = run(TEST, ["--checkpoint", tmp_path / "other.safetensors", *base], capsys)
     assert_one_line_error(code, err, "not a model file of this toolkit")
+    # One bit flipped in the middle of the file (inside a weight): refused by its digest.
+    data = bytearray(tiny_model.read_bytes())
+    data[len(data) // 2] ^= 4
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(data))
+    code, _, err = run(TEST, ["--checkpoint", tmp_path / "flipped.safetensors", *base], capsys)
+    assert_one_line_error(code, err, "is damaged: its weights do not match the checksum")
+    assert not (tmp_path / "rec").exists()
     (tmp_path / "cut.safetensors").write_bytes(tiny_model.read_bytes()[:5000])
     code, _, err = run(TEST, ["--checkpoint", tmp_path / "cut.safetensors", *base], capsys)
     assert_one_line_error(code, err, "is unreadable .*corrupt or truncated")
