@@ -424,8 +424,10 @@ def _check_limits(values: dict, named) -> None:
             if value < 0 and name == "seed":
                 raise UserError(f"{named(name)} must be >= 0, got {value}")
             if value > LIMITS[name]:
+                why = ("torch's generators take a 64-bit seed" if name == "seed" else
+                       "it sizes a loop or an allocation")
                 raise UserError(f"{named(name)} is {value:,}, more than the {LIMITS[name]:,} "
-                                "allowed (it sizes a loop or an allocation)")
+                                f"allowed ({why})")
         if isinstance(value, float) and not math.isfinite(value):
             raise UserError(f"{named(name)} is {value}: it must be a finite number")
 
