@@ -128,8 +128,8 @@ def read_support(files: dict[str, list[Path]], read: ImageReader) -> SupportSet:
     return SupportSet(names, np.stack([np.stack(images[n]) for n in names]))
 
 
-# Queries classified together by default: bounded memory (measured on the CPU: about 0.6 MB
-# a character query, 5.8 MB a photograph, when all 20,000 / 1,000 went in one batch).
+# Queries classified together by default: bounded memory (bench/predict_memory.py, on the
+# CPU: a peak under 1.3 / 1.7 GB, where one batch grows by 0.4 / 3.6 MB a query).
 QUERY_BATCH = {"grey": 1000, "colour": 200}
 
 
@@ -293,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--query_batch", type=int, default=None,
                         help="queries classified together, which bounds the memory (default "
                         f"{QUERY_BATCH['grey']:,} characters, {QUERY_BATCH['colour']:,} "
-                        "photographs: about 0.6 and 1.2 GB)")
+                        "photographs: a peak RSS under 1.3 and 1.7 GB)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="where to compute: auto picks cuda, then mps, then cpu")
     precision = next(f for f in dataclasses.fields(config.Options) if f.name == "precision")

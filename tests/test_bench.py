@@ -90,3 +90,21 @@ def test_gpu_check_runs_in_quick_mode_on_the_cpu(data_dir, tmp_path):
     assert slice_info["extrapolated_2048_epochs_min"] == round(full_min, 1)
     summary = (out / "summary.txt").read_text()
     assert "passed" in summary and "published HyperMAML slice" in summary
+
+
+def test_predict_memory_benchmark_smoke_run(data_dir, tmp_path):
+    """Two query counts, batched and in one batch, each a predict.py process of its own: the
+    rows say how many queries, their peak RSS and how many answers agree (no memory figure
+    is asserted beyond being measured)."""
+    out = tmp_path / "memory.json"
+    done = subprocess.run(
+        [sys.executable, "bench/predict_memory.py", "--queries", "12,40", "--query_batch", "10",
+         "--repeats", "1", "--data_dir", str(data_dir), "--json", str(out)],
+        capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    rows = json.loads(out.read_text())
+    assert [(r["queries"], r["query_batch"]) for r in rows] == [(12, 10), (40, 10)]
+    for row in rows:
+        assert row["batched_peak_rss_mib"] > 0 and row["one_batch_peak_rss_mib"] > 0
+        assert 0 <= row["same_answers"] <= row["queries"]
+    assert "KiB a query" in done.stdout and "same answers" in done.stdout
