@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -490,6 +491,19 @@ def test_a_run_folder_removed_mid_run_is_one_line(data_dir, tmp_path, monkeypatc
     assert not run_folder(tmp_path).exists()  # not made anew with half the records
 
 
+def on_a_private_tmpfs(script: str, written: Path) -> subprocess.CompletedProcess:
+    """Run ``script`` (which mounts its tmpfs) as root of a private mount namespace; skipped
+    where there is none, which ``written`` (a file the script writes) not appearing shows."""
+    try:
+        done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script],
+                              capture_output=True, text=True, timeout=300)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if not written.exists():
+        pytest.skip(f"no private tmpfs here: {done.stderr.strip()[:200]}")
+    return done
+
+
 def test_a_real_full_disk(data_dir, straight_run, tmp_path, capsys):
     """A 5 MiB tmpfs (in a private mount namespace): epoch 0's three checkpoints (1.4 MB
     each) fit, epoch 1's new best_model.tar beside them does not. torch.save reports that as
@@ -500,13 +514,7 @@ def test_a_real_full_disk(data_dir, straight_run, tmp_path, capsys):
               f"{sys.executable} train.py {' '.join(map(str, TINY))} --stop_epoch 2 "
               f"--data_dir {data_dir} --save_dir {disk}/save; echo $? > {tmp_path}/code; "
               f"cp -a {disk}/save {tmp_path}/save")
-    try:
-        done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script],
-                              capture_output=True, text=True, timeout=300)
-    except FileNotFoundError:
-        pytest.skip("no unshare here")
-    if not (tmp_path / "code").exists():
-        pytest.skip(f"no private tmpfs here: {done.stderr.strip()[:200]}")
+    done = on_a_private_tmpfs(script, tmp_path / "code")
     assert (tmp_path / "code").read_text().strip() == "1", done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "No space left on device; training stopped in epoch 1" in \
@@ -517,7 +525,7 @@ def test_a_real_full_disk(data_dir, straight_run, tmp_path, capsys):
 def test_a_start_refused_on_a_full_disk_leaves_no_folder_and_no_lock(data_dir, tmp_path):
     """A full 1 MiB tmpfs: the lock's holder line finds no room; then, with room for the
     records but not for a checkpoint, epoch 0's best_model.tar. Neither start leaves a run
-    folder, a lock or records behind, and the same command then runs where there is room."""
+    folder, a lock or records behind."""
     disk, code = tmp_path / "disk", tmp_path / "code"
     disk.mkdir()
     train = (f"{sys.executable} train.py {' '.join(map(str, TINY))} --data_dir {data_dir} "
@@ -528,13 +536,7 @@ def test_a_start_refused_on_a_full_disk_leaves_no_folder_and_no_lock(data_dir, t
               f"find {disk}/save > {tmp_path}/left; rm {disk}/filler; "
               f"head -c 900000 /dev/zero > {disk}/filler; {train}; echo $? >> {code}; "
               f"find {disk}/save >> {tmp_path}/left")
-    try:
-        done = subprocess.run(["unshare", "--mount", "--map-root-user", "sh", "-c", script],
-                              capture_output=True, text=True, timeout=300)
-    except FileNotFoundError:
-        pytest.skip("no unshare here")
-    if not code.exists():
-        pytest.skip(f"no private tmpfs here: {done.stderr.strip()[:200]}")
+    done = on_a_private_tmpfs(script, code)
     assert code.read_text().split() == ["1", "1"], done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("error: cannot write to ") and \
