@@ -40,9 +40,9 @@ CHARACTER_MODEL = REPO / "models" / "hyper_maml_cross_char_1shot_128.safetensors
 ONE_BATCH = 100_000  # predict.py's largest --query_batch: every query in one batch
 
 
-def episode_files(model: Path, data_dir: Path, count: int) -> tuple[dict[str, list[Path]],
-                                                                    list[Path]]:
-    """The support files per class and ``count`` query files, from the model's novel split."""
+def episode_files(model: Path, data_dir: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    """The support files per class and the query files in the order they are taken, from the
+    model's novel split."""
     config = io_utils.load_model_file(model)["config"] if model.suffix == ".safetensors" \
         else io_utils.load_checkpoint(model, None)["config"]
     folder, filelist_name = find(config["dataset"]).splits["novel"]
@@ -59,7 +59,7 @@ def episode_files(model: Path, data_dir: Path, count: int) -> tuple[dict[str, li
     # measure BatchNorm's dependence on the batch, not the memory.
     remaining = [[p for p in by_class[label] if p not in chosen] for label in sorted(by_class)]
     pool = [p for turn in itertools.zip_longest(*remaining) for p in turn if p is not None]
-    return support, [pool[i % len(pool)] for i in range(count)]
+    return support, pool
 
 
 def link_episode(folder: Path, support: dict[str, list[Path]], queries: list[Path]) -> None:
@@ -119,8 +119,9 @@ def run(argv=None) -> int:
           f"{args.query_batch or 'default'} against one batch (peak RSS of each process)")
     print(f"{'queries':>8} {'batched MiB':>12} {'one batch MiB':>14} {'ratio':>6} "
           f"{'batched s':>10} {'one batch s':>12}  same answers")
+    support, pool = episode_files(args.model, args.data_dir)
     for count in counts:
-        support, queries = episode_files(args.model, args.data_dir, count)
+        queries = [pool[i % len(pool)] for i in range(count)]
         with tempfile.TemporaryDirectory() as tmp:
             link_episode(Path(tmp), support, queries)
             batched, whole = ([predict(args.model, Path(tmp), size, args.device)
