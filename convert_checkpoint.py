@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import io_utils
 from errors import UserError, run_cli
+from storage import atomic, checkpoints
 
 
 def plain(value, where: str = "the file"):
@@ -54,9 +54,9 @@ def convert(source: Path, target: Path) -> None:
     except Exception as exc:
         raise UserError(f"{source} could not be read ({type(exc).__name__}: {exc})") from None
     converted = plain(content)
-    io_utils.write_file(target, lambda f: torch.save(converted, f))
+    atomic.write_file(target, lambda f: torch.save(converted, f))
     try:
-        io_utils.load_safely(target, "the converted file")
+        checkpoints.load_safely(target, "the converted file")
     except UserError:
         target.unlink()
         raise

@@ -25,9 +25,9 @@ from typing import Callable, TypeVar
 import torch
 import torch.distributed as dist
 
-import io_utils
 from errors import UserError, exit_now
 from methods.meta_template import TaskResult
+from runtime.device import resolve_device
 
 T = TypeVar("T")
 
@@ -35,7 +35,7 @@ T = TypeVar("T")
 def run_in_world(opts, body: Callable[[torch.device, "World"], T]) -> T:
     """Resolve ``--device``, join torchrun's processes if there are any, and run
     ``body(device, world)``; the process group is left however the body ends."""
-    device = io_utils.resolve_device(opts.device)
+    device = resolve_device(opts.device)
     world = World.from_environment(device, opts.dist_timeout)
     try:
         result = body(world.device(device), world)

@@ -18,12 +18,13 @@ import config
 import data
 import distributed
 import engine
-import io_utils
 import plots
 from data.benchmarks import folder_name
 from data.episodes import TEST_QUERY
 from errors import UserError
 from methods import METHODS, bf16_kernels, build_method, choose_precision, options_ignored_by
+from runtime import progress
+from storage import atomic, checkpoints, records, run_folder
 
 
 def evaluate_episodes(opts, model, sampler, desc: str, world: distributed.World):
@@ -31,7 +32,7 @@ def evaluate_episodes(opts, model, sampler, desc: str, world: distributed.World)
     evaluates its share and every rank gets them all), and all their query logits and
     labels."""
     episodes = engine.evaluate(model, sampler, opts.n_episode, opts.n_task, world)
-    mine = list(io_utils.progress(episodes, len(world.share(opts.n_episode)), desc,
+    mine = list(progress.progress(episodes, len(world.share(opts.n_episode)), desc,
                                   world.is_main))
     results = world.gather_results(mine)
     engine.require_finite(results, desc)
@@ -58,7 +59,7 @@ def checkpoint_path(opts) -> Path:
                             "names the file itself: give one of them")
         return Path(opts.checkpoint)
     name = f"{opts.save_iter}.tar" if opts.save_iter >= 0 else "best_model.tar"
-    return io_utils.checkpoint_dir(opts) / name
+    return run_folder.checkpoint_dir(opts) / name
 
 
 def test_checkpoint(opts, given: set[str], device: torch.device, world: distributed.World
@@ -67,7 +68,7 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
     ``--n_episode`` episodes of ``--split``; print the report and append it to the record
     files. The body of test.py and of train.py's final test."""
     path = checkpoint_path(opts)
-    state = world.from_main(lambda: io_utils.load_checkpoint(path, opts.method))
+    state = world.from_main(lambda: checkpoints.load_checkpoint(path, opts.method))
     ignored = options_ignored_by(state["config"]["method"])
     config.adopt_saved(opts, state["config"], given, str(path), state["former_names"], ignored)
     config.note_ignored(opts, given, ignored, world.say)
@@ -85,10 +86,10 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
         plots.require_matplotlib()
     record_dir = Path(opts.record_dir)
     if world.is_main:
-        io_utils.ensure_writable(record_dir)
+        atomic.ensure_writable(record_dir)
 
     model = build_method(opts, device).to(device)
-    io_utils.load_model_state(model, state, path)
+    checkpoints.load_model_state(model, state, path)
     with world.local_main_first():  # one process per machine prepares data and caches
         data_dir = data.prepared_data_dir(opts)
         val = (data.split_sampler(opts, data_dir, "val", opts.test_n_way, TEST_QUERY,
@@ -186,5 +187,5 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
                    "acc_std": spread, "config": opts.to_dict()})
     if opts.precision == "bf16":  # what the counts depend on beyond the options
         record["bf16_kernels"] = bf16_kernels(device)
-    io_utils.append_result(record_dir, line, record)
+    records.append_result(record_dir, line, record)
     return 0

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-import io_utils
 from calibration import ReliabilityBins
 from errors import UserError, run_cli
+from storage import atomic
 
 
 def require_matplotlib():
@@ -215,7 +215,7 @@ def episode_sheet(sheet: EpisodeSheet, path: Path, title: str, columns: int = 10
 def save_figure(plt, fig, path: Path) -> None:
     """A PNG written whole or not at all (a full disk leaves no half image)."""
     try:
-        io_utils.write_file(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
+        atomic.write_file(Path(path), lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
 

@@ -25,7 +25,6 @@ import torch
 import allocator
 import config
 import engine
-import io_utils
 import plots
 from backbones import BACKBONES
 from data import augment
@@ -34,6 +33,9 @@ from data.episodes import Episode, Normaliser
 from data.store import ImageForm, decode
 from errors import UserError, run_cli
 from methods import METHODS, build_method, choose_precision
+from runtime import progress
+from runtime.device import resolve_device
+from storage import checkpoints
 
 EXPECTS = """
 What the images should be: anything PIL reads, any size, colour or grayscale. Each is turned
@@ -138,7 +140,7 @@ def load_model(path: Path, device: torch.device, shots: int, precision: str):
     image form, built for a support set of ``shots`` images per class, computing in
     ``precision`` (the caller's choice, as in test.py, not the arithmetic the model was
     trained in)."""
-    state = io_utils.load_checkpoint(path, None)
+    state = checkpoints.load_checkpoint(path, None)
     known = {f.name for f in dataclasses.fields(config.Options)}
     opts = config.Options(**{k: v for k, v in state["config"].items() if k in known})
     opts.precision = precision
@@ -150,7 +152,7 @@ def load_model(path: Path, device: torch.device, shots: int, precision: str):
                         f"the support set has {shots}")
     opts.n_shot = shots
     model = build_method(opts, device).to(device)
-    io_utils.load_model_state(model, state, path)
+    checkpoints.load_model_state(model, state, path)
     model.eval()
     model.set_epoch(None)
     if state.get("schedule", {}).get("phase") == "maml-warmup":
@@ -197,7 +199,7 @@ def query_probabilities(model, episode: Episode) -> torch.Tensor:
 def predict(args) -> int:
     if args.plot:
         plots.require_matplotlib()  # before any work, as test.py --plot
-    device = io_utils.resolve_device(args.device)
+    device = resolve_device(args.device)
     files = support_files(args.support)
     n_way, shots = len(files), len(next(iter(files.values())))
     model, opts, benchmark = load_model(args.model, device, shots, args.precision)
@@ -221,7 +223,7 @@ def predict(args) -> int:
               "batch's statistics, as test.py's episodes do, so another batch size can change "
               "a few answers", file=sys.stderr)
     probabilities, spreads, drawn = [], [], []
-    for batch in io_utils.progress(batches, len(batches), "query batches"):
+    for batch in progress.progress(batches, len(batches), "query batches"):
         query_pixels = np.stack([read(q) for q in batch])
         episode = Episode(
             support_x=support_x, support_y=support_y,

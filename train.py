@@ -24,10 +24,11 @@ import data
 import distributed
 import engine
 import evaluation
-import io_utils
 from data.episodes import TRAIN_QUERY
 from errors import UserError, run_cli
 from methods import METHODS, build_method, choose_precision, options_ignored_by
+from runtime import progress
+from storage import atomic, checkpoints, records, run_folder
 
 
 def make_optimizer(opts, model):
@@ -113,37 +114,6 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class EpochLog:
-    """One line of strict JSON per epoch (``metrics.jsonl``, ``delta_params.jsonl``), written
-    before the epoch's checkpoints; on resume, lines of epochs the checkpoint does not contain
-    (written after it, before an interruption or a failed checkpoint write) are dropped, and
-    so is a last line cut short by a killed process."""
-
-    def __init__(self, path, resume_after_epoch: int | None):
-        self.path = path
-        if resume_after_epoch is None:
-            io_utils.write_text(path, "")
-        elif path.exists():
-            complete = path.read_text().split("\n")[:-1]  # the part after the last newline
-            kept = [line for n, line in enumerate(complete, 1)
-                    if line and self._epoch(line, n) <= resume_after_epoch]
-            io_utils.write_text(path, "".join(line + "\n" for line in kept))
-
-    def _epoch(self, line: str, number: int) -> int:
-        try:
-            epoch = json.loads(line)["epoch"]
-            if type(epoch) is int:
-                return epoch
-        except (ValueError, KeyError, TypeError):
-            pass
-        raise UserError(f"{self.path}, line {number}, is not an epoch's record (altered or "
-                        "damaged); nothing was changed: repair or remove that line, then "
-                        "--resume again")
-
-    def append(self, record: dict) -> None:
-        io_utils.append_text(self.path, io_utils.json_line(record))
-
-
 def find_run(opts, last_path, say=print) -> dict | None:
     """The saved state to resume (``--resume``), or None for a fresh run. ``--resume`` with
     nothing saved yet starts the run, as the reference does (one of its published commands
@@ -153,7 +123,7 @@ def find_run(opts, last_path, say=print) -> dict | None:
     if not last_path.exists():
         say(f"note: --resume, but nothing to resume in {last_path.parent}: starting a new run")
         return None
-    return io_utils.load_checkpoint(last_path, opts.method)
+    return checkpoints.load_checkpoint(last_path, opts.method)
 
 
 def refuse_to_overwrite(last_path) -> None:
@@ -176,9 +146,9 @@ def train(opts, given: set[str], device: torch.device, world: distributed.World)
     config.note_other_entry("train", given, world.say)
     if opts.evaluate_model:
         return final_test(opts, given, device, world)
-    folder = io_utils.checkpoint_dir(opts)
+    folder = run_folder.checkpoint_dir(opts)
     # Rank 0 holds the folder's lock from before it reads a checkpoint to after the final test.
-    lock = io_utils.RunLock(folder)
+    lock = run_folder.RunLock(folder)
     world.from_main(lock.acquire)
     try:
         outcome = train_in(folder, opts, given, device, world)
@@ -238,7 +208,7 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
     start_epoch, best_acc, best_epoch = opts.start_epoch, -1.0, -1
     saved_epoch = None  # the epoch last_model.tar holds
     if resume_state is not None:
-        io_utils.load_model_state(model, resume_state, last_path)
+        checkpoints.load_model_state(model, resume_state, last_path)
         optimizer.load_state_dict(resume_state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(resume_state["scheduler"])
@@ -254,17 +224,17 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
                      "the same tasks and the same updates)" if saved_world != world.size
                      else ""))
     elif opts.hm_load_feature_net:
-        saved_at = io_utils.load_feature_net(model.feature, Path(opts.hm_feature_net_path))
+        saved_at = checkpoints.load_feature_net(model.feature, Path(opts.hm_feature_net_path))
         world.say(f"Backbone initialised from {opts.hm_feature_net_path} (epoch {saved_at})")
     world.broadcast_parameters(model)
     metrics = deltas = None
     if world.is_main:
         resumed_after = None if resume_state is None else resume_state["epoch"]
-        metrics = EpochLog(folder / "metrics.jsonl", resumed_after)
+        metrics = records.EpochLog(folder / "metrics.jsonl", resumed_after)
         if opts.hm_save_delta_params:
-            deltas = EpochLog(folder / "delta_params.jsonl", resumed_after)
+            deltas = records.EpochLog(folder / "delta_params.jsonl", resumed_after)
         # After the records were read: a refused resume leaves the run's options as they were.
-        io_utils.write_text(folder / "args.json", json.dumps(opts.to_dict(), indent=2) + "\n")
+        atomic.write_text(folder / "args.json", json.dumps(opts.to_dict(), indent=2) + "\n")
 
     updates = engine.updates_per_epoch(opts.n_episode, opts.n_task)
     processes = f"{world.size} processes, " if world.size > 1 else ""
@@ -287,7 +257,7 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
         results = []
         updates_iter = engine.train_epoch(model, optimizer, train_sampler, epoch,
                                           opts.n_episode, opts.n_task, world)
-        bar = io_utils.progress(updates_iter, updates, f"epoch {epoch}/{epochs}", world.is_main)
+        bar = progress.progress(updates_iter, updates, f"epoch {epoch}/{epochs}", world.is_main)
         try:
             for batch in bar:
                 check_interrupt()
@@ -303,7 +273,7 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
                   "lr": lr, **schedule}
         if (epoch + 1) % opts.eval_freq == 0 or epoch == epochs - 1:
             val_iter = engine.evaluate(model, val_sampler, opts.n_episode, opts.n_task, world)
-            mine = list(io_utils.progress(val_iter, len(world.share(opts.n_episode)),
+            mine = list(progress.progress(val_iter, len(world.share(opts.n_episode)),
                                           "validation", world.is_main))
             val = world.gather_results(mine)
             problem = engine.non_finite_logits(val)
@@ -327,7 +297,7 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
             try:
                 save_epoch(opts, folder, state, record, model, metrics, deltas, train_sampler,
                            epochs)
-            except io_utils.WriteError as exc:
+            except atomic.WriteError as exc:
                 again = ("no checkpoint was saved yet: run the same command again"
                          if saved_epoch is None else
                          f"{last_path} holds epoch {saved_epoch}: --resume continues from it "
@@ -353,24 +323,24 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
     return final_test(opts, given, device, world) if opts.final_test else 0
 
 
-def save_epoch(opts, folder: Path, state: dict, record: dict, model, metrics: EpochLog,
-               deltas: EpochLog | None, sampler, epochs: int) -> None:
+def save_epoch(opts, folder: Path, state: dict, record: dict, model, metrics: records.EpochLog,
+               deltas: records.EpochLog | None, sampler, epochs: int) -> None:
     """The epoch's records, then its checkpoints, ``last_model.tar`` last: a write that fails
     part-way leaves ``last_model.tar`` at the previous epoch, and the records of the unsaved
-    epoch are dropped when ``--resume`` continues from it (:class:`EpochLog`)."""
+    epoch are dropped when ``--resume`` continues from it (:class:`storage.records.EpochLog`)."""
     epoch = state["epoch"]
     metrics.append(record)
     if deltas is not None:
         deltas.append(delta_record(model, sampler, epoch, opts.n_episode, state["schedule"]))
     if record.get("best"):
-        io_utils.save_checkpoint(state, folder / "best_model.tar")
+        checkpoints.save_checkpoint(state, folder / "best_model.tar")
     if epoch % opts.save_freq == 0 or epoch == epochs - 1:
-        io_utils.save_checkpoint(state, folder / f"{epoch}.tar")
+        checkpoints.save_checkpoint(state, folder / f"{epoch}.tar")
     if opts.maml_save_feature_network and "val_acc" in record:
         if record.get("best"):
-            io_utils.save_feature_net(model.feature, epoch, folder / "best_feature_net.tar")
-        io_utils.save_feature_net(model.feature, epoch, folder / "last_feature_net.tar")
-    io_utils.save_checkpoint(state, folder / "last_model.tar")
+            checkpoints.save_feature_net(model.feature, epoch, folder / "best_feature_net.tar")
+        checkpoints.save_feature_net(model.feature, epoch, folder / "last_feature_net.tar")
+    checkpoints.save_checkpoint(state, folder / "last_model.tar")
 
 
 def divergence_message(exc: engine.Diverged, opts, last_path: Path,

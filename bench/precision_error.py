@@ -22,10 +22,10 @@ sys.path.insert(0, str(REPO))
 
 import config  # noqa: E402
 import data  # noqa: E402
-import io_utils  # noqa: E402
 from bench.throughput import CONFIGS  # noqa: E402
 from data.episodes import TRAIN_QUERY  # noqa: E402
 from methods import METHODS, build_method  # noqa: E402
+from storage import atomic  # noqa: E402
 
 
 def meta_gradient(model, episodes, precision: str, dtype: torch.dtype):
@@ -100,7 +100,7 @@ def main() -> int:
     print(f"meta-gradient of {args.episodes} cross_char 1-shot training episodes, against "
           "float64 with the same weights and episodes")
     if args.json:
-        io_utils.write_text(args.json, json.dumps(rows, indent=2) + "\n")
+        atomic.write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
 
 

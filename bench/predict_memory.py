@@ -31,10 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import io_utils  # noqa: E402
 from data.benchmarks import find  # noqa: E402
 from data.store import images_root, read_filelist  # noqa: E402
 from errors import UserError, run_cli  # noqa: E402
+from storage import atomic  # noqa: E402
+from storage import checkpoints  # noqa: E402
 
 CHARACTER_MODEL = REPO / "models" / "hyper_maml_cross_char_1shot_128.safetensors"
 ONE_BATCH = 100_000  # predict.py's largest --query_batch: every query in one batch
@@ -43,8 +44,8 @@ ONE_BATCH = 100_000  # predict.py's largest --query_batch: every query in one ba
 def episode_files(model: Path, data_dir: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     """The support files per class and the query files in the order they are taken, from the
     model's novel split."""
-    config = io_utils.load_model_file(model)["config"] if model.suffix == ".safetensors" \
-        else io_utils.load_checkpoint(model, None)["config"]
+    config = checkpoints.load_model_file(model)["config"] if model.suffix == ".safetensors" \
+        else checkpoints.load_checkpoint(model, None)["config"]
     folder, filelist_name = find(config["dataset"]).splits["novel"]
     folder = Path(folder) if Path(folder).is_absolute() else data_dir / folder
     filelist = read_filelist(folder / f"{filelist_name}.json")
@@ -151,7 +152,7 @@ def run(argv=None) -> int:
                   f"{first['queries']:,} to {last['queries']:,} queries "
                   f"({grown * 1024 / extra:,.0f} KiB a query)")
     if args.json:
-        io_utils.write_text(args.json, json.dumps(rows, indent=2) + "\n")
+        atomic.write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
 
 

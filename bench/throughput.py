@@ -39,8 +39,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import allocator  # noqa: E402
-import io_utils  # noqa: E402
 from errors import run_cli  # noqa: E402
+from runtime.device import resolve_device  # noqa: E402
+from storage import atomic  # noqa: E402
 
 HYPERNET = ["--hn_head_len", "3", "--hn_hidden_size", "512", "--hm_enhance_embeddings", "True",
             "--hm_use_class_batch_input", "--hm_maml_warmup", "--hm_maml_warmup_epochs", "50",
@@ -244,10 +245,9 @@ def matmul_gflops(device) -> float:
 
 
 def default_memory_format(method: str, device_name: str) -> str:
-    import io_utils
     from methods import choose_memory_format
     opts = argparse.Namespace(memory_format="auto", method=method)
-    return choose_memory_format(opts, io_utils.resolve_device(device_name))
+    return choose_memory_format(opts, resolve_device(device_name))
 
 
 def achieved(row: dict) -> float:
@@ -436,7 +436,7 @@ def main() -> int:
               f"as a share of {rows[0]['matmul_gflops']:.0f} GFLOP/s, this device's float32 "
               "2,048 x 2,048 matrix product measured in the same process")
     if args.json:
-        io_utils.write_text(args.json, json.dumps(rows, indent=2) + "\n")
+        atomic.write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
 
 

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import io_utils
 from data.augment import stored_size
 from data.benchmarks import OWN_DESCRIPTION, find
 from errors import UserError, run_cli
+from storage import atomic
 
 SPLITS = ("base", "val", "novel")
 CLASS_ROOT = "images"  # where CUB-style copies keep their class folders, beside metadata
@@ -130,8 +130,8 @@ def _write_filelists(target: Path, splits: dict[str, list[str]],
         filelist = {"label_names": names,
                     "image_names": [f for n in names for f in classes[n]],
                     "image_labels": [i for i, n in enumerate(names) for _ in classes[n]]}
-        io_utils.write_text(target / f"{split}.json", json.dumps(filelist) + "\n")
-    io_utils.write_text(target / CLASS_TABLE, "".join(
+        atomic.write_text(target / f"{split}.json", json.dumps(filelist) + "\n")
+    atomic.write_text(target / CLASS_TABLE, "".join(
         f"{split}\t{name}\n" for split in SPLITS for name in splits[split]))
 
 
@@ -214,7 +214,7 @@ def write_benchmark(images: Path, target_dir: Path, name: str | None, fractions:
                    "classes": {split: len(names) for split, names in splits.items()}}
     _claim(target, description)
     _write_filelists(target, splits, classes)
-    io_utils.write_text(target / OWN_DESCRIPTION, json.dumps(description, indent=2) + "\n")
+    atomic.write_text(target / OWN_DESCRIPTION, json.dumps(description, indent=2) + "\n")
     kept = sorted(set(range(len(files))) - set(unusable), key=lambda i: files[i])
     ImageStore.save(target, [files[i] for i in kept], torch.from_numpy(decoded[kept]), form)
     return target, description
@@ -255,7 +255,7 @@ def write_cross(base: str, evaluation: str, target_dir: Path, name: str) -> Path
     if any(Path(f) == target for f, _ in splits.values()):
         raise UserError(f"--name {name} is one of the two benchmarks it crosses")
     _claim(target, description)
-    io_utils.write_text(target / OWN_DESCRIPTION, json.dumps(description, indent=2) + "\n")
+    atomic.write_text(target / OWN_DESCRIPTION, json.dumps(description, indent=2) + "\n")
     return target
 
 

@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-import io_utils
 from data.augment import stored_size
 from data.benchmarks import FILELISTS, OWN_DESCRIPTION, find
 from errors import UserError
+from storage import atomic
 
 # ImageNet's per-channel statistics, with which the reference normalises the RGB copies.
 CHANNEL_MEAN = (0.485, 0.456, 0.406)
@@ -192,8 +192,8 @@ class ImageStore:
         stored = {"fingerprint": fingerprint, "paths": paths, "images": images}
         cache = folder / form.cache_name
         try:
-            io_utils.write_file(cache, lambda f: torch.save(stored, f))
-        except io_utils.WriteError as exc:  # a read-only or full data folder: decode each time
+            atomic.write_file(cache, lambda f: torch.save(stored, f))
+        except atomic.WriteError as exc:  # a read-only or full data folder: decode each time
             print(f"note: {exc}; the images stay decoded in memory for this run only",
                   flush=True)
         return cls(folder, paths, images)

@@ -18,10 +18,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as a script, docs/ would be the only import root
 
 import config  # noqa: E402
-import io_utils  # noqa: E402
 import predict  # noqa: E402
 from data.benchmarks import BENCHMARKS  # noqa: E402
 from methods import METHODS, options_ignored_by  # noqa: E402
+from storage import atomic  # noqa: E402
 
 PAGE = REPO_ROOT / "docs" / "options.md"
 COMMAND = "python docs/write_options.py"
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
             print(f"{PAGE} is out of date: run {COMMAND}", file=sys.stderr)
             return 1
         return 0
-    io_utils.write_text(PAGE, text)
+    atomic.write_text(PAGE, text)
     return 0
 
 

@@ -18,10 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import config  # noqa: E402
-import io_utils  # noqa: E402
 from results.experiments import EXPERIMENTS, REFERENCE_NUMBERS  # noqa: E402
 from results.run import (checkpoint_folder, earlier_attempts, model_file,  # noqa: E402
                          record_folder, run_folder)
+from storage import atomic  # noqa: E402
 
 FIGURES = REPO / "results" / "figures"
 HEADER = """# Results
@@ -325,15 +325,15 @@ def build() -> str:
 
 
 def main() -> int:
-    io_utils.write_text(REPO / "RESULTS.md", build())
+    atomic.write_text(REPO / "RESULTS.md", build())
     print(f"wrote {REPO / 'RESULTS.md'}")
     rows = [r for r in (summarise(name) for name in EXPERIMENTS) if r is not None]
     readme = REPO / "README.md"
-    io_utils.write_text(readme, with_summary(readme.read_text(), rows))
+    atomic.write_text(readme, with_summary(readme.read_text(), rows))
     print(f"wrote the results summary of {readme}")
     if any(model_file(r["name"]).exists() for r in rows):
         page = model_file(rows[0]["name"]).parent / "README.md"
-        io_utils.write_text(page, models_page(rows))
+        atomic.write_text(page, models_page(rows))
         print(f"wrote {page}")
     return 0
 

@@ -31,10 +31,12 @@ MODELS = REPO / "models"
 sys.path.insert(0, str(REPO))
 
 import config  # noqa: E402
-import io_utils  # noqa: E402
 from errors import UserError, run_cli  # noqa: E402
 from methods import METHODS  # noqa: E402
 from results.experiments import EXPERIMENTS  # noqa: E402
+from storage import atomic  # noqa: E402
+from storage import checkpoints  # noqa: E402
+from storage.run_folder import RunLock, checkpoint_dir  # noqa: E402
 
 
 def run_folder(name: str) -> Path:
@@ -56,12 +58,12 @@ def checkpoint_folder(name: str) -> Path:
     argv[argv.index("--dataset") + 1] = "CUB"
     opts, _ = config.parse("train", list(METHODS), argv)
     opts.dataset, opts.save_dir = dataset, str(run_folder(name))
-    return io_utils.checkpoint_dir(opts)
+    return checkpoint_dir(opts)
 
 
 def model_file(name: str) -> Path:
     """The trained model of ``name`` that the repository ships."""
-    return MODELS / f"{name}{io_utils.MODEL_SUFFIX}"
+    return MODELS / f"{name}{checkpoints.MODEL_SUFFIX}"
 
 
 def earlier_attempts(name: str) -> list[Path]:
@@ -129,7 +131,7 @@ def launch(kind: str, name: str, argv: list[str], threads: int) -> int:
                "commit": git_commit(), "threads": threads, "argv": argv, **machine()}
     last = checkpoint_folder(name) / "last_model.tar"
     if kind == "train" and last.exists():
-        segment["resumed_after_epoch"] = io_utils.load_safely(last, "checkpoint")["epoch"]
+        segment["resumed_after_epoch"] = checkpoints.load_safely(last, "checkpoint")["epoch"]
     record(folder, segment)  # before it runs: a segment cut short by a stop stays on record
     started = time.time()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -152,7 +154,7 @@ def launch(kind: str, name: str, argv: list[str], threads: int) -> int:
 
 
 def record(folder: Path, entry: dict) -> None:
-    io_utils.append_text(folder / "segments.jsonl", io_utils.json_line(entry))
+    atomic.append_text(folder / "segments.jsonl", atomic.json_line(entry))
 
 
 def main(argv=None) -> int:
@@ -190,7 +192,7 @@ def main(argv=None) -> int:
         return 0
     # One results.run per experiment at a time: a second would move or interleave the
     # first's records (its train.py locks the checkpoint folder below this one).
-    lock = io_utils.RunLock(run_folder(args.name))
+    lock = RunLock(run_folder(args.name))
     lock.acquire()
     try:
         return run_experiment(args)
@@ -235,9 +237,9 @@ def run_experiment(args) -> int:
     code = launch("test", args.name, common + test_options(args.name), args.threads)
     if code != 0:
         return code
-    best = io_utils.load_checkpoint(checkpoint_folder(args.name) / "best_model.tar", None)
+    best = checkpoints.load_checkpoint(checkpoint_folder(args.name) / "best_model.tar", None)
     MODELS.mkdir(exist_ok=True)
-    io_utils.save_model_file(best, model_file(args.name), args.name)
+    checkpoints.save_model_file(best, model_file(args.name), args.name)
     print(f"done: {args.name}; model in {model_file(args.name)}; python -m results.report "
           "rebuilds RESULTS.md")
     return 0

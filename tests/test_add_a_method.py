@@ -10,19 +10,18 @@ import json
 
 import pytest
 import torch
+from conftest import TEST_DEVICE
+from test_entrypoints import TEST, TINY, TRAIN, assert_one_line_error, run, run_folder
+from test_maml import (N_WAY, assert_batch_gradient_is_the_sum_over_tasks,
+                       assert_meta_gradient_matches_finite_differences, meta_gradient, tiny_episode)
 
 import config
 import data
-import io_utils
 from backbones import Conv4S
-from conftest import TEST_DEVICE
 from data.episodes import TEST_QUERY, Episode
 from methods import MAML, METHODS, build_method
 from methods.meta_template import MetaTemplate
-from test_entrypoints import TEST, TINY, TRAIN, assert_one_line_error, run, run_folder
-from test_maml import (N_WAY, assert_batch_gradient_is_the_sum_over_tasks,
-                       assert_meta_gradient_matches_finite_differences, meta_gradient,
-                       tiny_episode)
+from storage import checkpoints
 
 
 # --- step 1: the method -------------------------------------------------------------------
@@ -125,8 +124,8 @@ def test_frozen_trains_and_tests_through_the_entry_points(frozen, data_dir, tmp_
     assert "note: frozen does not use --train_lr: ignored" in out
     folder = run_folder(save, "frozen")
     assert json.loads((folder / "args.json").read_text())["method"] == "frozen"
-    first = io_utils.load_checkpoint(folder / "0.tar", "frozen")
-    last = io_utils.load_checkpoint(folder / "last_model.tar", "frozen")
+    first = checkpoints.load_checkpoint(folder / "0.tar", "frozen")
+    last = checkpoints.load_checkpoint(folder / "last_model.tar", "frozen")
     assert first["config"]["method"] == last["config"]["method"] == "frozen"
     assert last["epoch"] == 1
     # Meta-training moved the backbone and the classifier.
@@ -144,10 +143,10 @@ def test_frozen_trains_and_tests_through_the_entry_points(frozen, data_dir, tmp_
 
     # test.py scored the meta-learned weights themselves: the same correct counts as the
     # checkpoint's universal classifier on the same episodes.
-    best = io_utils.load_checkpoint(folder / "best_model.tar", "frozen")
+    best = checkpoints.load_checkpoint(folder / "best_model.tar", "frozen")
     opts = config.Options(**best["config"])
     model = build_method(opts, torch.device("cpu"))
-    io_utils.load_model_state(model, best, folder / "best_model.tar")
+    checkpoints.load_model_state(model, best, folder / "best_model.tar")
     model.eval()
     sampler = data.split_sampler(opts, data_dir, "novel", opts.test_n_way, TEST_QUERY,
                                  opts.seed, torch.device("cpu"), lambda *_: None)

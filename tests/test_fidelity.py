@@ -9,7 +9,6 @@ import shlex
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO_ROOT
 from test_entrypoints import TEST, TINY, TRAIN, assert_one_line_error, run, tiny_run  # noqa: F401
 
@@ -166,9 +165,9 @@ def test_saved_feature_network_loads_bit_identically(data_dir, tmp_path, capsys)
 def test_feature_network_of_the_reference_layout_and_mismatches(tmp_path):
     """The reference's ConvBlock keys (``trunk.{i}.C``, ``trunk.{i}.BN``, registered twice,
     BatchNorm running statistics) map onto ours; a network of another shape is one error."""
-    import io_utils
     from backbones import Conv4, Conv4S
     from errors import UserError
+    from storage import checkpoints
     torch.manual_seed(0)
     source = Conv4()
     state = {}
@@ -183,15 +182,15 @@ def test_feature_network_of_the_reference_layout_and_mismatches(tmp_path):
                           f"{prefix}{bn}.num_batches_tracked": torch.tensor(0)})
     torch.save({"epoch": 7, "state": state}, tmp_path / "reference.tar")
     target = Conv4()
-    assert io_utils.load_feature_net(target, tmp_path / "reference.tar") == 7
+    assert checkpoints.load_feature_net(target, tmp_path / "reference.tar") == 7
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), name
     with pytest.raises(UserError, match=r"does not fit the backbone: 1 key of another shape: "
                        r"blocks.0.0.weight \(saved \[64, 3, 3, 3\], model \[64, 1, 3, 3\]\)"):
-        io_utils.load_feature_net(Conv4S(), tmp_path / "reference.tar")
+        checkpoints.load_feature_net(Conv4S(), tmp_path / "reference.tar")
     (tmp_path / "junk.tar").write_text("not a checkpoint")
     with pytest.raises(UserError, match="is unreadable .*not a PyTorch file"):
-        io_utils.load_feature_net(Conv4(), tmp_path / "junk.tar")
+        checkpoints.load_feature_net(Conv4(), tmp_path / "junk.tar")
 
 
 def test_delta_params_are_recorded_each_epoch(data_dir, tmp_path, capsys):
@@ -245,7 +244,7 @@ def test_checkpoint_of_the_one_channel_era_tests_as_the_network_it_holds(data_di
                                                                          capsys):
     """A format-1 checkpoint says Conv4 but holds the one-channel network: it loads as Conv4S,
     named by the command line that trained it, and tests exactly as that network."""
-    import io_utils
+    from storage import atomic
     common = TINY[:6] + ["--data_dir", data_dir, "--save_dir", tmp_path, "--n_episode", "5",
                          "--repeat", "1", "--record_dir", tmp_path / "rec"]
     assert run(TRAIN, TINY + ["--model", "Conv4S", "--data_dir", data_dir,
@@ -258,7 +257,7 @@ def test_checkpoint_of_the_one_channel_era_tests_as_the_network_it_holds(data_di
     state["config"]["model"] = "Conv4"
     state.pop("format")
     state["rng"]["numpy"] = np.random.get_state()  # as formats 1-2 saved it
-    io_utils.write_file(old / "best_model.tar", lambda f: torch.save({"format": 1, **state}, f))
+    atomic.write_file(old / "best_model.tar", lambda f: torch.save({"format": 1, **state}, f))
     code, out, _ = run(TEST, common + ["--model", "Conv4"], capsys)
     assert code == 0 and "now called Conv4S" in out
     new, legacy = [json.loads(line) for line in

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import REPO_ROOT, bomb_png
+from PIL import Image
+from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, load_entry,  # noqa: F401
+                              run, run_folder, tiny_run)
+
 from data.episodes import TEST_QUERY
 from methods import bf16_kernels
 from results.report import read_jsonl
-from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, load_entry, run,
-                              run_folder, tiny_run)  # noqa: F401
 
 PREDICT = load_entry("predict")
 MODELS = REPO_ROOT / "models"
@@ -56,10 +56,10 @@ def episode_counts(record_dir: Path) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny_run, tmp_path_factory) -> Path:
-    import io_utils
+    from storage import checkpoints
     path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
-    state = io_utils.load_checkpoint(run_folder(tiny_run) / "best_model.tar", "maml")
-    io_utils.save_model_file(state, path, "tiny")
+    state = checkpoints.load_checkpoint(run_folder(tiny_run) / "best_model.tar", "maml")
+    checkpoints.save_model_file(state, path, "tiny")
     return path
 
 
@@ -92,7 +92,7 @@ def test_a_run_tests_with_its_own_inference_options(data_dir, tmp_path, capsys):
     published commands) tests with it from its folder or its model file when test.py is not
     told otherwise (the default, 20 samples, once made a shipped model miss its record), and
     a value given to test.py still overrides the run's."""
-    import io_utils
+    from storage import checkpoints
     save = tmp_path / "save"
     common = ["--dataset", "cross_char", "--method", "bayes_hmaml", "--n_shot", "1",
               "--data_dir", data_dir, "--save_dir", save]
@@ -102,7 +102,7 @@ def test_a_run_tests_with_its_own_inference_options(data_dir, tmp_path, capsys):
     assert code == 0, out
     best = run_folder(save, "bayes_hmaml") / "best_model.tar"
     model = tmp_path / "bayes.safetensors"
-    io_utils.save_model_file(io_utils.load_checkpoint(best, "bayes_hmaml"), model, "tiny")
+    checkpoints.save_model_file(checkpoints.load_checkpoint(best, "bayes_hmaml"), model, "tiny")
     test = ["--data_dir", data_dir, "--n_episode", "4", "--repeat", "2"]
     tested = {}
     for name, argv in {"folder": common, "file": ["--checkpoint", model],

@@ -6,8 +6,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import io_utils
 from conftest import REPO_ROOT
-from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, run, run_folder,
-                              run_until, tiny_run, train_command)  # noqa: F401
+from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, run,  # noqa: F401
+                              run_folder, run_until, tiny_run, train_command)
+
+import storage.run_folder
 
 
 class RunsCode:
@@ -134,9 +134,9 @@ def test_a_trusted_file_with_other_objects_converts_deliberately(tmp_path, capsy
     import argparse
 
     import convert_checkpoint
-    import io_utils
     from backbones import Conv4
     from errors import UserError
+    from storage import checkpoints
     torch.manual_seed(0)
     source = Conv4()
     saved = {"epoch": np.int64(7), "best": np.float64(0.5),
@@ -144,11 +144,11 @@ def test_a_trusted_file_with_other_objects_converts_deliberately(tmp_path, capsy
              "state": {k: v.numpy() for k, v in source.state_dict().items()}}
     torch.save(saved, tmp_path / "foreign.tar")
     with pytest.raises(UserError, match="is not a plain checkpoint.*convert_checkpoint.py"):
-        io_utils.load_feature_net(Conv4(), tmp_path / "foreign.tar")
+        checkpoints.load_feature_net(Conv4(), tmp_path / "foreign.tar")
     assert convert_checkpoint.main([str(tmp_path / "foreign.tar"),
                                     str(tmp_path / "plain.tar")]) == 0
     target = Conv4()
-    assert io_utils.load_feature_net(target, tmp_path / "plain.tar") == 7
+    assert checkpoints.load_feature_net(target, tmp_path / "plain.tar") == 7
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), name
     plain = torch.load(tmp_path / "plain.tar", weights_only=True)
@@ -160,13 +160,13 @@ def test_a_trusted_file_with_other_objects_converts_deliberately(tmp_path, capsy
 
 
 def test_a_mismatch_names_counts_and_the_first_keys():
-    import io_utils
     from backbones import Conv4
     from errors import UserError
+    from storage import checkpoints
     state = {k: v for k, v in Conv4().state_dict().items() if not k.startswith("blocks.3")}
     state["extra.weight"] = torch.zeros(1)
     with pytest.raises(UserError) as caught:
-        io_utils._load_state(Conv4(), state, "it does not fit")
+        checkpoints.load_state(Conv4(), state, "it does not fit")
     message = str(caught.value)
     expected = [k for k in Conv4().state_dict() if k.startswith("blocks.3")]
     assert message.startswith(f"it does not fit: {len(expected)} keys missing: "
@@ -215,8 +215,8 @@ def test_a_non_finite_validation_stops_before_saving(data_dir, tmp_path, capsys)
 
 
 def test_json_records_stay_strict():
-    import io_utils
-    line = io_utils.json_line({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2.5}})
+    from storage import atomic
+    line = atomic.json_line({"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": 2.5}})
     assert json.loads(line, parse_constant=lambda t: pytest.fail(t)) == {
         "a": None, "b": [1.0, None], "c": {"d": 2.5}}
 
@@ -288,12 +288,11 @@ def test_runs_started_together_on_unprepared_data_prepare_it_once(tmp_path):
 
 
 def test_results_run_holds_its_folder(tmp_path, monkeypatch):
-    import io_utils
     from errors import UserError
     from results import run as runner
     monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
     name = "maml_cross_char_1shot_128"
-    holder = io_utils.RunLock(runner.run_folder(name))
+    holder = storage.run_folder.RunLock(runner.run_folder(name))
     holder.acquire()
     try:
         with pytest.raises(UserError, match=f"is in use by another run \\(process {os.getpid()} "):
@@ -335,9 +334,9 @@ def test_a_run_killed_while_its_workers_decode_leaves_no_lock_and_no_orphan(sign
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import sys; sys.path.insert(0, {str(REPO_ROOT)!r})
 from pathlib import Path
-import io_utils
+from storage.run_folder import RunLock
 from data.store import ImageForm, decode_all
-io_utils.RunLock(Path({str(folder)!r})).acquire()
+RunLock(Path({str(folder)!r})).acquire()
 paths = sorted((Path({str(SHARED_DATA)!r}) / "cub100" / "images").rglob("*.jpg"))
 decode_all(paths * 4, ImageForm(96, True))
 """], cwd=REPO_ROOT)
@@ -364,7 +363,7 @@ decode_all(paths * 4, ImageForm(96, True))
     for w in orphans:
         os.kill(w, signal.SIGKILL)
     assert not orphans, f"decoding workers {orphans} outlived their killed parent"
-    lock = io_utils.RunLock(folder)
+    lock = storage.run_folder.RunLock(folder)
     lock.acquire()  # refused with "in use by another run" if anyone still held it
     lock.release()
 
@@ -374,7 +373,7 @@ def test_a_forked_child_does_not_hold_its_parents_run_lock(tmp_path):
     lock's descriptor: when the parent dies (here: closes its descriptor without releasing,
     as the operating system does for a killed process), the folder is free although the child
     still lives, and the child cannot remove the parent's lock file."""
-    lock = io_utils.RunLock(tmp_path / "run")
+    lock = storage.run_folder.RunLock(tmp_path / "run")
     lock.acquire()
     started, end = os.pipe(), os.pipe()  # child -> parent: running; parent -> child: end
     child = os.fork()
@@ -384,13 +383,13 @@ def test_a_forked_child_does_not_hold_its_parents_run_lock(tmp_path):
             os.write(started[1], b"x")
             os.read(end[0], 1)
             lock.release()  # must do nothing here: the lock is the parent's
-            kept = lock.fd is not None or bool(io_utils._HELD)
+            kept = lock.fd is not None or bool(storage.run_folder._HELD)
         finally:
             os._exit(3 if kept else 0)
     try:
         os.read(started[0], 1)  # the child's fork handlers have run
         os.close(lock.fd)  # the parent dies
-        again = io_utils.RunLock(tmp_path / "run")
+        again = storage.run_folder.RunLock(tmp_path / "run")
         again.acquire()  # refused while the child holds the flock on an inherited descriptor
         again.release()
     finally:
@@ -399,7 +398,7 @@ def test_a_forked_child_does_not_hold_its_parents_run_lock(tmp_path):
         for fd in (*started, *end):
             os.close(fd)
         lock.fd = None  # closed above; not to be closed again by a later fork
-        io_utils._HELD.discard(lock)
+        storage.run_folder._HELD.discard(lock)
     assert os.waitstatus_to_exitcode(status) == 0, "the child kept its parent's lock"
 
 
@@ -475,8 +474,8 @@ def test_a_failed_record_write_leaves_both_records_as_they_were(failing, data_di
 
 
 def test_a_run_folder_removed_mid_run_is_one_line(data_dir, tmp_path, monkeypatch, capsys):
-    import io_utils
-    real_append, appends = io_utils.append_text, []
+    from storage import records
+    real_append, appends = records.append_text, []
 
     def append_text(path, text):
         appends.append(path)
@@ -484,7 +483,7 @@ def test_a_run_folder_removed_mid_run_is_one_line(data_dir, tmp_path, monkeypatc
             shutil.rmtree(path.parent)
         return real_append(path, text)
 
-    monkeypatch.setattr(io_utils, "append_text", append_text)
+    monkeypatch.setattr(records, "append_text", append_text)
     code, _, err = run(TRAIN, TINY + ["--data_dir", data_dir, "--save_dir", tmp_path], capsys)
     assert_one_line_error(code, err, "could not write .*metrics.jsonl: No such file or "
                                      "directory; training stopped in epoch 1")

@@ -36,9 +36,9 @@ def test_run_resume_and_report_from_records(tiny, tmp_path, monkeypatch):
     short = ["--", "--n_episode", "4", "--repeat", "2"]
     assert runner.main(["tiny", *short]) == 0
     # The finished run's model file holds the best checkpoint's weights and configuration.
-    import io_utils
-    best = io_utils.load_checkpoint(runner.checkpoint_folder("tiny") / "best_model.tar", "maml")
-    shipped = io_utils.load_checkpoint(tmp_path / "models" / "tiny.safetensors", "maml")
+    from storage import checkpoints
+    best = checkpoints.load_checkpoint(runner.checkpoint_folder("tiny") / "best_model.tar", "maml")
+    shipped = checkpoints.load_checkpoint(tmp_path / "models" / "tiny.safetensors", "maml")
     assert shipped["config"] == best["config"] and shipped["epoch"] == best["epoch"]
     assert all(torch.equal(shipped["model"][k], v) for k, v in best["model"].items())
     assert runner.main(["tiny", *short]) == 0  # a finished run: resumed, nothing to train
@@ -189,6 +189,7 @@ def test_git_keeps_every_record_a_run_leaves_and_no_checkpoint():
     earlier attempt included (they once fell under the ignored record/ folders, so a clean
     clone lost the earlier attempts' numbers); checkpoints never are."""
     import subprocess
+
     from conftest import REPO_ROOT
     if not (REPO_ROOT / ".git").exists():
         pytest.skip("not a git checkout")
