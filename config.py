@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
 
-from data.benchmarks import find
+from data.benchmarks import Benchmark, find
 from errors import UserError
 
 # Conv4: the reference's three-channel network; Conv4S: one channel; Conv4Pool: average
@@ -375,14 +375,16 @@ def note_other_entry(entry: str, given: set[str], say=print) -> None:
             f"({other}.py only): ignored")
 
 
-def resolve(opts: Options, entry: str) -> Options:
-    """Fill the dataset- and method-dependent defaults and check the combination.
+def resolve(opts: Options, entry: str, benchmark: Benchmark | None = None) -> Options:
+    """Fill the dataset- and method-dependent defaults and check the combination, for the
+    benchmark of ``--dataset`` (looked up here unless the caller has it).
 
     Only options left at ``None`` / ``-1`` are filled, each with the reference's value.
     """
+    benchmark = find(opts.dataset) if benchmark is None else benchmark
     # The reference's MAML-family overrides on the character benchmarks (n_task 32, one
     # inner step of 0.1); its defaults elsewhere.
-    character = not find(opts.dataset).colour
+    character = not benchmark.colour
     if opts.n_task is None:
         opts.n_task = 32 if character else 4
     if opts.task_update_num is None:
@@ -393,7 +395,7 @@ def resolve(opts: Options, entry: str) -> Options:
         opts.n_episode = 100 if entry == "train" else 600
     if entry == "train" and opts.stop_epoch == -1:
         opts.stop_epoch = 600 if opts.n_shot == 1 else 400
-    _check(opts, entry)
+    _check(opts, entry, benchmark)
     return opts
 
 
@@ -465,7 +467,7 @@ def check_saved(saved: dict, source: str, methods: Sequence[str]) -> None:
     _check_limits(saved, lambda name: f"{name} in {where}")
 
 
-def _check(opts: Options, entry: str) -> None:
+def _check(opts: Options, entry: str, benchmark: Benchmark) -> None:
     _check_limits(opts.to_dict(), lambda name: f"--{name}")
     positive = {"n_shot": opts.n_shot, "train_n_way": opts.train_n_way,
                 "test_n_way": opts.test_n_way, "n_episode": opts.n_episode,
@@ -487,10 +489,10 @@ def _check(opts: Options, entry: str) -> None:
         raise UserError(f"--start_epoch {opts.start_epoch} is not before the run's last epoch "
                         f"({opts.stop_epoch * opts.n_task - 1}: --stop_epoch {opts.stop_epoch} "
                         f"x n_task {opts.n_task}): it would train nothing")
-    if opts.train_aug and not find(opts.dataset).augmentable:
+    if opts.train_aug and not benchmark.augmentable:
         raise UserError(f"--train_aug: {opts.dataset} is trained without augmentation (the "
                         "reference asserts it for omniglot and cross_char)")
-    if find(opts.dataset).colour and opts.model == "Conv4S":
+    if benchmark.colour and opts.model == "Conv4S":
         raise UserError(f"--model Conv4S reads one channel; {opts.dataset} is in colour: use "
                         "Conv4, Conv4Pool or Conv6")
     if entry == "train" and opts.warmup:

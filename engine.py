@@ -22,31 +22,33 @@ def updates_per_epoch(n_episode: int, n_task: int) -> int:
     return n_episode // n_task
 
 
-def train_epoch(model: MetaTemplate, optimizer: torch.optim.Optimizer, sampler: EpisodeSampler,
-                epoch: int, n_episode: int, n_task: int, world: World = ALONE
-                ) -> Iterator[list[TaskResult]]:
+def train_epoch(model: MetaTemplate, compute, optimizer: torch.optim.Optimizer,
+                sampler: EpisodeSampler, epoch: int, n_episode: int, n_task: int,
+                world: World = ALONE) -> Iterator[list[TaskResult]]:
     """One epoch of meta-training: ``n_episode // n_task`` updates of ``n_task`` tasks each;
     yields the results of all the tasks of each update.
 
     Episode ``epoch * n_episode + k`` is the k-th task of the epoch, so the stream of tasks is
     fixed by the seed alone and a resumed run continues it exactly. Under torchrun each rank
-    computes its share of the tasks and the gradients are summed before the step.
+    computes its share of the tasks and the gradients are summed before the step. ``compute``
+    (:class:`runtime.setup.Compute`) says whether the tasks go through the method together
+    and in what arithmetic.
     """
     model.train()
     parameters = list(model.parameters())
     tasks = world.share(n_task)
     # The loop engine gets one task per call, so that each task's gradient enters the float64
     # sum on its own; the batched engine takes the rank's whole share in one call.
-    calls = [tasks] if model.engine == "batched" else [range(t, t + 1) for t in tasks]
+    calls = [tasks] if compute.batched else [range(t, t + 1) for t in tasks]
     for update in range(updates_per_epoch(n_episode, n_task)):
         first = epoch * n_episode + update * n_task
         optimizer.zero_grad(set_to_none=True)
         meta = MetaGradient(parameters)
         results = []
         for call in calls:
-            with model.precision_context():
-                results += model.accumulate_meta_gradient(sampler.episode(first + t)
-                                                          for t in call)
+            with compute.arithmetic():
+                results += model.accumulate_meta_gradient(
+                    (sampler.episode(first + t) for t in call), batched=compute.batched)
             meta.add_grads()
         meta.present, results = world.sum_meta_gradient(meta.sums, meta.present, results,
                                                         n_task)
@@ -117,19 +119,20 @@ class MetaGradient:
             p.grad = total.to(p.dtype) if present else None
 
 
-def evaluate(model: MetaTemplate, sampler: EpisodeSampler, n_episode: int,
+def evaluate(model: MetaTemplate, compute, sampler: EpisodeSampler, n_episode: int,
              batch_size: int = 1, world: World = ALONE) -> Iterator[TaskResult]:
     """This rank's share of episodes 0..n_episode-1 of ``sampler`` (all of them in a single
     process): the same tasks at every call. The batched engine evaluates ``batch_size``
     episodes at a time. :meth:`World.gather_results` puts the shares together."""
     model.eval()
     mine = world.share(n_episode)
-    step = batch_size if model.engine == "batched" else 1
+    step = batch_size if compute.batched else 1
     kept = QueryBlock(len(mine))
     for first in range(mine.start, mine.stop, step):
         indices = range(first, min(first + step, mine.stop))
-        with model.precision_context():
-            results = model.evaluate_batch([sampler.episode(i) for i in indices])
+        with compute.arithmetic():
+            results = model.evaluate_batch([sampler.episode(i) for i in indices],
+                                           batched=compute.batched)
         yield from map(kept.hold, results)
 
 

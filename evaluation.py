@@ -8,30 +8,28 @@ calibration of the query predictions.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import calibration
-import config
-import data
 import distributed
 import engine
 import plots
 from data.benchmarks import folder_name
 from data.episodes import TEST_QUERY
 from errors import UserError
-from methods import METHODS, bf16_kernels, build_method, choose_precision, options_ignored_by
-from runtime import progress
+from runtime import progress, setup
 from storage import atomic, checkpoints, records, run_folder
 
 
-def evaluate_episodes(opts, model, sampler, desc: str, world: distributed.World):
+def evaluate_episodes(opts, model, compute, sampler, desc: str, world: distributed.World):
     """The results of ``opts.n_episode`` episodes, in episode order (under torchrun each rank
     evaluates its share and every rank gets them all), and all their query logits and
     labels."""
-    episodes = engine.evaluate(model, sampler, opts.n_episode, opts.n_task, world)
+    episodes = engine.evaluate(model, compute, sampler, opts.n_episode, opts.n_task, world)
     mine = list(progress.progress(episodes, len(world.share(opts.n_episode)), desc,
                                   world.is_main))
     results = world.gather_results(mine)
@@ -69,57 +67,66 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
     files. The body of test.py and of train.py's final test."""
     path = checkpoint_path(opts)
     state = world.from_main(lambda: checkpoints.load_checkpoint(path, opts.method))
-    ignored = options_ignored_by(state["config"]["method"])
-    config.adopt_saved(opts, state["config"], given, str(path), state["former_names"], ignored)
-    config.note_ignored(opts, given, ignored, world.say)
-    if "test_n_way" not in given:  # a model tests on the classes per episode it learnt
-        opts.test_n_way = opts.train_n_way
-    opts = config.resolve(opts, "test")
-    if opts.adaptation:
-        METHODS[opts.method].adapt_more_at_test(opts, config.adaptation_steps(opts))
-    METHODS[opts.method].check_options(opts)
-    choose_precision(opts, device)
+    opts, benchmark = setup.settle(opts, given, "test", state, str(path), world.say)
+    compute = setup.choose_compute(opts, device)
     if opts.test_n_way != opts.train_n_way:
         raise UserError(f"--test_n_way {opts.test_n_way} differs from the {opts.train_n_way} "
                         f"classes the model in {path} was trained for")
     if opts.plot:
         plots.require_matplotlib()
-    record_dir = Path(opts.record_dir)
     if world.is_main:
-        atomic.ensure_writable(record_dir)
-
-    model = build_method(opts, device).to(device)
-    checkpoints.load_model_state(model, state, path)
-    with world.local_main_first():  # one process per machine prepares data and caches
-        data_dir = data.prepared_data_dir(opts)
-        val = (data.split_sampler(opts, data_dir, "val", opts.test_n_way, TEST_QUERY,
-                                  opts.seed, device, world.say)
-               if opts.temperature_scaling else None)
-        sampler = data.split_sampler(opts, data_dir, opts.split, opts.test_n_way, TEST_QUERY,
-                                     opts.seed, device, world.say)
+        atomic.ensure_writable(Path(opts.record_dir))
+    model = setup.build_method(opts, benchmark, compute, state, path)
+    wanted = {"val": ("val", opts.test_n_way, TEST_QUERY)} if opts.temperature_scaling else {}
+    samplers = setup.samplers(opts, benchmark, device, world,
+                              {**wanted, "test": (opts.split, opts.test_n_way, TEST_QUERY)})
     processes = f"{world.size} processes, " if world.size > 1 else ""
     world.say(f"Testing {path} (epoch {state['epoch']}, validation "
               f"{state['best_val_acc']:.2f}%) on {opts.dataset} {opts.split}, "
               f"{opts.test_n_way}-way {opts.n_shot}-shot, {opts.repeat} x {opts.n_episode} "
               f"episodes, {processes}device {device}", flush=True)
-
     if state.get("schedule", {}).get("phase") == "maml-warmup":
         world.say(f"note: epoch {state['epoch']} is in the pure MAML warm-up: the "
                   "hypernetwork, which the test uses, is not trained yet")
-    temperature = None
-    if val is not None:
-        _, val_logits, val_labels = evaluate_episodes(opts, model, val, "val (temperature)",
-                                                      world)
-        temperature = calibration.fit_temperature(val_logits, val_labels)
-        world.say(f"Temperature fitted on {opts.n_episode} val episodes: T = {temperature:.4f}")
-        note = calibration.temperature_note(temperature)
-        if note:  # the value is still used and recorded: the note says what it means
-            world.say(note)
+    temperature = (fit_temperature(opts, model, compute, samplers["val"], world)
+                   if "val" in samplers else None)
+    tested = test_repeats(opts, model, compute, samplers["test"], temperature, world)
+    if world.is_main:  # every rank has every result; rank 0 reports and records them
+        report(opts, path, state, tested, temperature, samplers["test"], compute)
+    return 0
 
-    repeats, all_logits, all_labels = [], [], []
+
+def fit_temperature(opts, model, compute, sampler, world: distributed.World) -> float:
+    """The softmax temperature that minimises the NLL of ``--n_episode`` val episodes."""
+    _, val_logits, val_labels = evaluate_episodes(opts, model, compute, sampler,
+                                                  "val (temperature)", world)
+    temperature = calibration.fit_temperature(val_logits, val_labels)
+    world.say(f"Temperature fitted on {opts.n_episode} val episodes: T = {temperature:.4f}")
+    note = calibration.temperature_note(temperature)
+    if note:  # the value is still used and recorded: the note says what it means
+        world.say(note)
+    return temperature
+
+
+@dataclass
+class Tested:
+    """The repeats of a test: each repeat's record entry, its first episode's result (for the
+    episode sheet), and every query's logits and label."""
+    repeats: list[dict]
+    first_episode: object
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+
+def test_repeats(opts, model, compute, sampler, temperature: float | None,
+                 world: distributed.World) -> Tested:
+    """``--repeat`` passes over ``--n_episode`` episodes, seeds seed .. seed+repeat-1, each
+    printed as the reference prints it, with its calibration on the next line."""
+    repeats, all_logits, all_labels, first_episode = [], [], [], None
     for r in range(opts.repeat):
         results, logits, labels = evaluate_episodes(
-            opts, model, sampler.with_seed(opts.seed + r), f"repeat {r + 1}/{opts.repeat}", world)
+            opts, model, compute, sampler.with_seed(opts.seed + r),
+            f"repeat {r + 1}/{opts.repeat}", world)
         mean, ci95 = engine.mean_and_ci95([e.accuracy for e in results])
         report = calibration.calibration_report(logits, labels)
         # Each episode's count of correct queries: what a shipped model must reproduce.
@@ -135,16 +142,19 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
             text += f"; after temperature scaling {scaled}"
         world.say(text, flush=True)
         repeats.append(entry)
-        if r == 0:
-            first_episode = results[0]
+        first_episode = results[0] if r == 0 else first_episode
         all_logits.append(logits)
         all_labels.append(labels)
-    if not world.is_main:  # every rank has every result; rank 0 reports and records them
-        return 0
+    return Tested(repeats, first_episode, torch.cat(all_logits), torch.cat(all_labels))
 
-    means = [e["acc"] for e in repeats]
+
+def report(opts, path: Path, state: dict, tested: Tested, temperature: float | None, sampler,
+           compute) -> None:
+    """The summary over the repeats and all test queries, the figures with ``--plot``, and
+    the results.txt line and results.jsonl record."""
+    means = [e["acc"] for e in tested.repeats]
     overall, spread = float(np.mean(means)), float(np.std(means))
-    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    logits, labels = tested.logits, tested.labels
     pooled = calibration.calibration_report(logits, labels)
     print(f"Mean over {opts.repeat} repeats: {overall:.2f}%, std {spread:.2f}%")
     print(f"Calibration over all {len(labels):,} test queries: {pooled}")
@@ -156,25 +166,9 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
         record.update(temperature=temperature, calibration_temperature_scaled=scaled.as_dict())
         panels[f"temperature T = {temperature:.3g}"] = calibration.reliability_bins(
             logits.double() / temperature, labels)
-
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    run_name = (f"{folder_name(opts.dataset)}_{opts.model}_{opts.method}_{opts.test_n_way}way_"
-                f"{opts.n_shot}shot")
     if opts.plot:
-        record_dir.mkdir(parents=True, exist_ok=True)
-        figure = plots.reliability_diagram(
-            panels, record_dir / f"reliability_{run_name}_{stamp}.png",
-            f"{opts.method} on {opts.dataset} {opts.split}, {opts.test_n_way}-way "
-            f"{opts.n_shot}-shot, {len(labels):,} test queries")
-        record["reliability_diagram"] = str(figure)
-        print(f"Reliability diagram: {figure}")
-        sheet = episode_sheet(sampler.with_seed(opts.seed), first_episode, opts.n_shot)
-        figure = plots.episode_sheet(
-            sheet, record_dir / f"episode_{run_name}_{stamp}.png",
-            f"{opts.method} on {opts.dataset} {opts.split}, episode 0 of repeat 1")
-        record["episode_sheet"] = str(figure)
-        print(f"Episode sheet: {figure}")
-
+        record.update(draw(opts, panels, sampler, tested, len(labels), stamp))
     line = (f"{stamp} {opts.dataset} split={opts.split} {opts.model} {opts.method} "
             f"{opts.n_shot}shot {opts.test_n_way}way checkpoint={path}: "
             f"{opts.n_episode} Test Acc = {overall:.2f}% (std over {opts.repeat} repeats "
@@ -182,10 +176,28 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
     record.update({"time": stamp, "dataset": opts.dataset, "split": opts.split,
                    "model": opts.model, "method": opts.method, "n_shot": opts.n_shot,
                    "n_way": opts.test_n_way, "checkpoint": str(path), "epoch": state["epoch"],
-                   "n_episode": opts.n_episode, "seeds": [e["seed"] for e in repeats],
-                   "repeats": repeats, "repeat_acc": means, "acc_mean": overall,
+                   "n_episode": opts.n_episode, "seeds": [e["seed"] for e in tested.repeats],
+                   "repeats": tested.repeats, "repeat_acc": means, "acc_mean": overall,
                    "acc_std": spread, "config": opts.to_dict()})
     if opts.precision == "bf16":  # what the counts depend on beyond the options
-        record["bf16_kernels"] = bf16_kernels(device)
-    records.append_result(record_dir, line, record)
-    return 0
+        record["bf16_kernels"] = setup.bf16_kernels(compute.device)
+    records.append_result(Path(opts.record_dir), line, record)
+
+
+def draw(opts, panels: dict, sampler, tested: Tested, queries: int, stamp: str) -> dict:
+    """``--plot``: the reliability diagram and the sheet of episode 0; their paths."""
+    record_dir = Path(opts.record_dir)
+    record_dir.mkdir(parents=True, exist_ok=True)
+    run_name = (f"{folder_name(opts.dataset)}_{opts.model}_{opts.method}_{opts.test_n_way}way_"
+                f"{opts.n_shot}shot")
+    figure = plots.reliability_diagram(
+        panels, record_dir / f"reliability_{run_name}_{stamp}.png",
+        f"{opts.method} on {opts.dataset} {opts.split}, {opts.test_n_way}-way "
+        f"{opts.n_shot}-shot, {queries:,} test queries")
+    print(f"Reliability diagram: {figure}")
+    sheet = episode_sheet(sampler.with_seed(opts.seed), tested.first_episode, opts.n_shot)
+    sheet_figure = plots.episode_sheet(
+        sheet, record_dir / f"episode_{run_name}_{stamp}.png",
+        f"{opts.method} on {opts.dataset} {opts.split}, episode 0 of repeat 1")
+    print(f"Episode sheet: {sheet_figure}")
+    return {"reliability_diagram": str(figure), "episode_sheet": str(sheet_figure)}

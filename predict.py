@@ -32,8 +32,8 @@ from data.benchmarks import Benchmark, find
 from data.episodes import Episode, Normaliser
 from data.store import ImageForm, decode
 from errors import UserError, run_cli
-from methods import METHODS, build_method, choose_precision
-from runtime import progress
+from methods import METHODS
+from runtime import progress, setup
 from runtime.device import resolve_device
 from storage import checkpoints
 
@@ -136,36 +136,34 @@ QUERY_BATCH = {"grey": 1000, "colour": 200}
 
 
 def load_model(path: Path, device: torch.device, shots: int, precision: str):
-    """The trained model in ``path`` (test-time behaviour), its options and its benchmark's
-    image form, built for a support set of ``shots`` images per class, computing in
-    ``precision`` (the caller's choice, as in test.py, not the arithmetic the model was
-    trained in)."""
+    """The trained model in ``path`` (test-time behaviour), its options, its benchmark's
+    image form and how it computes, built as test.py builds it (:mod:`runtime.setup`) for a
+    support set of ``shots`` images per class, computing in ``precision`` (the caller's
+    choice, as in test.py, not the arithmetic the model was trained in)."""
     state = checkpoints.load_checkpoint(path, None)
-    known = {f.name for f in dataclasses.fields(config.Options)}
-    opts = config.Options(**{k: v for k, v in state["config"].items() if k in known})
-    opts.precision = precision
-    choose_precision(opts, device)
+    say = lambda text: print(text, file=sys.stderr)  # noqa: E731 (stdout holds the answers)
+    opts, benchmark = setup.settle(config.Options(precision=precision), {"precision"}, "test",
+                                   state, str(path), say, image_benchmark(state))
+    compute = setup.choose_compute(opts, device)
     fixed = METHODS[opts.method].fixed_shots(opts)
     if fixed is not None and shots != fixed:
         raise UserError(f"{path} holds a {opts.train_n_way}-way {opts.n_shot}-shot {opts.method} "
                         f"model whose hypernetwork reads exactly {fixed} image(s) per class; "
                         f"the support set has {shots}")
     opts.n_shot = shots
-    model = build_method(opts, device).to(device)
-    checkpoints.load_model_state(model, state, path)
+    model = setup.build_method(opts, benchmark, compute, state, path)
     model.eval()
     model.set_epoch(None)
     if state.get("schedule", {}).get("phase") == "maml-warmup":
-        print(f"note: {path} was saved in the pure MAML warm-up: its hypernetwork is untrained",
-              file=sys.stderr)
-    return model, opts, image_benchmark(opts.dataset, state)
+        say(f"note: {path} was saved in the pure MAML warm-up: its hypernetwork is untrained")
+    return model, opts, benchmark, compute
 
 
-def image_benchmark(dataset: str, state: dict) -> Benchmark:
+def image_benchmark(state: dict) -> Benchmark:
     """The benchmark a model was trained on, for the form of its images: looked up, or, for
     a folder of images that is not on this machine, the form its model file records."""
     try:
-        return find(dataset)
+        return find(state["config"]["dataset"])
     except UserError:
         form = state.get("image_form")
         if not form:
@@ -173,23 +171,26 @@ def image_benchmark(dataset: str, state: dict) -> Benchmark:
         return Benchmark({}, int(form["image_size"]), bool(form["colour"]))
 
 
-def posterior_spread(model, opts, episode: Episode, samples: int, device) -> torch.Tensor:
+def posterior_spread(model, opts, benchmark: Benchmark, compute: setup.Compute,
+                     episode: Episode, samples: int) -> torch.Tensor:
     """BayesHMAML: the standard deviation of each query's class probabilities over
     ``samples`` classifiers drawn from the task's posterior: the same weights, asked for one
     sampled classifier per call, each call with its own seed."""
-    single = build_method(dataclasses.replace(opts, hm_weight_set_num_test=1), device).to(device)
+    single = setup.build_method(dataclasses.replace(opts, hm_weight_set_num_test=1), benchmark,
+                                compute)
     single.load_state_dict(model.state_dict())
     single.eval()
     single.set_epoch(None)
-    return torch.stack([query_probabilities(single, dataclasses.replace(episode, seed=seed))
+    return torch.stack([query_probabilities(single, compute,
+                                            dataclasses.replace(episode, seed=seed))
                         for seed in range(episode.seed + 1, episode.seed + 1 + samples)]
                        ).std(dim=0)
 
 
-def query_probabilities(model, episode: Episode) -> torch.Tensor:
+def query_probabilities(model, compute: setup.Compute, episode: Episode) -> torch.Tensor:
     """``[queries, classes]`` softmax of the adapted model, exactly as test.py evaluates an
     episode (its loss uses the placeholder query labels and is not looked at)."""
-    with model.precision_context():
+    with compute.arithmetic():
         result = model.evaluate(episode)
     # A diverged model's NaN logits would "predict" the first class, as in test.py's refusal.
     engine.require_finite([result], "predict.py")
@@ -202,7 +203,7 @@ def predict(args) -> int:
     device = resolve_device(args.device)
     files = support_files(args.support)
     n_way, shots = len(files), len(next(iter(files.values())))
-    model, opts, benchmark = load_model(args.model, device, shots, args.precision)
+    model, opts, benchmark, compute = load_model(args.model, device, shots, args.precision)
     if n_way != opts.train_n_way:
         raise UserError(f"{args.model} holds a {opts.train_n_way}-way model; the support set "
                         f"{args.support} has {n_way} classes")
@@ -229,9 +230,10 @@ def predict(args) -> int:
             support_x=support_x, support_y=support_y,
             query_x=normalise(pixels(query_pixels), benchmark.colour),
             query_y=torch.zeros(len(batch), dtype=torch.long, device=device), seed=args.seed)
-        probabilities.append(query_probabilities(model, episode).cpu())
+        probabilities.append(query_probabilities(model, compute, episode).cpu())
         if METHODS[opts.method].samples_classifiers:
-            spreads.append(posterior_spread(model, opts, episode, args.samples, device).cpu())
+            spreads.append(posterior_spread(model, opts, benchmark, compute, episode,
+                                            args.samples).cpu())
         if args.plot:
             drawn.append(query_pixels)
     probabilities = torch.cat(probabilities)

@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +21,13 @@ import torch
 
 import allocator
 import config
-import data
 import distributed
 import engine
 import evaluation
 from data.episodes import TRAIN_QUERY
 from errors import UserError, run_cli
-from methods import METHODS, build_method, choose_precision, options_ignored_by
-from runtime import progress
+from methods import METHODS
+from runtime import progress, setup
 from storage import atomic, checkpoints, records, run_folder
 
 
@@ -133,10 +133,6 @@ def refuse_to_overwrite(last_path) -> None:
                         "or --checkpoint_suffix NAME (or another --save_dir) to start another")
 
 
-# Options a resumed run takes from where it runs now, not from the checkpoint.
-NOT_RESUMED = ("resume", "save_dir", "device", "dist_timeout")
-
-
 def run(argv=None) -> int:
     opts, given = config.parse("train", list(METHODS), argv)
     return distributed.run_in_world(opts, functools.partial(train, opts, given))
@@ -167,171 +163,232 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
     last_path = folder / "last_model.tar"
     # Rank 0 reads the checkpoint and sends it: the other ranks need no shared file system.
     resume_state = world.from_main(lambda: find_run(opts, last_path, world.say))
-    if resume_state is not None:
-        saved = resume_state["config"]
-        config.adopt_saved(opts, saved, given, str(last_path), resume_state["former_names"],
-                           options_ignored_by(opts.method))
-        # Every other option not given again (seed, schedule, evaluation settings) continues
-        # as saved.
-        for f in config.option_fields(("run", "train")):
-            if f.name in saved and f.name not in given and f.name not in NOT_RESUMED:
-                setattr(opts, f.name, saved[f.name])
-    opts = config.resolve(opts, "train")
+    opts, benchmark = setup.settle(opts, given, "train", resume_state, str(last_path),
+                                   world.say)
+    compute = setup.choose_compute(opts, device)  # refused before any work if it cannot run
+    check_training(opts, resume_state, last_path, world)
+    split_note = world.check_fits(opts.n_task, opts.n_episode)
+    samplers = setup.samplers(opts, benchmark, device, world, {
+        "train": ("base", opts.train_n_way, TRAIN_QUERY),
+        "val": ("val", opts.test_n_way, TRAIN_QUERY)})
+    torch.manual_seed(opts.seed)
+    model = setup.build_method(opts, benchmark, compute, resume_state, last_path)
+    course = start_course(opts, model, resume_state, last_path, world)
+    world.broadcast_parameters(model)
+    logs = open_logs(folder, opts, resume_state, world)
+    announce(opts, compute, course, folder, world, split_note)
+    for epoch in range(course.start_epoch, course.epochs):
+        record = train_one_epoch(epoch, opts, model, compute, course, samplers, world, last_path)
+        if world.is_main:
+            save_epoch(opts, folder, course, record, model, logs, samplers["train"], world)
+        world.say(epoch_line(record, course, model.schedule_state()), flush=True)
+        # Every rank has the gathered validation accuracy, so all stop together.
+        if (opts.es_threshold > 0 and epoch >= opts.es_epoch
+                and course.best_acc < opts.es_threshold):
+            world.say(f"Early stop at epoch {epoch}: best validation accuracy "
+                      f"{course.best_acc:.2f}% is below --es_threshold {opts.es_threshold}%")
+            break
+    world.say(f"Done. Best validation accuracy {course.best_acc:.2f}% at epoch "
+              f"{course.best_epoch}; checkpoints in {folder}")
+    return final_test(opts, given, device, world) if opts.final_test else 0
+
+
+def check_training(opts, resume_state: dict | None, last_path: Path,
+                   world: distributed.World) -> None:
+    """What only training refuses, before any work."""
     if resume_state is not None:
         refuse_another_optimiser(opts, resume_state["config"], last_path)
-    config.note_ignored(opts, given, options_ignored_by(opts.method), world.say)
-    METHODS[opts.method].check_options(opts)
-    choose_precision(opts, device)  # refused before any work if the device lacks it
     if opts.hm_save_delta_params and not hasattr(METHODS[opts.method], "hypernet_update"):
         raise UserError(f"--hm_save_delta_params records a hypernetwork's updates; "
                         f"{opts.method} has no hypernetwork")
     if resume_state is None:
         world.from_main(lambda: refuse_to_overwrite(last_path))
-    split_note = world.check_fits(opts.n_task, opts.n_episode)
-
     if opts.test_n_way != opts.train_n_way:
         raise UserError(f"--test_n_way {opts.test_n_way} differs from --train_n_way "
                         f"{opts.train_n_way}: the MAML family's classifier has train_n_way "
                         "outputs, so validation must use the same number of classes")
-    with world.local_main_first():  # one process per machine prepares data and caches
-        data_dir = data.prepared_data_dir(opts)
-        train_sampler = data.split_sampler(opts, data_dir, "base", opts.train_n_way,
-                                           TRAIN_QUERY, opts.seed, device, world.say)
-        val_sampler = data.split_sampler(opts, data_dir, "val", opts.test_n_way, TRAIN_QUERY,
-                                         opts.seed, device, world.say)
 
-    torch.manual_seed(opts.seed)
-    model = build_method(opts, device).to(device)
+
+@dataclass
+class Course:
+    """Where a training run stands: its optimiser and learning-rate schedule, the epochs it
+    runs, the best validation so far and the epoch ``last_model.tar`` holds."""
+    optimizer: torch.optim.Optimizer
+    scheduler: object | None
+    epochs: int
+    start_epoch: int
+    best_acc: float = -1.0
+    best_epoch: int = -1
+    saved_epoch: int | None = None
+
+    def state(self, opts, epoch: int, model, schedule: dict, world_size: int) -> dict:
+        """The checkpoint of ``epoch``: everything ``--resume`` needs to continue exactly."""
+        return {"config": opts.to_dict(), "epoch": epoch, "model": model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+                "rng": rng_state(), "best_val_acc": self.best_acc,
+                "best_epoch": self.best_epoch, "schedule": schedule, "world_size": world_size}
+
+
+def start_course(opts, model, resume_state: dict | None, last_path: Path,
+                 world: distributed.World) -> Course:
+    """A fresh course (its backbone from --hm_feature_net_path if asked), or the one
+    ``resume_state`` saved, continued with the rate these options give."""
     optimizer = make_optimizer(opts, model)
     epochs = total_epochs(opts)
-    scheduler = make_scheduler(opts, optimizer, epochs)
-    start_epoch, best_acc, best_epoch = opts.start_epoch, -1.0, -1
-    saved_epoch = None  # the epoch last_model.tar holds
-    if resume_state is not None:
-        checkpoints.load_model_state(model, resume_state, last_path)
-        optimizer.load_state_dict(resume_state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resume_state["scheduler"])
-        restore_rng(resume_state["rng"])
-        saved_epoch = resume_state["epoch"]
-        start_epoch = saved_epoch + 1
-        scheduler = reschedule(opts, resume_state["config"], optimizer, scheduler, epochs,
-                               start_epoch, world.say)
-        best_acc, best_epoch = resume_state["best_val_acc"], resume_state["best_epoch"]
-        saved_world = resume_state.get("world_size", 1)
-        world.say(f"Resuming {last_path} after epoch {resume_state['epoch']}"
-                  + (f" (saved by {saved_world} processes, continuing with {world.size}: "
-                     "the same tasks and the same updates)" if saved_world != world.size
-                     else ""))
-    elif opts.hm_load_feature_net:
-        saved_at = checkpoints.load_feature_net(model.feature, Path(opts.hm_feature_net_path))
-        world.say(f"Backbone initialised from {opts.hm_feature_net_path} (epoch {saved_at})")
-    world.broadcast_parameters(model)
-    metrics = deltas = None
-    if world.is_main:
-        resumed_after = None if resume_state is None else resume_state["epoch"]
-        metrics = records.EpochLog(folder / "metrics.jsonl", resumed_after)
-        if opts.hm_save_delta_params:
-            deltas = records.EpochLog(folder / "delta_params.jsonl", resumed_after)
-        # After the records were read: a refused resume leaves the run's options as they were.
-        atomic.write_text(folder / "args.json", json.dumps(opts.to_dict(), indent=2) + "\n")
+    course = Course(optimizer, make_scheduler(opts, optimizer, epochs), epochs, opts.start_epoch)
+    if resume_state is None:
+        if opts.hm_load_feature_net:
+            saved_at = checkpoints.load_feature_net(model.feature,
+                                                    Path(opts.hm_feature_net_path))
+            world.say(f"Backbone initialised from {opts.hm_feature_net_path} (epoch "
+                      f"{saved_at})")
+        return course
+    optimizer.load_state_dict(resume_state["optimizer"])
+    if course.scheduler is not None:
+        course.scheduler.load_state_dict(resume_state["scheduler"])
+    restore_rng(resume_state["rng"])
+    course.saved_epoch = resume_state["epoch"]
+    course.start_epoch = course.saved_epoch + 1
+    course.scheduler = reschedule(opts, resume_state["config"], optimizer, course.scheduler,
+                                  epochs, course.start_epoch, world.say)
+    course.best_acc, course.best_epoch = resume_state["best_val_acc"], resume_state["best_epoch"]
+    saved_world = resume_state.get("world_size", 1)
+    world.say(f"Resuming {last_path} after epoch {resume_state['epoch']}"
+              + (f" (saved by {saved_world} processes, continuing with {world.size}: "
+                 "the same tasks and the same updates)" if saved_world != world.size else ""))
+    return course
 
+
+@dataclass
+class Logs:
+    """The per-epoch records rank 0 writes: metrics.jsonl, and delta_params.jsonl with
+    --hm_save_delta_params."""
+    metrics: records.EpochLog | None = None
+    deltas: records.EpochLog | None = None
+
+
+def open_logs(folder: Path, opts, resume_state: dict | None, world: distributed.World) -> Logs:
+    if not world.is_main:
+        return Logs()
+    resumed_after = None if resume_state is None else resume_state["epoch"]
+    logs = Logs(records.EpochLog(folder / "metrics.jsonl", resumed_after))
+    if opts.hm_save_delta_params:
+        logs.deltas = records.EpochLog(folder / "delta_params.jsonl", resumed_after)
+    # After the records were read: a refused resume leaves the run's options as they were.
+    atomic.write_text(folder / "args.json", json.dumps(opts.to_dict(), indent=2) + "\n")
+    return logs
+
+
+def announce(opts, compute: setup.Compute, course: Course, folder: Path,
+             world: distributed.World, split_note: str | None) -> None:
+    """The start line: what trains where, for how long, and how."""
     updates = engine.updates_per_epoch(opts.n_episode, opts.n_task)
     processes = f"{world.size} processes, " if world.size > 1 else ""
     world.say(f"{opts.method} on {opts.dataset}, {opts.train_n_way}-way {opts.n_shot}-shot, "
-              f"{processes}device {device}: --stop_epoch {opts.stop_epoch} x n_task "
-              f"{opts.n_task} = {count(epochs, 'epoch')} of {count(updates, 'meta-update')} x "
-              f"{count(opts.n_task, 'task')}; inner loop {count(opts.task_update_num, 'step')} "
-              f"of lr {opts.train_lr}; "
-              f"{model.engine} engine, {model.precision}; checkpoints in {folder}", flush=True)
+              f"{processes}device {compute.device}: --stop_epoch {opts.stop_epoch} x n_task "
+              f"{opts.n_task} = {count(course.epochs, 'epoch')} of "
+              f"{count(updates, 'meta-update')} x {count(opts.n_task, 'task')}; inner loop "
+              f"{count(opts.task_update_num, 'step')} of lr {opts.train_lr}; "
+              f"{compute.engine} engine, {compute.precision}; checkpoints in {folder}",
+              flush=True)
     if split_note:
         world.say(split_note)
-    for note in METHODS[opts.method].training_notes(opts, epochs):
+    for note in METHODS[opts.method].training_notes(opts, course.epochs):
         world.say(note)
 
-    for epoch in range(start_epoch, epochs):
-        started = time.time()
-        model.set_epoch(epoch, epochs)
-        schedule = model.schedule_state()
-        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
-        results = []
-        updates_iter = engine.train_epoch(model, optimizer, train_sampler, epoch,
-                                          opts.n_episode, opts.n_task, world)
-        bar = progress.progress(updates_iter, updates, f"epoch {epoch}/{epochs}", world.is_main)
-        try:
-            for batch in bar:
-                check_interrupt()
-                results += batch
-                bar.set_postfix(loss=f"{np.mean([r.loss for r in results]):.4f}",
-                                acc=f"{np.mean([r.accuracy for r in results]):.2f}%", **schedule)
-        except engine.Diverged as exc:
-            raise UserError(divergence_message(exc, opts, last_path, saved_epoch)) from None
-        if scheduler is not None:
-            scheduler.step()
-        record = {"epoch": epoch, "train_loss": float(np.mean([r.loss for r in results])),
-                  "train_acc": float(np.mean([r.accuracy for r in results])),
-                  "lr": lr, **schedule}
-        if (epoch + 1) % opts.eval_freq == 0 or epoch == epochs - 1:
-            val_iter = engine.evaluate(model, val_sampler, opts.n_episode, opts.n_task, world)
-            mine = list(progress.progress(val_iter, len(world.share(opts.n_episode)),
-                                          "validation", world.is_main))
-            val = world.gather_results(mine)
-            problem = engine.non_finite_logits(val)
-            if problem:
-                raise UserError(divergence_message(
-                    engine.Diverged(f"in the validation after epoch {epoch}", problem), opts,
-                    last_path, saved_epoch))
-            record["val_acc"], record["val_ci95"] = engine.mean_and_ci95(
-                [r.accuracy for r in val])
-            if record["val_acc"] > best_acc:
-                best_acc, best_epoch = record["val_acc"], epoch
-                record["best"] = True
-        record["seconds"] = round(time.time() - started, 3)
 
-        if world.is_main:
-            state = {"config": opts.to_dict(), "epoch": epoch, "model": model.state_dict(),
-                     "optimizer": optimizer.state_dict(),
-                     "scheduler": None if scheduler is None else scheduler.state_dict(),
-                     "rng": rng_state(), "best_val_acc": best_acc, "best_epoch": best_epoch,
-                     "schedule": schedule, "world_size": world.size}
-            try:
-                save_epoch(opts, folder, state, record, model, metrics, deltas, train_sampler,
-                           epochs)
-            except atomic.WriteError as exc:
-                again = ("no checkpoint was saved yet: run the same command again"
-                         if saved_epoch is None else
-                         f"{last_path} holds epoch {saved_epoch}: --resume continues from it "
-                         "(dropping the records of later epochs)")
-                raise UserError(f"{exc}; training stopped in epoch {epoch}; {again} once the "
-                                "folder can be written again") from None
-            saved_epoch = epoch
-        val_text = (f", val {record['val_acc']:.2f}% +- {record['val_ci95']:.2f}%"
-                    f" (best {best_acc:.2f}% at epoch {best_epoch})" if "val_acc" in record else "")
-        schedule_text = "".join(f", {k} {v:.3g}" if isinstance(v, float) else f", {k} {v}"
-                                for k, v in schedule.items())
-        world.say(f"epoch {epoch}: loss {record['train_loss']:.4f}, train acc "
-                  f"{record['train_acc']:.2f}%{val_text}{schedule_text}, "
-                  f"{record['seconds']:.1f}s", flush=True)
-
-        # Every rank has the gathered validation accuracy, so all stop together.
-        if opts.es_threshold > 0 and epoch >= opts.es_epoch and best_acc < opts.es_threshold:
-            world.say(f"Early stop at epoch {epoch}: best validation accuracy {best_acc:.2f}% "
-                      f"is below --es_threshold {opts.es_threshold}%")
-            break
-    world.say(f"Done. Best validation accuracy {best_acc:.2f}% at epoch {best_epoch}; "
-              f"checkpoints in {folder}")
-    return final_test(opts, given, device, world) if opts.final_test else 0
+def train_one_epoch(epoch: int, opts, model, compute: setup.Compute, course: Course,
+                    samplers: dict, world: distributed.World, last_path: Path) -> dict:
+    """The meta-updates of ``epoch``, then its validation where due; returns its record."""
+    started = time.time()
+    model.set_epoch(epoch, course.epochs)
+    schedule = model.schedule_state()
+    lr = course.optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
+    results = []
+    updates = engine.train_epoch(model, compute, course.optimizer, samplers["train"], epoch,
+                                 opts.n_episode, opts.n_task, world)
+    bar = progress.progress(updates, engine.updates_per_epoch(opts.n_episode, opts.n_task),
+                            f"epoch {epoch}/{course.epochs}", world.is_main)
+    try:
+        for batch in bar:
+            check_interrupt()
+            results += batch
+            bar.set_postfix(loss=f"{np.mean([r.loss for r in results]):.4f}",
+                            acc=f"{np.mean([r.accuracy for r in results]):.2f}%", **schedule)
+    except engine.Diverged as exc:
+        raise UserError(divergence_message(exc, opts, last_path, course.saved_epoch)) from None
+    if course.scheduler is not None:
+        course.scheduler.step()
+    record = {"epoch": epoch, "train_loss": float(np.mean([r.loss for r in results])),
+              "train_acc": float(np.mean([r.accuracy for r in results])),
+              "lr": lr, **schedule}
+    if (epoch + 1) % opts.eval_freq == 0 or epoch == course.epochs - 1:
+        record.update(validate(epoch, opts, model, compute, course, samplers["val"], world,
+                               last_path))
+    record["seconds"] = round(time.time() - started, 3)
+    return record
 
 
-def save_epoch(opts, folder: Path, state: dict, record: dict, model, metrics: records.EpochLog,
-               deltas: records.EpochLog | None, sampler, epochs: int) -> None:
+def validate(epoch: int, opts, model, compute: setup.Compute, course: Course, sampler,
+             world: distributed.World, last_path: Path) -> dict:
+    """The validation accuracy after ``epoch``, with ``best`` where it is the best so far."""
+    val_iter = engine.evaluate(model, compute, sampler, opts.n_episode, opts.n_task, world)
+    mine = list(progress.progress(val_iter, len(world.share(opts.n_episode)), "validation",
+                                  world.is_main))
+    val = world.gather_results(mine)
+    problem = engine.non_finite_logits(val)
+    if problem:
+        raise UserError(divergence_message(
+            engine.Diverged(f"in the validation after epoch {epoch}", problem), opts,
+            last_path, course.saved_epoch))
+    found = dict(zip(("val_acc", "val_ci95"), engine.mean_and_ci95([r.accuracy for r in val])))
+    if found["val_acc"] > course.best_acc:
+        course.best_acc, course.best_epoch = found["val_acc"], epoch
+        found["best"] = True
+    return found
+
+
+def epoch_line(record: dict, course: Course, schedule: dict) -> str:
+    val_text = (f", val {record['val_acc']:.2f}% +- {record['val_ci95']:.2f}%"
+                f" (best {course.best_acc:.2f}% at epoch {course.best_epoch})"
+                if "val_acc" in record else "")
+    schedule_text = "".join(f", {k} {v:.3g}" if isinstance(v, float) else f", {k} {v}"
+                            for k, v in schedule.items())
+    return (f"epoch {record['epoch']}: loss {record['train_loss']:.4f}, train acc "
+            f"{record['train_acc']:.2f}%{val_text}{schedule_text}, {record['seconds']:.1f}s")
+
+
+def save_epoch(opts, folder: Path, course: Course, record: dict, model, logs: Logs, sampler,
+               world: distributed.World) -> None:
+    """The epoch's records, then its checkpoints, ``last_model.tar`` last: a write that fails
+    part-way leaves ``last_model.tar`` at the previous epoch, and the records of the unsaved
+    epoch are dropped when ``--resume`` continues from it (:class:`storage.records.EpochLog`);
+    the failure is one line saying what to run."""
+    epoch = record["epoch"]
+    state = course.state(opts, epoch, model, model.schedule_state(), world.size)
+    try:
+        write_epoch(opts, folder, state, record, model, logs, sampler, course.epochs)
+    except atomic.WriteError as exc:
+        last_path = folder / "last_model.tar"
+        again = ("no checkpoint was saved yet: run the same command again"
+                 if course.saved_epoch is None else
+                 f"{last_path} holds epoch {course.saved_epoch}: --resume continues from it "
+                 "(dropping the records of later epochs)")
+        raise UserError(f"{exc}; training stopped in epoch {epoch}; {again} once the "
+                        "folder can be written again") from None
+    course.saved_epoch = epoch
+
+
+def write_epoch(opts, folder: Path, state: dict, record: dict, model, logs: Logs, sampler,
+                epochs: int) -> None:
     """The epoch's records, then its checkpoints, ``last_model.tar`` last: a write that fails
     part-way leaves ``last_model.tar`` at the previous epoch, and the records of the unsaved
     epoch are dropped when ``--resume`` continues from it (:class:`storage.records.EpochLog`)."""
     epoch = state["epoch"]
-    metrics.append(record)
-    if deltas is not None:
-        deltas.append(delta_record(model, sampler, epoch, opts.n_episode, state["schedule"]))
+    logs.metrics.append(record)
+    if logs.deltas is not None:
+        logs.deltas.append(delta_record(model, sampler, epoch, opts.n_episode, state["schedule"]))
     if record.get("best"):
         checkpoints.save_checkpoint(state, folder / "best_model.tar")
     if epoch % opts.save_freq == 0 or epoch == epochs - 1:

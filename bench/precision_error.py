@@ -21,19 +21,19 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import config  # noqa: E402
-import data  # noqa: E402
 from bench.throughput import CONFIGS  # noqa: E402
 from data.episodes import TRAIN_QUERY  # noqa: E402
-from methods import METHODS, build_method  # noqa: E402
+from distributed import World  # noqa: E402
+from methods import METHODS  # noqa: E402
+from runtime import setup  # noqa: E402
 from storage import atomic  # noqa: E402
 
 
 def meta_gradient(model, episodes, precision: str, dtype: torch.dtype):
     """The meta-gradient (dict of float64 tensors) and the summed query loss."""
     model = model.to(dtype)
-    model.precision = precision
     model.zero_grad(set_to_none=True)
-    with model.precision_context():
+    with setup.Compute(torch.device("cpu"), precision=precision).arithmetic():
         results = model.accumulate_meta_gradient(
             [type(e)(e.support_x.to(dtype), e.support_y, e.query_x.to(dtype), e.query_y, e.seed)
              for e in episodes])
@@ -46,12 +46,12 @@ def compare(method: str, phase: str, n_episodes: int, data_dir: str | None) -> l
     options, epoch = CONFIGS[(method, phase)]
     argv = ["--dataset", "cross_char", "--method", method, "--n_shot", "1", "--device", "cpu",
             *options] + (["--data_dir", data_dir] if data_dir else [])
-    opts = config.resolve(config.parse("train", list(METHODS), argv)[0], "train")
-    root = data.prepared_data_dir(opts)
-    sampler = data.split_sampler(opts, root, "base", 5, TRAIN_QUERY, 0, "cpu", lambda *_: None)
+    opts, benchmark = setup.settle(config.parse("train", list(METHODS), argv)[0], set(), "train")
+    sampler = setup.samplers(opts, benchmark, "cpu", World(), {"base": ("base", 5, TRAIN_QUERY)},
+                             say=lambda *_: None)["base"]
     episodes = [sampler.episode(i) for i in range(n_episodes)]
     torch.manual_seed(0)
-    model = build_method(opts, torch.device("cpu"))
+    model = setup.build_method(opts, benchmark, setup.choose_compute(opts, "cpu"))
     model.set_epoch(epoch, 2048)
     exact, exact_loss = meta_gradient(model, episodes, "fp32", torch.float64)
     rows = []

@@ -68,11 +68,11 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     import torch
 
     import config
-    import data
     import distributed
     import engine
     from data.episodes import TEST_QUERY, TRAIN_QUERY
-    from methods import METHODS, build_method
+    from methods import METHODS
+    from runtime import setup
 
     options, epoch = CONFIGS[(method, phase)]
     argv = ["--dataset", dataset, "--method", method, "--n_shot", str(n_shot),
@@ -84,18 +84,16 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
         argv += ["--data_dir", data_dir]
     if n_task:
         argv += ["--n_task", str(n_task)]
-    opts, _ = config.parse("train", list(METHODS), argv)
-    opts = config.resolve(opts, "train")
+    opts, benchmark = setup.settle(config.parse("train", list(METHODS), argv)[0], set(), "train")
     # Joined and left as train.py's ranks do (run_in_world): one path, one place for its care.
     def body(device: torch.device, world: distributed.World) -> dict | None:
-        quiet = lambda *_: None
-        with world.local_main_first():
-            root = data.prepared_data_dir(opts)
-            train = data.split_sampler(opts, root, "base", n_way, TRAIN_QUERY, 0, device, quiet)
-            val = data.split_sampler(opts, root, "val", n_way, TRAIN_QUERY, 0, device, quiet)
-            test = data.split_sampler(opts, root, "novel", n_way, TEST_QUERY, 0, device, quiet)
+        found = setup.samplers(opts, benchmark, device, world, {
+            "train": ("base", n_way, TRAIN_QUERY), "val": ("val", n_way, TRAIN_QUERY),
+            "test": ("novel", n_way, TEST_QUERY)}, say=lambda *_: None)
+        train, val, test = found["train"], found["val"], found["test"]
         torch.manual_seed(0)
-        model = build_method(opts, device).to(device)
+        compute = setup.choose_compute(opts, device)
+        model = setup.build_method(opts, benchmark, compute)
         model.set_epoch(epoch, 2048)
         optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
 
@@ -111,12 +109,13 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
         def train_updates(count: int, first_epoch: int) -> None:
             # n_episode = n_task: each engine epoch is exactly one meta-update.
             for e in range(first_epoch, first_epoch + count):
-                for _ in engine.train_epoch(model, optimizer, train, e, opts.n_task, opts.n_task,
-                                            world):
+                for _ in engine.train_epoch(model, compute, optimizer, train, e, opts.n_task,
+                                            opts.n_task, world):
                     pass
 
         def evaluate(sampler, n: int) -> None:
-            world.gather_results(list(engine.evaluate(model, sampler, n, opts.n_task, world)))
+            world.gather_results(list(engine.evaluate(model, compute, sampler, n, opts.n_task,
+                                                      world)))
 
         train_updates(1, 10_000)  # warm-up: allocator, caches, lazy initialisation
         evaluate(val, 5)
@@ -126,7 +125,8 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
         train_rates, test_rates = {}, {}
         variants = [(e, f, p) for e in engines for f in formats for p in precisions]
         for name, layout, precision in variants:  # side by side in one process, same episodes
-            model.engine, model.precision = name, precision
+            compute = setup.Compute(device, name == "batched", precision,
+                                    layout == "channels_last")
             model.to(memory_format=getattr(torch, layout.replace("contiguous",
                                                                  "contiguous_format")))
             train_updates(1, 30_000)  # warm-up of this variant
@@ -135,7 +135,8 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
                            if len(choices) > 1 or v == name)
             train_rates[key] = updates * opts.n_task / timed(lambda: train_updates(updates, 0))
             test_rates[key] = eval_episodes / timed(lambda: evaluate(test, eval_episodes))
-        model.engine, model.precision = engines[0], precisions[0]
+        compute = setup.Compute(device, engines[0] == "batched", precisions[0],
+                                formats[0] == "channels_last")
         model.to(memory_format=getattr(torch, formats[0].replace("contiguous",
                                                                  "contiguous_format")))
         train_gflop, test_gflop = gflop_per_task(lambda: train_updates(1, 40_000), opts.n_task,
@@ -245,7 +246,7 @@ def matmul_gflops(device) -> float:
 
 
 def default_memory_format(method: str, device_name: str) -> str:
-    from methods import choose_memory_format
+    from runtime.setup import choose_memory_format
     opts = argparse.Namespace(memory_format="auto", method=method)
     return choose_memory_format(opts, resolve_device(device_name))
 

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from data.augment import stored_size
-from data.benchmarks import FILELISTS, OWN_DESCRIPTION, find
+from data.benchmarks import FILELISTS, OWN_DESCRIPTION, Benchmark, find
 from errors import UserError
 from storage import atomic
 
@@ -291,10 +291,11 @@ class SplitImages:
         return int(self.counts.min())
 
 
-def load_split(data_dir: Path, dataset: str, split: str, verbose: bool = True) -> SplitImages:
-    """The class table of ``split`` of benchmark ``dataset`` from the prepared data in
-    ``data_dir``."""
-    benchmark = find(dataset)
+def load_split(data_dir: Path, benchmark: Benchmark | str, split: str, verbose: bool = True
+               ) -> SplitImages:
+    """The class table of ``split`` of ``benchmark`` (or of the ``--dataset`` naming one) from
+    the prepared data in ``data_dir``."""
+    benchmark = find(benchmark) if isinstance(benchmark, str) else benchmark
     folder_name, filelist_name = benchmark.splits[split]
     folder = Path(data_dir) / folder_name
     form = ImageForm(benchmark.stored_size, benchmark.colour)

@@ -375,15 +375,16 @@ class HyperMAML(MAML):
         """The batched engine shares backbone calls across tasks; not where each task adapts
         its own backbone, nor with test-time fine-tuning (each task tunes its own copy)."""
         s = self.settings
-        return (self.engine == "batched" and not self.adapts_backbone(training)
+        return (not self.adapts_backbone(training)
                 and (training or not (s.hm_set_forward_with_adaptation and s.hn_val_epochs)))
 
-    def accumulate_meta_gradient(self, episodes: Iterable[Episode]) -> list[TaskResult]:
+    def accumulate_meta_gradient(self, episodes: Iterable[Episode], batched: bool = False
+                                 ) -> list[TaskResult]:
         """The batched engine: the backbone is not adapted per task, so the support sets of
         all tasks go through it in one call, and the query sets in another, each set with its
         own BatchNorm statistics; the cheap per-task classifier work then runs as in the loop.
         Same losses and gradients as the loop (tested in float64)."""
-        if not self.batched_engine_applies(training=True):
+        if not (batched and self.batched_engine_applies(training=True)):
             return MetaTemplate.accumulate_meta_gradient(self, episodes)
         episodes = list(episodes)
         universal = self.universal_params()
@@ -395,8 +396,9 @@ class HyperMAML(MAML):
         total.backward()
         return results
 
-    def evaluate_batch(self, episodes: list[Episode]) -> list[TaskResult]:
-        if not self.batched_engine_applies(training=False):
+    def evaluate_batch(self, episodes: list[Episode], batched: bool = False
+                       ) -> list[TaskResult]:
+        if not (batched and self.batched_engine_applies(training=False)):
             return MetaTemplate.evaluate_batch(self, episodes)
         universal = self.universal_params()
         with torch.no_grad():

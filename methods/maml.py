@@ -71,11 +71,12 @@ class MAML(MetaTemplate):
             return universal
         return {k: v.detach().requires_grad_() for k, v in universal.items()}
 
-    def accumulate_meta_gradient(self, episodes: Iterable[Episode]) -> list[TaskResult]:
+    def accumulate_meta_gradient(self, episodes: Iterable[Episode], batched: bool = False
+                                 ) -> list[TaskResult]:
         """The batched engine: all tasks of the meta-batch adapt at once, each with its own
         fast weights, through grouped convolutions (one group per task) and per-task
         BatchNorm statistics. Same losses and gradients as the loop (tested in float64)."""
-        if self.engine != "batched":
+        if not batched:
             return super().accumulate_meta_gradient(episodes)
         episodes = list(episodes)
         losses, logits = self._batched_query_losses(episodes, training=True)
@@ -83,8 +84,9 @@ class MAML(MetaTemplate):
         return [task_result(loss, task_logits, episode.query_y)
                 for loss, task_logits, episode in zip(losses, logits, episodes)]
 
-    def evaluate_batch(self, episodes: list[Episode]) -> list[TaskResult]:
-        if self.engine != "batched":
+    def evaluate_batch(self, episodes: list[Episode], batched: bool = False
+                       ) -> list[TaskResult]:
+        if not batched:
             return super().evaluate_batch(episodes)
         losses, logits = self._batched_query_losses(episodes, training=False)
         return [task_result(loss, task_logits, episode.query_y, keep_logits=True)

@@ -14,7 +14,6 @@ they can be split across processes and the gradients summed.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -53,30 +52,6 @@ class MetaTemplate(nn.Module):
         self.classifier = make_classifier(backbone.feature_dim, n_way, classifier_depth,
                                           classifier_hidden)
         self.n_way = n_way
-        self.engine = "loop"
-        self.precision = "fp32"
-
-    @contextmanager
-    def precision_context(self):
-        """The arithmetic of ``self.precision`` for the forward passes inside (and the backward
-        passes of their graphs): bf16 autocast, or TF32 allowed on CUDA; fp32 is full float32
-        on every device (cuDNN would otherwise use TF32 for convolutions)."""
-        device_type = next(self.parameters()).device.type
-        if self.precision == "bf16":
-            with torch.autocast(device_type, dtype=torch.bfloat16):
-                yield
-            return
-        if device_type != "cuda":
-            yield
-            return
-        tf32 = self.precision == "tf32"
-        saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        try:
-            with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32):
-                yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = saved
 
     # --- functional forward -------------------------------------------------------------------
     def universal_params(self) -> Params:
@@ -178,8 +153,10 @@ class MetaTemplate(nn.Module):
         loss = F.cross_entropy(logits, episode.query_y)
         return loss, logits
 
-    def accumulate_meta_gradient(self, episodes: Iterable[Episode]) -> list[TaskResult]:
-        """Add d(sum of query losses)/d(universal weights) into ``.grad``, task by task."""
+    def accumulate_meta_gradient(self, episodes: Iterable[Episode], batched: bool = False
+                                 ) -> list[TaskResult]:
+        """Add d(sum of query losses)/d(universal weights) into ``.grad``, task by task (a
+        method with a batched engine takes the tasks together where ``batched``)."""
         results = []
         for episode in episodes:
             loss, logits = self.task_loss(episode, training=True)
@@ -192,8 +169,10 @@ class MetaTemplate(nn.Module):
         loss, logits = self.task_loss(episode, training=False)
         return task_result(loss, logits, episode.query_y, keep_logits=True)
 
-    def evaluate_batch(self, episodes: list[Episode]) -> list[TaskResult]:
-        """:meth:`evaluate` of several episodes; the batched engine shares backbone calls."""
+    def evaluate_batch(self, episodes: list[Episode], batched: bool = False
+                       ) -> list[TaskResult]:
+        """:meth:`evaluate` of several episodes; the batched engine (``batched``, where the
+        method has one) shares backbone calls."""
         return [self.evaluate(episode) for episode in episodes]
 
 

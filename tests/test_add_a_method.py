@@ -19,7 +19,9 @@ import config
 import data
 from backbones import Conv4S
 from data.episodes import TEST_QUERY, Episode
-from methods import MAML, METHODS, build_method
+from data.benchmarks import find
+from methods import MAML, METHODS
+from runtime import setup
 from methods.meta_template import MetaTemplate
 from storage import checkpoints
 
@@ -145,11 +147,12 @@ def test_frozen_trains_and_tests_through_the_entry_points(frozen, data_dir, tmp_
     # checkpoint's universal classifier on the same episodes.
     best = checkpoints.load_checkpoint(folder / "best_model.tar", "frozen")
     opts = config.Options(**best["config"])
-    model = build_method(opts, torch.device("cpu"))
-    checkpoints.load_model_state(model, best, folder / "best_model.tar")
+    benchmark = find(opts.dataset)
+    model = setup.build_method(opts, benchmark, setup.Compute(torch.device("cpu")), best,
+                               folder / "best_model.tar")
     model.eval()
-    sampler = data.split_sampler(opts, data_dir, "novel", opts.test_n_way, TEST_QUERY,
-                                 opts.seed, torch.device("cpu"), lambda *_: None)
+    sampler = data.split_sampler(opts, benchmark, data_dir, "novel", opts.test_n_way,
+                                 TEST_QUERY, opts.seed, torch.device("cpu"), lambda *_: None)
     with torch.no_grad():
         correct = [int((model(e.query_x).argmax(1) == e.query_y).sum())
                    for e in map(sampler.episode, range(3))]

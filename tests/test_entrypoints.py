@@ -358,7 +358,9 @@ BAYES_PUBLISHED = ["--kl_scale", "1e-24", "--kl_stop_val", "0.001",
 def test_published_hypermaml_commands_parse_unchanged(method, extra, shot_options):
     """The published cross_char commands: 2,048 epochs, the warm-up and milestones in them."""
     import config
-    from methods import METHODS, build_method
+    from data.benchmarks import find
+    from methods import METHODS
+    from runtime import setup
     argv = ["--dataset", "cross_char", "--model", "Conv4", "--method", method, *extra,
             "--train_n_way", "5", "--test_n_way", "5", *shot_options,
             "--stop_epoch", "64", "--lr", "1e-2", "--lr_scheduler", "multisteplr",
@@ -368,7 +370,7 @@ def test_published_hypermaml_commands_parse_unchanged(method, extra, shot_option
     opts = config.resolve(opts, "train")
     assert TRAIN.total_epochs(opts) == 2048 and opts.milestones == [51, 550]
     assert opts.hm_enhance_embeddings is True and opts.hm_use_class_batch_input is True
-    model = build_method(opts)
+    model = setup.build_method(opts, find("cross_char"), setup.Compute(torch.device("cpu")))
     model.set_epoch(49, 2048)
     assert model.schedule_state()["phase"] == "maml-warmup"
     model.set_epoch(550, 2048)

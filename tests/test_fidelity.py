@@ -204,13 +204,15 @@ def test_delta_params_are_recorded_each_epoch(data_dir, tmp_path, capsys):
     assert [(r["epoch"], r["episode"]) for r in lines] == [(0, 0), (1, 4)]
     import config
     import data
+    from data.benchmarks import find
     from data.episodes import TRAIN_QUERY
-    from methods import build_method
+    from runtime import setup
     state = torch.load(folder / "last_model.tar", weights_only=True)
     opts = config.Options(**state["config"])
-    model = build_method(opts)
+    model = setup.build_method(opts, find(opts.dataset), setup.Compute(torch.device("cpu")))
     model.load_state_dict(state["model"])
-    sampler = data.split_sampler(opts, data_dir, "base", 5, TRAIN_QUERY, opts.seed, "cpu")
+    sampler = data.split_sampler(opts, find(opts.dataset), data_dir, "base", 5, TRAIN_QUERY,
+                                 opts.seed, "cpu")
     expected = model.hypernet_update(sampler.episode(4))
     for head in ("delta", "logvar"):
         for name, value in expected[head].items():

@@ -284,13 +284,12 @@ def test_batched_engine_equals_the_loop(method, n_shot, epoch):
         model = (BayesHMAML(backbone, N_WAY, n_shot, 1, 0.3, settings, BayesSettings(3, 2))
                  if method == "bayes_hmaml"
                  else HyperMAML(backbone, N_WAY, n_shot, 1, 0.3, settings)).double().to(TEST_DEVICE)
-        model.engine = engine
         model.set_epoch(epoch, 10)
         torch.manual_seed(1)  # BayesHMAML's samples: the same draws in the same order
-        results = model.accumulate_meta_gradient(episodes)
+        results = model.accumulate_meta_gradient(episodes, batched=engine == "batched")
         runs[engine] = (results, {n: p.grad for n, p in model.named_parameters()})
         torch.manual_seed(2)
-        evaluations[engine] = model.evaluate_batch(episodes)
+        evaluations[engine] = model.evaluate_batch(episodes, batched=engine == "batched")
     for a, b in zip(evaluations["loop"], evaluations["batched"]):
         torch.testing.assert_close(b.logits, a.logits, rtol=1e-10, atol=1e-12)
     (loop, loop_grads), (batched, batched_grads) = runs["loop"], runs["batched"]
@@ -321,8 +320,7 @@ def test_channels_last_layout_computes_the_same(engine):
     grads = {}
     for layout in (torch.contiguous_format, torch.channels_last):
         model = hypermaml(hm_enhance_embeddings=True).to(memory_format=layout)
-        model.engine = engine
-        results = model.accumulate_meta_gradient(episodes)
+        results = model.accumulate_meta_gradient(episodes, batched=engine == "batched")
         grads[layout] = [p.grad for p in model.parameters()], [r.loss for r in results]
     (a, loss_a), (b, loss_b) = grads.values()
     assert loss_b == pytest.approx(loss_a, rel=1e-10)
@@ -332,7 +330,7 @@ def test_channels_last_layout_computes_the_same(engine):
 
 def test_memory_format_choice():
     from argparse import Namespace
-    from methods import choose_memory_format
+    from runtime.setup import choose_memory_format
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert choose_memory_format(Namespace(memory_format="auto", method="hyper_maml"), cpu) == \
         "channels_last"
@@ -391,9 +389,8 @@ def test_update_feature_net_falls_back_to_the_loop_in_the_batched_engine():
     for engine in ("loop", "batched"):
         model = hypermaml(inner_steps=1, hm_maml_warmup=True, hm_maml_warmup_epochs=2,
                           hm_maml_warmup_switch_epochs=3, hm_maml_update_feature_net=True)
-        model.engine = engine
         model.set_epoch(3)
-        model.accumulate_meta_gradient(episodes)
+        model.accumulate_meta_gradient(episodes, batched=engine == "batched")
         grads[engine] = {n: p.grad for n, p in model.named_parameters()}
     for name, grad in grads["loop"].items():
         torch.testing.assert_close(grads["batched"][name], grad, rtol=1e-12, atol=1e-14)

@@ -11,6 +11,7 @@ from backbones import BACKBONES, Conv4, Conv4S
 from conftest import TEST_DEVICE, on_test_device
 from data.episodes import Episode
 from methods import MAML, MAMLApprox
+from runtime.setup import Compute
 
 N_WAY = 3
 
@@ -183,7 +184,7 @@ def test_a_pass_keeps_every_episodes_logits_in_one_block():
     # One small tensor per episode, kept to the end of the pass between the episodes' large
     # activations, grew test.py's heap to 16 GB on photographs (engine.QueryBlock).
     model = tiny_maml()
-    results = list(engine.evaluate(model, TinySampler(), 4))
+    results = list(engine.evaluate(model, Compute(torch.device("cpu")), TinySampler(), 4))
     for index, result in enumerate(results):
         alone = model.evaluate(tiny_episode(index))
         torch.testing.assert_close(result.logits, alone.logits, rtol=0, atol=0)
@@ -236,11 +237,10 @@ def test_batched_engine_equals_the_loop(cls, n_shot, adapt_classifier_only):
     runs, evaluations = {}, {}
     for engine in ("loop", "batched"):
         model = tiny_maml(cls, adapt_classifier_only=adapt_classifier_only)
-        model.engine = engine
         model.zero_grad(set_to_none=True)
-        results = model.accumulate_meta_gradient(episodes)
+        results = model.accumulate_meta_gradient(episodes, batched=engine == "batched")
         runs[engine] = results, [p.grad.clone() for p in model.parameters()]
-        evaluations[engine] = model.evaluate_batch(episodes)
+        evaluations[engine] = model.evaluate_batch(episodes, batched=engine == "batched")
     for a, b in zip(evaluations["loop"], evaluations["batched"]):
         torch.testing.assert_close(b.logits, a.logits, rtol=1e-10, atol=1e-12)
         assert b.loss == pytest.approx(a.loss, rel=1e-12)

@@ -18,7 +18,7 @@ from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, load_ent
                               run, run_folder, tiny_run)
 
 from data.episodes import TEST_QUERY
-from methods import bf16_kernels
+from runtime.setup import bf16_kernels
 from results.report import read_jsonl
 
 PREDICT = load_entry("predict")

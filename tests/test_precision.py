@@ -12,7 +12,10 @@ import config
 import data
 from conftest import TEST_DEVICE
 from data.episodes import TRAIN_QUERY
-from methods import METHODS, bf16_kernels, build_method
+from distributed import World
+from methods import METHODS
+from runtime import setup
+from runtime.setup import bf16_kernels
 from test_entrypoints import TINY, TRAIN, assert_one_line_error, run
 
 PUBLISHED_HYPERNET = ["--hn_head_len", "3", "--hn_hidden_size", "512", "--hm_enhance_embeddings",
@@ -25,18 +28,17 @@ PUBLISHED_HYPERNET = ["--hn_head_len", "3", "--hn_hidden_size", "512", "--hm_enh
 def test_bf16_is_close_to_fp32_on_a_real_episode(method, extra, epoch, data_dir):
     argv = ["--dataset", "cross_char", "--method", method, "--n_shot", "1",
             "--data_dir", str(data_dir), *extra]
-    opts = config.resolve(config.parse("train", list(METHODS), argv)[0], "train")
-    sampler = data.split_sampler(opts, data_dir, "base", 5, TRAIN_QUERY, 0, TEST_DEVICE,
-                                 lambda *_: None)
+    opts, benchmark = setup.settle(config.parse("train", list(METHODS), argv)[0], set(), "train")
+    sampler = setup.samplers(opts, benchmark, TEST_DEVICE, World(),
+                             {"base": ("base", 5, TRAIN_QUERY)}, say=lambda *_: None)["base"]
     episodes = [sampler.episode(i) for i in range(2)]
     torch.manual_seed(0)
-    model = build_method(opts, TEST_DEVICE).to(TEST_DEVICE)
+    model = setup.build_method(opts, benchmark, setup.choose_compute(opts, TEST_DEVICE))
     model.set_epoch(epoch, 2048)
     runs = {}
     for precision in ("fp32", "bf16"):
-        model.precision = precision
         model.zero_grad(set_to_none=True)
-        with model.precision_context():
+        with setup.Compute(TEST_DEVICE, precision=precision).arithmetic():
             losses = [r.loss for r in model.accumulate_meta_gradient(episodes)]
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         assert all(g.dtype == torch.float32 for g in grads.values())  # float32 master weights

@@ -61,12 +61,14 @@ def test_the_method_diagrams_show_the_shapes_of_the_published_models():
     """docs/methods.md draws HyperMAML and BayesHMAML with the published 5-way 1-shot shapes:
     they must be those of the models the published commands build."""
     import config
-    from methods import METHODS, build_method
+    from methods import METHODS
+    from runtime import setup
     from results.experiments import PUBLISHED_BAYES_HMAML, PUBLISHED_HYPER_MAML
     page = (REPO_ROOT / "docs" / "methods.md").read_text()
     for command in (PUBLISHED_HYPER_MAML, PUBLISHED_BAYES_HMAML):
         opts, _ = config.parse("train", list(METHODS), command.split())
-        model = build_method(config.resolve(opts, "train"), "cpu")
+        opts, benchmark = setup.settle(opts, set(), "train")
+        model = setup.build_method(opts, benchmark, setup.choose_compute(opts, "cpu"))
         width, features = model.embedding_width(), model.feature.feature_dim
         trunk = [m.out_features for m in model.hypernet.trunk if hasattr(m, "out_features")]
         per_class = {name: head.out_features for name, head in model.hypernet.heads.items()}
