@@ -30,7 +30,8 @@ from torch import nn
 
 from data.episodes import Episode
 from errors import UserError
-from methods.maml import MAML, gradient_steps
+from methods.hypernetwork import ClassWiseHypernetwork, ParameterWiseHypernetwork
+from methods.inner_loop import gradient_steps
 from methods.meta_template import MetaTemplate, Params, TaskResult, task_result
 
 UPDATE_OPERATORS = ("minus", "plus", "multiply")
@@ -119,26 +120,6 @@ class HyperSettings:
         return min(1.0, (epoch + 1) * self.hn_alpha_step)
 
 
-class HyperNetwork(nn.Module):
-    """A trunk of ``n_layers - 1`` linear layers with ReLU, then one linear output head per
-    name in ``heads``: with the single head "delta" it is the reference's plain MLP,
-    in -> hidden -> ... -> out; BayesHMAML adds a "logvar" head on the same trunk."""
-
-    def __init__(self, width_in: int, hidden: int, width_out: int, n_layers: int,
-                 heads: tuple[str, ...] = ("delta",)):
-        super().__init__()
-        layers: list[nn.Module] = []
-        for i in range(n_layers - 1):
-            layers += [nn.Linear(width_in if i == 0 else hidden, hidden), nn.ReLU()]
-        self.trunk = nn.Sequential(*layers)
-        trunk_width = hidden if n_layers > 1 else width_in
-        self.heads = nn.ModuleDict({name: nn.Linear(trunk_width, width_out) for name in heads})
-
-    def forward(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        hidden = self.trunk(rows)
-        return {name: head(hidden) for name, head in self.heads.items()}
-
-
 @dataclass
 class AdaptedClassifier:
     """A task's classifier: its parameters (for BayesHMAML the mean), the hypernetwork's
@@ -150,14 +131,18 @@ class AdaptedClassifier:
     backbone: Params | None = None
 
 
-class HyperMAML(MAML):
+class HyperMAML(MetaTemplate):
+    supports_batched_engine = True
     prefers_channels_last_on_cpu = True  # no double backward through the backbone
+
     def __init__(self, backbone, n_way: int, n_shot: int, inner_steps: int, inner_lr: float,
                  settings: HyperSettings):
         settings.check(n_way)
-        super().__init__(backbone, n_way, inner_steps, inner_lr, adapt_classifier_only=True,
-                         classifier_depth=settings.hn_tn_depth,
+        super().__init__(backbone, n_way, classifier_depth=settings.hn_tn_depth,
                          classifier_hidden=settings.hn_tn_hidden_size)
+        # The warm-up's gradient steps on the classifier (and, if asked, the backbone).
+        self.inner_steps = inner_steps
+        self.inner_lr = inner_lr
         self.n_shot = n_shot
         self.settings = settings
         self.epoch: int | None = None
@@ -240,13 +225,10 @@ class HyperMAML(MAML):
     def _make_hypernet(self, width_in: int) -> nn.Module:
         s = self.settings
         if s.hm_use_class_batch_input:
-            # One row per class in, that class's share of every classifier layer out.
-            per_class = sum(shape.numel() for _, shape in self.target_shapes) // self.n_way
-            return HyperNetwork(width_in, s.hn_hidden_size, per_class, s.hn_head_len, self.heads)
-        return nn.ModuleDict({
-            name.replace(".", "_"): HyperNetwork(width_in, s.hn_hidden_size, shape.numel(),
-                                                 s.hn_head_len, self.heads)
-            for name, shape in self.target_shapes})
+            return ClassWiseHypernetwork(width_in, s.hn_hidden_size, s.hn_head_len, self.heads,
+                                         self.target_shapes, self.n_way)
+        return ParameterWiseHypernetwork(width_in, s.hn_hidden_size, s.hn_head_len, self.heads,
+                                         self.target_shapes)
 
     def hypernet_input(self, support_features: torch.Tensor, support_y: torch.Tensor,
                        universal: Params) -> torch.Tensor:
@@ -268,21 +250,7 @@ class HyperMAML(MAML):
     def hypernet_outputs(self, rows: torch.Tensor) -> dict[str, Params]:
         """For each head ("delta", and "logvar" for BayesHMAML), a value per classifier
         parameter."""
-        if not self.settings.hm_use_class_batch_input:
-            per_name = {name: self.hypernet[name.replace(".", "_")](rows)
-                        for name, _ in self.target_shapes}
-            return {head: {name: per_name[name][head].reshape(shape)
-                           for name, shape in self.target_shapes} for head in self.heads}
-        outputs = {}
-        for head, out in self.hypernet(rows).items():  # [n_way, per-class share of all params]
-            values, offset = {}, 0
-            for name, shape in self.target_shapes:
-                share = shape.numel() // self.n_way
-                # Class c writes rows c*r .. (c+1)*r - 1 of each layer (r = rows per class).
-                values[name] = out[:, offset:offset + share].reshape(shape)
-                offset += share
-            outputs[head] = values
-        return outputs
+        return self.hypernet.updates(rows)
 
     # --- adaptation ---------------------------------------------------------------------------
     def set_epoch(self, epoch: int | None, total_epochs: int | None = None) -> None:
@@ -361,6 +329,10 @@ class HyperMAML(MAML):
             return self.settings.hm_lambda * sum(d.pow(2).sum() for d in adapted.deltas.values())
         return 0.0
 
+    def adapted_query_logits(self, episode: Episode, training: bool) -> torch.Tensor:
+        """The query logits under the task's adapted classifier (:meth:`task_loss`)."""
+        return self.task_loss(episode, training)[1]
+
     def task_loss(self, episode: Episode, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         universal = self.universal_params()
         with torch.set_grad_enabled(training):
@@ -385,7 +357,7 @@ class HyperMAML(MAML):
         own BatchNorm statistics; the cheap per-task classifier work then runs as in the loop.
         Same losses and gradients as the loop (tested in float64)."""
         if not (batched and self.batched_engine_applies(training=True)):
-            return MetaTemplate.accumulate_meta_gradient(self, episodes)
+            return super().accumulate_meta_gradient(episodes)
         episodes = list(episodes)
         universal = self.universal_params()
         total, results = 0.0, []
@@ -399,7 +371,7 @@ class HyperMAML(MAML):
     def evaluate_batch(self, episodes: list[Episode], batched: bool = False
                        ) -> list[TaskResult]:
         if not (batched and self.batched_engine_applies(training=False)):
-            return MetaTemplate.evaluate_batch(self, episodes)
+            return super().evaluate_batch(episodes)
         universal = self.universal_params()
         with torch.no_grad():
             return [task_result(*self.loss_from_features(e, s_f, q_f, universal, False),

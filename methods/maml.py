@@ -7,11 +7,12 @@ meta-gradient is the query gradient at the adapted weights.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 
+from methods.inner_loop import gradient_steps
 from methods.meta_template import Episode, MetaTemplate, Params, TaskResult, task_result
 
 
@@ -139,25 +140,3 @@ class MAML(MetaTemplate):
 class MAMLApprox(MAML):
     """First-order MAML (``--method maml_approx``)."""
     first_order = True
-
-
-def gradient_steps(loss_of: Callable[[Params], torch.Tensor], params: Params, names: list[str],
-                   steps: int, lr: float, create_graph: bool, grad_weight: float = 1.0,
-                   constant: Params | None = None) -> Params:
-    """The inner loop: ``steps`` times, ``fast[n] -= grad_weight * lr * d loss_of(fast) / d fast[n]``
-    (``+ constant[n]`` where ``constant`` has ``n``) for each name ``n`` in ``names``; the other
-    entries stay as they are.
-
-    MAML uses the plain gradient step; HyperMAML's warm-up mixes it with the hypernetwork's
-    update through ``grad_weight`` and ``constant``. Always returns new dicts.
-    """
-    for _ in range(steps):
-        grads = torch.autograd.grad(loss_of(params), [params[n] for n in names],
-                                    create_graph=create_graph)
-        params = dict(params)
-        for name, grad in zip(names, grads):
-            update = grad_weight * lr * grad
-            if constant is not None and name in constant:
-                update = update + constant[name]
-            params[name] = params[name] - update
-    return params
