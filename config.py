@@ -1,4 +1,6 @@
 """One typed source of every option: dataclass fields feed argparse for train.py and test.py.
+:class:`Options` holds the runs' own options and those each method declares beside its code
+(``HyperOptions``, ``BayesOptions``), each declared once with :func:`methods.options.option`.
 
 Each field carries its help text and a *scope*:
 - ``run``: used by both entry points, free to differ between training and testing
@@ -23,12 +25,15 @@ import dataclasses
 import difflib
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
 
 from data.benchmarks import Benchmark, find
 from errors import UserError
+from methods.bayes_hmaml import BayesOptions
+from methods.hypermaml import HyperOptions
+from methods.options import option
 
 # Conv4: the reference's three-channel network; Conv4S: one channel; Conv4Pool: average
 # pooled; Conv6: six blocks (backbones/convnet.py).
@@ -55,16 +60,13 @@ def dataset_argument(text: str) -> str:
 
 
 def _opt(default: Any, help: str, scope: str = "run", **argparse_kwargs: Any) -> Any:
-    metadata = {"help": help, "scope": scope, "argparse": argparse_kwargs}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
+    return option(default, help, scope, **argparse_kwargs)
 
 
 @dataclass
-class Options:
-    """Every option of train.py and test.py; the ``# --- section ---`` comments group them on
-    docs/options.md (``python docs/write_options.py`` writes it)."""
+class RunOptions:
+    """The options of every run, before the methods' own; the ``# --- section ---`` comments
+    group them on docs/options.md (``python docs/write_options.py`` writes it)."""
 
     # --- what to run -------------------------------------------------------------------------
     dataset: str = _opt(None, "benchmark: omniglot (Vinyals splits), cross_char (Omniglot "
@@ -183,61 +185,11 @@ class Options:
     maml_adapt_classifier: bool = _opt(False, "adapt only the classifier in the inner loop",
                                        "model")
 
-    # --- HyperMAML ------------------------------------------------------------------------------
-    hn_hidden_size: int = _opt(256, "hypernetwork hidden width", "model")
-    hn_head_len: int = _opt(2, "hypernetwork linear layers", "model")
-    hn_tn_depth: int = _opt(1, "linear layers of the adapted (target) classifier", "model")
-    hn_tn_hidden_size: int = _opt(120, "hidden width of a deeper target classifier (a multiple "
-                                  "of n_way with class-batch input)", "model")
-    hm_enhance_embeddings: bool = _opt(False, "append the universal classifier's softmax and the "
-                                       "label to each support embedding", "model")
-    hm_use_class_batch_input: bool = _opt(False, "one hypernetwork shared by the classes, reading "
-                                          "one row per class", "model")
-    hn_sup_aggregation: str = _opt("concat", "how a class row combines its shots", "model",
-                                   choices=("concat", "mean"))
-    hm_update_operator: str = _opt("minus", "adapted weight: W - delta, W + delta or W * delta",
-                                   "model", choices=("minus", "plus", "multiply"))
-    hm_lambda: float = _opt(0.0, "weight of the sum of squared updates in the loss", "model")
-    hm_detach_feature_net: bool = _opt(False, "train no backbone: detach all features", "model")
-    hm_detach_before_hyper_net: bool = _opt(False, "no gradient from the hypernetwork input into "
-                                            "the backbone", "model")
-    hm_support_set_loss: bool = _opt(False, "train on the support and query losses together",
-                                     "model")
-    hn_adaptation_strategy: Optional[str] = _opt(None, "increasing_alpha: scale the update by "
-                                                 "alpha, growing hn_alpha_step per epoch to 1",
-                                                 "model", choices=("increasing_alpha",))
-    hn_alpha_step: float = _opt(0.0, "alpha increment per epoch with increasing_alpha", "model")
-    hm_maml_warmup: bool = _opt(False, "begin with MAML steps on the classifier, then switch "
-                                "to the hypernetwork", "model")
-    hm_maml_warmup_epochs: int = _opt(100, "epochs of pure MAML warm-up (p = 1)", "model")
-    hm_maml_warmup_switch_epochs: int = _opt(1000, "epochs over which p falls from 1 to 0",
-                                             "model")
-    hm_maml_update_feature_net: bool = _opt(False, "during the warm-up the inner loop also "
-                                            "adapts the backbone, each step weighted by p",
-                                            "model")
-    hm_validate_with_warmup: bool = _opt(False, "validate with the training epoch's update "
-                                         "(MAML steps mixed by p during the warm-up and "
-                                         "switch), as the reference; default: with the "
-                                         "hypernetwork alone, as the final test measures",
-                                         "train")
-    hm_set_forward_with_adaptation: bool = _opt(False, "at validation and test, fine-tune a copy "
-                                                "on the support set first", "inference")
-    hn_val_epochs: int = _opt(0, "fine-tuning steps of hm_set_forward_with_adaptation, and "
-                              "the test-time steps of --adaptation (-1: 100)", "inference")
-    hn_val_lr: float = _opt(1e-4, "fine-tuning learning rate", "inference")
-    hn_val_optim: str = _opt("adam", "fine-tuning optimiser", "inference",
-                             choices=("adam", "sgd"))
 
-    # --- BayesHMAML -----------------------------------------------------------------------------
-    hm_weight_set_num_train: int = _opt(1, "sampled classifiers whose logits are averaged in "
-                                        "training", "model")
-    hm_weight_set_num_test: int = _opt(20, "sampled classifiers at validation and test (0: use "
-                                       "the mean)", "inference")
-    kl_scale: float = _opt(1e-24, "KL weight at the first epoch", "model")
-    kl_stop_val: float = _opt(1e-3, "KL weight reached at the end of the run (geometric growth)",
-                              "model")
-    hm_kl_w: float = _opt(1.0, "constant factor on the KL term (the loss adds hm_kl_w x "
-                          "kl_scale x KL)", "model")
+
+@dataclass
+class TestOptions:
+    """How a trained model is tested (test.py, and train.py's final test)."""
 
     # --- calibration and plots (test.py) -------------------------------------------------------
     temperature_scaling: bool = _opt(False, "fit a softmax temperature on the val split and "
@@ -259,6 +211,14 @@ class Options:
                             "MAML's inner steps; the hypernetwork methods fine-tune on the "
                             "support set (hm_set_forward_with_adaptation)", "eval")
     record_dir: str = _opt("./record", "where results.txt and results.jsonl are appended", "eval")
+
+
+
+@dataclass
+class Options(TestOptions, BayesOptions, HyperOptions, RunOptions):
+    """Every option of train.py and test.py: the runs' own and those each method declares
+    with its settings (:class:`methods.hypermaml.HyperOptions`,
+    :class:`methods.bayes_hmaml.BayesOptions`), in that order on the command line."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

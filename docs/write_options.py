@@ -39,10 +39,13 @@ ONE_ENTRY = ("train", "test")
 
 
 def sections() -> list[tuple[str, list[dataclasses.Field]]]:
-    """The fields of config.Options under each of its ``# --- title ---`` comments, in order."""
+    """The fields of config.Options under each ``# --- title ---`` comment of the classes
+    declaring them (the runs' options and each method's), in order."""
     fields = {f.name: f for f in dataclasses.fields(config.Options)}
     groups: list[tuple[str, list[dataclasses.Field]]] = []
-    for line in inspect.getsource(config.Options).splitlines():
+    declaring = [c for c in reversed(config.Options.__mro__) if dataclasses.is_dataclass(c)]
+    source = "\n".join(inspect.getsource(c) for c in declaring)
+    for line in source.splitlines():
         title = re.match(r"    # --- (.+?) -+$", line)
         name = re.match(r"    (\w+):", line)
         if title:

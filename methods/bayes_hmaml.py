@@ -19,20 +19,33 @@ import torch
 
 from errors import UserError
 from methods.hypermaml import AdaptedClassifier, HyperMAML, HyperSettings
+from methods.options import option
 
 
-@dataclass(frozen=True)
-class BayesSettings:
-    hm_weight_set_num_train: int = 1
-    hm_weight_set_num_test: int = 20
-    kl_scale: float = 1e-24
-    kl_stop_val: float = 1e-3
-    hm_kl_w: float = 1.0
+@dataclass
+class BayesOptions:
+    """BayesHMAML's own options, declared once: config.Options puts them on the command line,
+    :class:`BayesSettings` reads them."""
+
+    # --- BayesHMAML -----------------------------------------------------------------------------
+    hm_weight_set_num_train: int = option(1, "sampled classifiers whose logits are averaged in "
+                                          "training", "model")
+    hm_weight_set_num_test: int = option(20, "sampled classifiers at validation and test (0: use "
+                                         "the mean)", "inference")
+    kl_scale: float = option(1e-24, "KL weight at the first epoch", "model")
+    kl_stop_val: float = option(1e-3, "KL weight reached at the end of the run (geometric growth)",
+                                "model")
+    hm_kl_w: float = option(1.0, "constant factor on the KL term (the loss adds hm_kl_w x "
+                            "kl_scale x KL)", "model")
+
+
+@dataclass
+class BayesSettings(BayesOptions):
+    """BayesHMAML's options as the method uses them: their checks and the KL schedule."""
 
     @classmethod
     def from_options(cls, opts) -> "BayesSettings":
-        return cls(opts.hm_weight_set_num_train, opts.hm_weight_set_num_test, opts.kl_scale,
-                   opts.kl_stop_val, opts.hm_kl_w)
+        return cls(**{f.name: getattr(opts, f.name) for f in fields(cls)})
 
     def check(self) -> None:
         if self.hm_weight_set_num_train < 1:

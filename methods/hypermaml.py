@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, fields, replace
-from typing import Iterable
+from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,36 +33,65 @@ from errors import UserError
 from methods.hypernetwork import ClassWiseHypernetwork, ParameterWiseHypernetwork
 from methods.inner_loop import gradient_steps
 from methods.meta_template import MetaTemplate, Params, TaskResult, task_result
+from methods.options import option
 
 UPDATE_OPERATORS = ("minus", "plus", "multiply")
 
 
-@dataclass(frozen=True)
-class HyperSettings:
-    """The HyperMAML options (names as on the command line; see config.Options for help)."""
-    hn_hidden_size: int = 256
-    hn_head_len: int = 2
-    hn_tn_depth: int = 1
-    hn_tn_hidden_size: int = 120
-    hm_enhance_embeddings: bool = False
-    hm_use_class_batch_input: bool = False
-    hn_sup_aggregation: str = "concat"
-    hm_update_operator: str = "minus"
-    hm_lambda: float = 0.0
-    hm_detach_feature_net: bool = False
-    hm_detach_before_hyper_net: bool = False
-    hm_support_set_loss: bool = False
-    hn_adaptation_strategy: str | None = None
-    hn_alpha_step: float = 0.0
-    hm_maml_warmup: bool = False
-    hm_maml_warmup_epochs: int = 100
-    hm_maml_warmup_switch_epochs: int = 1000
-    hm_maml_update_feature_net: bool = False
-    hm_validate_with_warmup: bool = False
-    hm_set_forward_with_adaptation: bool = False
-    hn_val_epochs: int = 0
-    hn_val_lr: float = 1e-4
-    hn_val_optim: str = "adam"
+@dataclass
+class HyperOptions:
+    """HyperMAML's options (also read by BayesHMAML), declared once: config.Options puts them
+    on the command line, :class:`HyperSettings` reads them."""
+
+    # --- HyperMAML ------------------------------------------------------------------------------
+    hn_hidden_size: int = option(256, "hypernetwork hidden width", "model")
+    hn_head_len: int = option(2, "hypernetwork linear layers", "model")
+    hn_tn_depth: int = option(1, "linear layers of the adapted (target) classifier", "model")
+    hn_tn_hidden_size: int = option(120, "hidden width of a deeper target classifier (a multiple "
+                                    "of n_way with class-batch input)", "model")
+    hm_enhance_embeddings: bool = option(False, "append the universal classifier's softmax and the "
+                                         "label to each support embedding", "model")
+    hm_use_class_batch_input: bool = option(False, "one hypernetwork shared by the classes, "
+                                            "reading one row per class", "model")
+    hn_sup_aggregation: str = option("concat", "how a class row combines its shots", "model",
+                                     choices=("concat", "mean"))
+    hm_update_operator: str = option("minus", "adapted weight: W - delta, W + delta or W * delta",
+                                     "model", choices=("minus", "plus", "multiply"))
+    hm_lambda: float = option(0.0, "weight of the sum of squared updates in the loss", "model")
+    hm_detach_feature_net: bool = option(False, "train no backbone: detach all features", "model")
+    hm_detach_before_hyper_net: bool = option(False, "no gradient from the hypernetwork input into "
+                                              "the backbone", "model")
+    hm_support_set_loss: bool = option(False, "train on the support and query losses together",
+                                       "model")
+    hn_adaptation_strategy: Optional[str] = option(None, "increasing_alpha: scale the update by "
+                                                   "alpha, growing hn_alpha_step per epoch to 1",
+                                                   "model", choices=("increasing_alpha",))
+    hn_alpha_step: float = option(0.0, "alpha increment per epoch with increasing_alpha", "model")
+    hm_maml_warmup: bool = option(False, "begin with MAML steps on the classifier, then switch "
+                                  "to the hypernetwork", "model")
+    hm_maml_warmup_epochs: int = option(100, "epochs of pure MAML warm-up (p = 1)", "model")
+    hm_maml_warmup_switch_epochs: int = option(1000, "epochs over which p falls from 1 to 0",
+                                               "model")
+    hm_maml_update_feature_net: bool = option(False, "during the warm-up the inner loop also "
+                                              "adapts the backbone, each step weighted by p",
+                                              "model")
+    hm_validate_with_warmup: bool = option(False, "validate with the training epoch's update "
+                                           "(MAML steps mixed by p during the warm-up and "
+                                           "switch), as the reference; default: with the "
+                                           "hypernetwork alone, as the final test measures",
+                                           "train")
+    hm_set_forward_with_adaptation: bool = option(False, "at validation and test, fine-tune a copy "
+                                                  "on the support set first", "inference")
+    hn_val_epochs: int = option(0, "fine-tuning steps of hm_set_forward_with_adaptation, and "
+                                "the test-time steps of --adaptation (-1: 100)", "inference")
+    hn_val_lr: float = option(1e-4, "fine-tuning learning rate", "inference")
+    hn_val_optim: str = option("adam", "fine-tuning optimiser", "inference",
+                               choices=("adam", "sgd"))
+
+
+@dataclass
+class HyperSettings(HyperOptions):
+    """HyperMAML's options as the method uses them: their checks and schedules."""
 
     @classmethod
     def from_options(cls, opts) -> "HyperSettings":

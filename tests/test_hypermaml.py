@@ -2,7 +2,6 @@
 ends (pure MAML on the classifier, pure hypernetwork), gradient flow and options."""
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -248,12 +247,6 @@ def test_test_time_fine_tuning_changes_only_a_copy():
 def test_impossible_combinations_are_refused(settings, message):
     with pytest.raises(UserError, match=message):
         hypermaml(**settings)
-
-
-def test_settings_mirror_the_command_line_options():
-    import config
-    names = {f.name for f in dataclasses.fields(config.Options)}
-    assert {f.name for f in dataclasses.fields(HyperSettings)} <= names
 
 
 def batched_episodes(n_shot, n_tasks=3):
