@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from errors import UserError, run_cli
+from cli.errors import UserError, run_cli
 from storage import atomic, checkpoints
 
 

@@ -22,18 +22,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import allocator
-import config
-import engine
-import plots
 from backbones import BACKBONES
+from cli import config
+from cli.errors import UserError, run_cli
 from data import augment
 from data.benchmarks import Benchmark, find
 from data.episodes import Episode, Normaliser
 from data.store import ImageForm, decode
-from errors import UserError, run_cli
 from methods import METHODS
-from runtime import progress, setup
+from reports import plots
+from runtime import allocator, loops, progress, setup
 from runtime.device import resolve_device
 from storage import checkpoints
 
@@ -193,7 +191,7 @@ def query_probabilities(model, compute: setup.Compute, episode: Episode) -> torc
     with compute.arithmetic():
         result = model.evaluate(episode)
     # A diverged model's NaN logits would "predict" the first class, as in test.py's refusal.
-    engine.require_finite([result], "predict.py")
+    loops.require_finite([result], "predict.py")
     return torch.softmax(result.logits.float(), dim=1)
 
 

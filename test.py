@@ -3,19 +3,18 @@
 Loads ``best_model.tar`` (or ``{save_iter}.tar``) of the run the options name, rebuilds the
 model from the configuration saved in it, and reports the accuracy over ``--repeat`` runs of
 600 episodes (seeds seed .. seed+repeat-1) with 95% confidence intervals, as the reference
-(see evaluation.py).
+(see testing.py).
 """
 from __future__ import annotations
 
 import functools
 import sys
 
-import allocator
-import config
-import distributed
-import evaluation
-from errors import run_cli
+from cli import config
+from cli.errors import run_cli
 from methods import METHODS
+from reports import testing
+from runtime import allocator, distributed
 
 
 def run(argv=None) -> int:
@@ -24,9 +23,9 @@ def run(argv=None) -> int:
 
 
 def test(opts, given: set[str], device, world: distributed.World) -> int:
-    # Not in evaluation.test_checkpoint: train.py's final test runs it with train.py's options.
+    # Not in testing.test_checkpoint: train.py's final test runs it with train.py's options.
     config.note_other_entry("test", given, world.say)
-    return evaluation.test_checkpoint(opts, given, device, world)
+    return testing.test_checkpoint(opts, given, device, world)
 
 
 def main(argv=None) -> int:

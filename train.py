@@ -19,15 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import allocator
-import config
-import distributed
-import engine
-import evaluation
+from cli import config
+from cli.errors import UserError, run_cli
 from data.episodes import TRAIN_QUERY
-from errors import UserError, run_cli
 from methods import METHODS
-from runtime import progress, setup
+from reports import testing
+from runtime import allocator, distributed, loops, progress, setup
 from storage import atomic, checkpoints, records, run_folder
 
 
@@ -283,7 +280,7 @@ def open_logs(folder: Path, opts, resume_state: dict | None, world: distributed.
 def announce(opts, compute: setup.Compute, course: Course, folder: Path,
              world: distributed.World, split_note: str | None) -> None:
     """The start line: what trains where, for how long, and how."""
-    updates = engine.updates_per_epoch(opts.n_episode, opts.n_task)
+    updates = loops.updates_per_epoch(opts.n_episode, opts.n_task)
     processes = f"{world.size} processes, " if world.size > 1 else ""
     world.say(f"{opts.method} on {opts.dataset}, {opts.train_n_way}-way {opts.n_shot}-shot, "
               f"{processes}device {compute.device}: --stop_epoch {opts.stop_epoch} x n_task "
@@ -306,9 +303,9 @@ def train_one_epoch(epoch: int, opts, model, compute: setup.Compute, course: Cou
     schedule = model.schedule_state()
     lr = course.optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
     results = []
-    updates = engine.train_epoch(model, compute, course.optimizer, samplers["train"], epoch,
+    updates = loops.train_epoch(model, compute, course.optimizer, samplers["train"], epoch,
                                  opts.n_episode, opts.n_task, world)
-    bar = progress.progress(updates, engine.updates_per_epoch(opts.n_episode, opts.n_task),
+    bar = progress.progress(updates, loops.updates_per_epoch(opts.n_episode, opts.n_task),
                             f"epoch {epoch}/{course.epochs}", world.is_main)
     try:
         for batch in bar:
@@ -316,7 +313,7 @@ def train_one_epoch(epoch: int, opts, model, compute: setup.Compute, course: Cou
             results += batch
             bar.set_postfix(loss=f"{np.mean([r.loss for r in results]):.4f}",
                             acc=f"{np.mean([r.accuracy for r in results]):.2f}%", **schedule)
-    except engine.Diverged as exc:
+    except loops.Diverged as exc:
         raise UserError(divergence_message(exc, opts, last_path, course.saved_epoch)) from None
     if course.scheduler is not None:
         course.scheduler.step()
@@ -333,16 +330,16 @@ def train_one_epoch(epoch: int, opts, model, compute: setup.Compute, course: Cou
 def validate(epoch: int, opts, model, compute: setup.Compute, course: Course, sampler,
              world: distributed.World, last_path: Path) -> dict:
     """The validation accuracy after ``epoch``, with ``best`` where it is the best so far."""
-    val_iter = engine.evaluate(model, compute, sampler, opts.n_episode, opts.n_task, world)
+    val_iter = loops.evaluate(model, compute, sampler, opts.n_episode, opts.n_task, world)
     mine = list(progress.progress(val_iter, len(world.share(opts.n_episode)), "validation",
                                   world.is_main))
     val = world.gather_results(mine)
-    problem = engine.non_finite_logits(val)
+    problem = loops.non_finite_logits(val)
     if problem:
         raise UserError(divergence_message(
-            engine.Diverged(f"in the validation after epoch {epoch}", problem), opts,
+            loops.Diverged(f"in the validation after epoch {epoch}", problem), opts,
             last_path, course.saved_epoch))
-    found = dict(zip(("val_acc", "val_ci95"), engine.mean_and_ci95([r.accuracy for r in val])))
+    found = dict(zip(("val_acc", "val_ci95"), loops.mean_and_ci95([r.accuracy for r in val])))
     if found["val_acc"] > course.best_acc:
         course.best_acc, course.best_epoch = found["val_acc"], epoch
         found["best"] = True
@@ -400,7 +397,7 @@ def write_epoch(opts, folder: Path, state: dict, record: dict, model, logs: Logs
     checkpoints.save_checkpoint(state, folder / "last_model.tar")
 
 
-def divergence_message(exc: engine.Diverged, opts, last_path: Path,
+def divergence_message(exc: loops.Diverged, opts, last_path: Path,
                        saved_epoch: int | None) -> str:
     cause = f"the learning rate (--lr {opts.lr:g}) is too high for this model"
     if opts.precision == "bf16":
@@ -433,7 +430,7 @@ def final_test(opts, given: set[str], device: torch.device, world: distributed.W
               f"{opts.final_test} episodes (--final_test 0 skips it):", flush=True)
     test_opts = dataclasses.replace(opts, split="novel", save_iter=-1, checkpoint=None,
                                     n_episode=opts.final_test)
-    return evaluation.test_checkpoint(test_opts, given, device, world)
+    return testing.test_checkpoint(test_opts, given, device, world)
 
 
 _interrupted = False

@@ -20,12 +20,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import config  # noqa: E402
 from bench.throughput import CONFIGS  # noqa: E402
+from cli import config  # noqa: E402
 from data.episodes import TRAIN_QUERY  # noqa: E402
-from distributed import World  # noqa: E402
 from methods import METHODS  # noqa: E402
 from runtime import setup  # noqa: E402
+from runtime.distributed import World  # noqa: E402
 from storage import atomic  # noqa: E402
 
 

@@ -31,9 +31,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from cli.errors import UserError, run_cli  # noqa: E402
 from data.benchmarks import find  # noqa: E402
 from data.store import images_root, read_filelist  # noqa: E402
-from errors import UserError, run_cli  # noqa: E402
 from storage import atomic  # noqa: E402
 from storage import checkpoints  # noqa: E402
 

@@ -14,7 +14,7 @@ printed. ``--processes 1,2`` also times each configuration under
 ``torchrun --nproc_per_node 2`` (the meta-batch and the evaluation episodes split across the
 processes, as train.py does) and prints the speed-up over the first count. ``--allocator
 glibc,keep`` times each configuration with glibc's own malloc settings and with the entry
-points' (allocator.py), in two processes one after the other, and prints the speed-up of the
+points' (runtime/allocator.py), in two processes one after the other, and prints the speed-up of the
 second. ``--profile`` also names where one meta-update's time goes: the operators with the
 most self time under torch.profiler, each with its share. Each (method, phase, shots) runs in
 its own process, so peak memory (RSS on a CPU, peak allocated on CUDA) belongs to that
@@ -38,8 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import allocator  # noqa: E402
-from errors import run_cli  # noqa: E402
+from cli.errors import run_cli  # noqa: E402
+from runtime import allocator  # noqa: E402
 from runtime.device import resolve_device  # noqa: E402
 from storage import atomic  # noqa: E402
 
@@ -67,12 +67,10 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     measurements (None on the ranks other than 0)."""
     import torch
 
-    import config
-    import distributed
-    import engine
+    from cli import config
     from data.episodes import TEST_QUERY, TRAIN_QUERY
     from methods import METHODS
-    from runtime import setup
+    from runtime import distributed, loops, setup
 
     options, epoch = CONFIGS[(method, phase)]
     argv = ["--dataset", dataset, "--method", method, "--n_shot", str(n_shot),
@@ -109,12 +107,12 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
         def train_updates(count: int, first_epoch: int) -> None:
             # n_episode = n_task: each engine epoch is exactly one meta-update.
             for e in range(first_epoch, first_epoch + count):
-                for _ in engine.train_epoch(model, compute, optimizer, train, e, opts.n_task,
+                for _ in loops.train_epoch(model, compute, optimizer, train, e, opts.n_task,
                                             opts.n_task, world):
                     pass
 
         def evaluate(sampler, n: int) -> None:
-            world.gather_results(list(engine.evaluate(model, compute, sampler, n, opts.n_task,
+            world.gather_results(list(loops.evaluate(model, compute, sampler, n, opts.n_task,
                                                       world)))
 
         train_updates(1, 10_000)  # warm-up: allocator, caches, lazy initialisation
@@ -144,7 +142,7 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
         matmul = matmul_gflops(device)
         val_time = timed(lambda: evaluate(val, eval_episodes))
         test_time = timed(lambda: evaluate(test, eval_episodes))
-        per_epoch = engine.updates_per_epoch(epoch_episodes, opts.n_task)
+        per_epoch = loops.updates_per_epoch(epoch_episodes, opts.n_task)
         epoch_time = timed(lambda: (train_updates(per_epoch, 20_000),
                                     evaluate(val, epoch_episodes)))
         operators = profile_update(lambda: train_updates(1, 50_000), device) if profile else None
@@ -324,7 +322,7 @@ def main() -> int:
                              "configuration under torchrun (gloo on a CPU, nccl on CUDA)")
     parser.add_argument("--allocator", default="keep",
                         help="comma-separated malloc settings, each timed in its own process: "
-                             "keep (the entry points', allocator.py), glibc (glibc's own)")
+                             "keep (the entry points', runtime/allocator.py), glibc (glibc's own)")
     parser.add_argument("--n_way", type=int, default=5,
                         help="classes per episode (20 for the Omniglot 20-way rows)")
     parser.add_argument("--data_dir", default=None, help="prepared data root (default filelists/)")
@@ -366,7 +364,7 @@ def main() -> int:
                       args.precision.split(","), args.n_task, args.epoch_episodes, args.n_way,
                       args.profile)
         if row is not None:
-            # "glibc" also where nothing was changed for another reason (allocator.py)
+            # "glibc" also where nothing was changed for another reason (runtime/allocator.py)
             print(json.dumps({**row, "allocator": "keep" if kept else "glibc"}))
         return 0
 

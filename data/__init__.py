@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from errors import UserError
+from cli.errors import UserError
 
 
 def prepared_data_dir(opts, benchmark) -> Path:

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from cli.errors import UserError
 from data.augment import stored_size
-from errors import UserError
 
 # What python -m data.folder writes into a benchmark folder of its own (see data/folder.py).
 OWN_DESCRIPTION = "benchmark.json"

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cli.errors import UserError
 from data import augment
 from data.store import CHANNEL_MEAN, CHANNEL_STD, SplitImages
-from errors import UserError
 
 
 @dataclass

@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cli.errors import UserError, run_cli
 from data.augment import stored_size
 from data.benchmarks import OWN_DESCRIPTION, find
-from errors import UserError, run_cli
 from storage import atomic
 
 SPLITS = ("base", "val", "novel")

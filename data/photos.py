@@ -28,7 +28,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from errors import UserError
+from cli.errors import UserError
 
 CUB_ARCHIVE = "CUB_200_2011.tgz"
 CUB_ROOT = "CUB_200_2011/images/"

@@ -44,8 +44,8 @@ from pathlib import Path
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from cli.errors import UserError, run_cli
 from data import photos
-from errors import UserError, run_cli
 
 DATASET_FOLDERS = {"omniglot": "omniglot", "emnist": "emnist", "CUB": "CUB",
                    "miniImagenet": "miniImagenet"}

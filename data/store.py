@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cli.errors import UserError
 from data.augment import stored_size
 from data.benchmarks import FILELISTS, OWN_DESCRIPTION, Benchmark, find
-from errors import UserError
 from storage import atomic
 
 # ImageNet's per-channel statistics, with which the reference normalises the RGB copies.

@@ -17,8 +17,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as a script, docs/ would be the only import root
 
-import config  # noqa: E402
 import predict  # noqa: E402
+from cli import config  # noqa: E402
 from data.benchmarks import BENCHMARKS  # noqa: E402
 from methods import METHODS, options_ignored_by  # noqa: E402
 from storage import atomic  # noqa: E402
@@ -26,7 +26,7 @@ from storage import atomic  # noqa: E402
 PAGE = REPO_ROOT / "docs" / "options.md"
 COMMAND = "python docs/write_options.py"
 
-# Which entry points read an option of each scope (config.py's docstring defines the scopes).
+# Which entry points read an option of each scope (cli/config.py's docstring defines the scopes).
 ENTRY_POINTS = {
     "run": "train.py, test.py",
     "model": "train.py; test.py: the checkpoint's value (one given must agree)",
@@ -157,7 +157,7 @@ def page() -> str:
         "line serves both, as in the reference's published commands; an option that the entry "
         "point or the method does not read is accepted and ignored. *Default* is argparse's; "
         "one marked *by* something is filled in at start from that, as its help says. "
-        "*Entry point* follows the option's scope (see config.py); *Methods* "
+        "*Entry point* follows the option's scope (see cli/config.py); *Methods* "
         f"lists those of {', '.join(METHODS)} that read it.",
     ]
     for title, fields in sections():

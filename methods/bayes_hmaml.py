@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from errors import UserError
+from cli.errors import UserError
 from methods.hypermaml import AdaptedClassifier, HyperMAML, HyperSettings
 from methods.options import option
 

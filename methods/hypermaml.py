@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cli.errors import UserError
 from data.episodes import Episode
-from errors import UserError
 from methods.hypernetwork import ClassWiseHypernetwork, ParameterWiseHypernetwork
 from methods.inner_loop import gradient_steps
 from methods.meta_template import MetaTemplate, Params, TaskResult, task_result

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from cli.errors import UserError
 from data.episodes import Episode
-from errors import UserError
 
 Params = dict[str, torch.Tensor]
 

@@ -1,5 +1,5 @@
 """How an option is declared, once: a dataclass field with its default, its help text, its
-*scope* (see config.py's docstring) and what argparse needs beyond its type. A method declares
+*scope* (see cli/config.py's docstring) and what argparse needs beyond its type. A method declares
 its own options so (:class:`methods.hypermaml.HyperOptions`), and config.Options gathers them
 with the runs' options into the command line of train.py and test.py."""
 from __future__ import annotations

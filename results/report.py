@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import config  # noqa: E402
+from cli import config  # noqa: E402
 from results.experiments import EXPERIMENTS, REFERENCE_NUMBERS  # noqa: E402
 from results.run import (checkpoint_folder, earlier_attempts, model_file,  # noqa: E402
                          record_folder, run_folder)
@@ -294,7 +294,7 @@ def with_summary(readme: str, rows: list[dict]) -> str:
 
 
 def draw_curves(rows: list[dict]) -> None:
-    import plots
+    from reports import plots
     FIGURES.mkdir(parents=True, exist_ok=True)
     for row in rows:
         plots.training_curves([row["metrics_path"]], FIGURES / f"{row['name']}_curves.png")

@@ -30,8 +30,8 @@ RUNS = REPO / "results" / "runs"
 MODELS = REPO / "models"
 sys.path.insert(0, str(REPO))
 
-import config  # noqa: E402
-from errors import UserError, run_cli  # noqa: E402
+from cli import config  # noqa: E402
+from cli.errors import UserError, run_cli  # noqa: E402
 from methods import METHODS  # noqa: E402
 from results.experiments import EXPERIMENTS  # noqa: E402
 from storage import atomic  # noqa: E402

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-import config
 import data
 from backbones import BACKBONES
+from cli import config
+from cli.errors import UserError
 from data.benchmarks import Benchmark, find
-from distributed import World
-from errors import UserError
 from methods import METHODS, options_ignored_by
 from methods.meta_template import MetaTemplate
+from runtime.distributed import World
 from storage.checkpoints import load_model_state
 
 # Options a resumed run takes from where it runs now, not from the checkpoint.

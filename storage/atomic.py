@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from errors import UserError
+from cli.errors import UserError
 
 # Called with the path of every file written here: a held run lock notes the files written
 # into its folder, so that a run that fails before its first checkpoint can remove them

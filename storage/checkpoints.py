@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import config
+from cli import config
+from cli.errors import UserError
 from data.benchmarks import find
-from errors import UserError
 from methods import METHODS
 from storage.atomic import write_file
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from errors import UserError
+from cli.errors import UserError
 from storage.atomic import (WriteError, append_text, append_together, ensure_writable, json_line,
                             write_text)
 

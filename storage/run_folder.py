@@ -9,8 +9,8 @@ import re
 import socket
 from pathlib import Path
 
+from cli.errors import UserError
 from data.benchmarks import folder_name
-from errors import UserError
 from storage.atomic import WRITE_WATCHERS, ensure_writable, file_mode
 
 

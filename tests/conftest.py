@@ -66,7 +66,7 @@ def project_root_untouched(tmp_path_factory):
     """Every test writes into its own temporary folders: no record/ or save/ appears beside the
     code.
 
-    The entry points' defaults (--save_dir ./save, --record_dir ./record, plots.py's
+    The entry points' defaults (--save_dir ./save, --record_dir ./record, reports/plots.py's
     curves.png) are relative to the working directory, so the session runs in an empty
     folder of its own and fails if anything is left there: a test that forgot --save_dir
     or --record_dir is caught, while a run of the user's own that writes ./record or ./save

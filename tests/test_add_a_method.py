@@ -15,14 +15,14 @@ from test_entrypoints import TEST, TINY, TRAIN, assert_one_line_error, run, run_
 from test_maml import (N_WAY, assert_batch_gradient_is_the_sum_over_tasks,
                        assert_meta_gradient_matches_finite_differences, meta_gradient, tiny_episode)
 
-import config
 import data
 from backbones import Conv4S
-from data.episodes import TEST_QUERY, Episode
+from cli import config
 from data.benchmarks import find
+from data.episodes import TEST_QUERY, Episode
 from methods import MAML, METHODS
-from runtime import setup
 from methods.meta_template import MetaTemplate
+from runtime import setup
 from storage import checkpoints
 
 

@@ -1,4 +1,4 @@
-"""The entry points' malloc settings (allocator.py): a freed large tensor's memory is reused,
+"""The entry points' malloc settings (runtime/allocator.py): a freed large tensor's memory is reused,
 not handed back to the kernel and faulted in again; glibc's own settings stay on request."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import subprocess
 import sys
 
 import pytest
-
-import allocator
 from conftest import REPO_ROOT
+
+from runtime import allocator
 
 # Allocate and free a 64 MiB tensor (the size of one 20-way Omniglot task's Conv4 activations)
 # with a small tensor made meanwhile that lives until the next round, as a training step's
@@ -21,7 +21,7 @@ from conftest import REPO_ROOT
 FAULTS_OF_FIVE = """
 import json, resource
 import torch
-import allocator
+from runtime import allocator
 applied = allocator.keep_freed_memory()
 faults = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 result = None

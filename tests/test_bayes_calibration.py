@@ -3,21 +3,20 @@ known answers; the figures are real PNG files."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import calibration
-import plots
 from backbones import Conv4S
+from cli.errors import UserError
 from data.episodes import Episode
-from errors import UserError
 from methods.bayes_hmaml import BayesHMAML, BayesSettings, gaussian_kl_to_standard_normal
 from methods.hypermaml import HyperSettings
+from reports import calibration, plots
 
 N_WAY = 3
 

@@ -9,12 +9,11 @@ import re
 import pytest
 import torch
 from matplotlib.colors import to_rgba
-
-import calibration
-import plots
-from calibration import ReliabilityBins
 from test_bayes_calibration import synthetic
 from test_entrypoints import TEST, TINY, run, tiny_run  # noqa: F401
+
+from reports import calibration, plots
+from reports.calibration import ReliabilityBins
 
 
 def panels_of(fig):

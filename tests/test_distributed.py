@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO_ROOT
-from distributed import World
-from errors import UserError
+
+from cli.errors import UserError
+from runtime.distributed import World
 
 # One thread per process in both runs: the per-task gradients are then the same bits, and the
 # float64 meta-gradient sum makes the whole run bit for bit the same.
@@ -211,7 +211,7 @@ RANK_LIFE = """
 import argparse, os, sys
 sys.path.insert(0, os.getcwd())
 import torch
-import distributed
+from runtime import distributed
 from methods.meta_template import TaskResult
 
 def body(device, world):

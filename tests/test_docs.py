@@ -6,11 +6,12 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
-import config
-import predict
 from conftest import REPO_ROOT
-from methods import METHODS
 from test_entrypoints import TEST, TRAIN, run, tiny_run  # noqa: F401
+
+import predict
+from cli import config
+from methods import METHODS
 
 _spec = importlib.util.spec_from_file_location("write_options",
                                                REPO_ROOT / "docs" / "write_options.py")

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
 from conftest import REPO_ROOT, TEST_DEVICE
+from PIL import Image
 
 
 def load_entry(name: str):
@@ -210,7 +209,7 @@ def test_resume_after_an_interruption_continues_the_exact_run(method, extra, dat
 
 
 def test_boolean_options_accept_flags_and_values():
-    import config
+    from cli import config
     for argv, expected in (([], False), (["--maml_adapt_classifier"], True),
                            (["--maml_adapt_classifier", "True"], True),
                            (["--maml_adapt_classifier", "False"], False),
@@ -225,7 +224,7 @@ def test_boolean_options_accept_flags_and_values():
 
 
 def test_reference_overrides_apply_only_to_unset_options():
-    import config
+    from cli import config
     opts, _ = config.parse("train", ["maml"], ["--dataset", "cross_char", "--method", "maml",
                                                "--n_shot", "1"])
     opts = config.resolve(opts, "train")
@@ -357,7 +356,7 @@ BAYES_PUBLISHED = ["--kl_scale", "1e-24", "--kl_stop_val", "0.001",
                                           ["--n_shot", "5", "--hn_sup_aggregation", "mean"]])
 def test_published_hypermaml_commands_parse_unchanged(method, extra, shot_options):
     """The published cross_char commands: 2,048 epochs, the warm-up and milestones in them."""
-    import config
+    from cli import config
     from data.benchmarks import find
     from methods import METHODS
     from runtime import setup

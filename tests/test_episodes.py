@@ -9,18 +9,18 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import TEST_DEVICE
 from PIL import Image
 
-from conftest import TEST_DEVICE
-from data.episodes import EpisodeSampler, fitting_query_count
 from data.augment import stored_size
+from data.episodes import EpisodeSampler, fitting_query_count
 from data.store import (CHANNEL_MEAN, CHANNEL_STD, CHARACTER_FORM, ImageStore, load_image,
                         load_split, read_filelist)
 
 IMAGE_SIZE = CHARACTER_FORM.size
 RESIZE_TO = stored_size(IMAGE_SIZE)
 CACHE_NAME = CHARACTER_FORM.cache_name
-from errors import UserError
+from cli.errors import UserError
 
 
 @pytest.fixture(scope="module")

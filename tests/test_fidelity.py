@@ -166,7 +166,7 @@ def test_feature_network_of_the_reference_layout_and_mismatches(tmp_path):
     """The reference's ConvBlock keys (``trunk.{i}.C``, ``trunk.{i}.BN``, registered twice,
     BatchNorm running statistics) map onto ours; a network of another shape is one error."""
     from backbones import Conv4, Conv4S
-    from errors import UserError
+    from cli.errors import UserError
     from storage import checkpoints
     torch.manual_seed(0)
     source = Conv4()
@@ -202,8 +202,8 @@ def test_delta_params_are_recorded_each_epoch(data_dir, tmp_path, capsys):
     folder = folder_of(tmp_path, "bayes_hmaml")
     lines = [json.loads(line) for line in (folder / "delta_params.jsonl").read_text().splitlines()]
     assert [(r["epoch"], r["episode"]) for r in lines] == [(0, 0), (1, 4)]
-    import config
     import data
+    from cli import config
     from data.benchmarks import find
     from data.episodes import TRAIN_QUERY
     from runtime import setup

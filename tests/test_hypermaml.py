@@ -2,15 +2,14 @@
 ends (pure MAML on the classifier, pure hypernetwork), gradient flow and options."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import TEST_DEVICE, on_test_device
 
 from backbones import Conv4, Conv4S
-from conftest import TEST_DEVICE, on_test_device
+from cli.errors import UserError
 from data.episodes import Episode
-from errors import UserError
 from methods import MAML
 from methods.hypermaml import HyperMAML, HyperSettings
 
@@ -323,6 +322,7 @@ def test_channels_last_layout_computes_the_same(engine):
 
 def test_memory_format_choice():
     from argparse import Namespace
+
     from runtime.setup import choose_memory_format
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert choose_memory_format(Namespace(memory_format="auto", method="hyper_maml"), cpu) == \

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-import engine
-from backbones import BACKBONES, Conv4, Conv4S
 from conftest import TEST_DEVICE, on_test_device
+
+from backbones import BACKBONES, Conv4, Conv4S
 from data.episodes import Episode
 from methods import MAML, MAMLApprox
+from runtime import loops
 from runtime.setup import Compute
 
 N_WAY = 3
@@ -146,7 +146,7 @@ def test_every_meta_parameter_gets_a_gradient(cls):
 
 
 def assert_batch_gradient_is_the_sum_over_tasks(model) -> None:
-    """What MetaGradient and distributed.py rely on: a meta-batch's gradient is the sum of
+    """What MetaGradient and runtime/distributed.py rely on: a meta-batch's gradient is the sum of
     its tasks' gradients."""
     episodes = [tiny_episode(s) for s in range(3)]
     model.zero_grad(set_to_none=True)
@@ -174,7 +174,7 @@ def test_evaluation_adapts_like_training_without_a_meta_graph():
 
 
 class TinySampler:
-    """Episode i is tiny_episode(i): what engine.evaluate asks of an EpisodeSampler."""
+    """Episode i is tiny_episode(i): what loops.evaluate asks of an EpisodeSampler."""
 
     def episode(self, index: int) -> Episode:
         return tiny_episode(index)
@@ -182,9 +182,9 @@ class TinySampler:
 
 def test_a_pass_keeps_every_episodes_logits_in_one_block():
     # One small tensor per episode, kept to the end of the pass between the episodes' large
-    # activations, grew test.py's heap to 16 GB on photographs (engine.QueryBlock).
+    # activations, grew test.py's heap to 16 GB on photographs (loops.QueryBlock).
     model = tiny_maml()
-    results = list(engine.evaluate(model, Compute(torch.device("cpu")), TinySampler(), 4))
+    results = list(loops.evaluate(model, Compute(torch.device("cpu")), TinySampler(), 4))
     for index, result in enumerate(results):
         alone = model.evaluate(tiny_episode(index))
         torch.testing.assert_close(result.logits, alone.logits, rtol=0, atol=0)

@@ -18,8 +18,8 @@ from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, load_ent
                               run, run_folder, tiny_run)
 
 from data.episodes import TEST_QUERY
-from runtime.setup import bf16_kernels
 from results.report import read_jsonl
+from runtime.setup import bf16_kernels
 
 PREDICT = load_entry("predict")
 MODELS = REPO_ROOT / "models"
@@ -35,8 +35,8 @@ BIRD_MODELS = [p for p in SHIPPED if "cub100" in p.stem]
 
 def require_benchmark(dataset: str) -> None:
     """Skip where an image-folder benchmark is not made (.ci/run makes them)."""
+    from cli.errors import UserError
     from data.benchmarks import find
-    from errors import UserError
     try:
         find(dataset)
     except UserError:

@@ -8,12 +8,12 @@ import re
 import subprocess
 
 import pytest
-
-import config
-import data.prepare as data_prepare
 from conftest import REPO_ROOT
-from methods import METHODS
 from test_entrypoints import TEST, TINY, TRAIN, assert_one_line_error, run, tiny_run  # noqa: F401
+
+import data.prepare as data_prepare
+from cli import config
+from methods import METHODS
 
 
 def train_options() -> set[str]:

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import config
-import data
 from conftest import TEST_DEVICE
+from test_entrypoints import TINY, TRAIN, assert_one_line_error, run
+
+from cli import config
 from data.episodes import TRAIN_QUERY
-from distributed import World
 from methods import METHODS
 from runtime import setup
+from runtime.distributed import World
 from runtime.setup import bf16_kernels
-from test_entrypoints import TINY, TRAIN, assert_one_line_error, run
 
 PUBLISHED_HYPERNET = ["--hn_head_len", "3", "--hn_hidden_size", "512", "--hm_enhance_embeddings",
                       "True", "--hm_use_class_batch_input", "--hm_maml_warmup"]

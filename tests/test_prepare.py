@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 
 import data.prepare as data_prepare
+from cli.errors import UserError
 from data.prepare import DATASET_FOLDERS, is_prepared, prepare
-from errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO_ROOT
 
 PAGES = [REPO_ROOT / "README.md", REPO_ROOT / "RESULTS.md", REPO_ROOT / "models" / "README.md",
@@ -60,10 +59,10 @@ def test_the_readme_results_summary_is_current():
 def test_the_method_diagrams_show_the_shapes_of_the_published_models():
     """docs/methods.md draws HyperMAML and BayesHMAML with the published 5-way 1-shot shapes:
     they must be those of the models the published commands build."""
-    import config
+    from cli import config
     from methods import METHODS
-    from runtime import setup
     from results.experiments import PUBLISHED_BAYES_HMAML, PUBLISHED_HYPER_MAML
+    from runtime import setup
     page = (REPO_ROOT / "docs" / "methods.md").read_text()
     for command in (PUBLISHED_HYPER_MAML, PUBLISHED_BAYES_HMAML):
         opts, _ = config.parse("train", list(METHODS), command.split())

@@ -135,7 +135,7 @@ def test_a_trusted_file_with_other_objects_converts_deliberately(tmp_path, capsy
 
     import convert_checkpoint
     from backbones import Conv4
-    from errors import UserError
+    from cli.errors import UserError
     from storage import checkpoints
     torch.manual_seed(0)
     source = Conv4()
@@ -161,7 +161,7 @@ def test_a_trusted_file_with_other_objects_converts_deliberately(tmp_path, capsy
 
 def test_a_mismatch_names_counts_and_the_first_keys():
     from backbones import Conv4
-    from errors import UserError
+    from cli.errors import UserError
     from storage import checkpoints
     state = {k: v for k, v in Conv4().state_dict().items() if not k.startswith("blocks.3")}
     state["extra.weight"] = torch.zeros(1)
@@ -288,7 +288,7 @@ def test_runs_started_together_on_unprepared_data_prepare_it_once(tmp_path):
 
 
 def test_results_run_holds_its_folder(tmp_path, monkeypatch):
-    from errors import UserError
+    from cli.errors import UserError
     from results import run as runner
     monkeypatch.setattr(runner, "RUNS", tmp_path / "runs")
     name = "maml_cross_char_1shot_128"

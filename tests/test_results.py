@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from errors import UserError
+from cli.errors import UserError
 from results import experiments, report
 from results import run as runner
 

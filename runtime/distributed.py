@@ -25,7 +25,7 @@ from typing import Callable, TypeVar
 import torch
 import torch.distributed as dist
 
-from errors import UserError, exit_now
+from cli.errors import UserError, exit_now
 from methods.meta_template import TaskResult
 from runtime.device import resolve_device
 

@@ -35,7 +35,7 @@ def report(exc: UserError) -> None:
 
 def exit_now(exc: UserError) -> NoReturn:
     """Report ``exc`` and end the process at once with status 1, skipping the interpreter's
-    teardown (for states where that teardown itself can crash, see distributed.py)."""
+    teardown (for states where that teardown itself can crash, see runtime/distributed.py)."""
     report(exc)
     sys.stdout.flush()
     os._exit(1)

@@ -14,14 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import calibration
-import distributed
-import engine
-import plots
+from cli.errors import UserError
 from data.benchmarks import folder_name
 from data.episodes import TEST_QUERY
-from errors import UserError
-from runtime import progress, setup
+from reports import calibration, plots
+from runtime import distributed, loops, progress, setup
 from storage import atomic, checkpoints, records, run_folder
 
 
@@ -29,11 +26,11 @@ def evaluate_episodes(opts, model, compute, sampler, desc: str, world: distribut
     """The results of ``opts.n_episode`` episodes, in episode order (under torchrun each rank
     evaluates its share and every rank gets them all), and all their query logits and
     labels."""
-    episodes = engine.evaluate(model, compute, sampler, opts.n_episode, opts.n_task, world)
+    episodes = loops.evaluate(model, compute, sampler, opts.n_episode, opts.n_task, world)
     mine = list(progress.progress(episodes, len(world.share(opts.n_episode)), desc,
                                   world.is_main))
     results = world.gather_results(mine)
-    engine.require_finite(results, desc)
+    loops.require_finite(results, desc)
     return (results, torch.cat([r.logits for r in results]),
             torch.cat([r.labels for r in results]))
 
@@ -127,7 +124,7 @@ def test_repeats(opts, model, compute, sampler, temperature: float | None,
         results, logits, labels = evaluate_episodes(
             opts, model, compute, sampler.with_seed(opts.seed + r),
             f"repeat {r + 1}/{opts.repeat}", world)
-        mean, ci95 = engine.mean_and_ci95([e.accuracy for e in results])
+        mean, ci95 = loops.mean_and_ci95([e.accuracy for e in results])
         report = calibration.calibration_report(logits, labels)
         # Each episode's count of correct queries: what a shipped model must reproduce.
         entry = {"seed": opts.seed + r, "acc": mean, "ci95": ci95, **report.as_dict(),

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Optional, Sequence
 
+from cli.errors import UserError
 from data.benchmarks import Benchmark, find
-from errors import UserError
 from methods.bayes_hmaml import BayesOptions
 from methods.hypermaml import HyperOptions
 from methods.options import option

@@ -8,10 +8,10 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from cli.errors import UserError
 from data.episodes import EpisodeSampler
-from distributed import World
-from errors import UserError
 from methods.meta_template import MetaTemplate, TaskResult
+from runtime.distributed import World
 
 ALONE = World()  # a plain single-process run
 
@@ -141,7 +141,7 @@ class QueryBlock:
 
     Each episode's own logits tensor (1.5 KB) would outlive the episode in the heap, among the
     episode's freed activations (17 MB each for 84-pixel photographs), where malloc keeps freed
-    memory (allocator.py): the next episode's activations no longer fit in the split holes, and
+    memory (runtime/allocator.py): the next episode's activations no longer fit in the split holes, and
     the heap grew by up to an activation per episode. test.py on CUB-100 photographs held 7.6 to
     16 GB where its tensors took 85 MB (docs/performance.md); copied into one block, only the
     block stays."""

@@ -1,7 +1,7 @@
 """Figures: reliability diagrams and episode sheets (test.py --plot, predict.py --plot) and
 training curves from metrics logs.
 
-    python plots.py curves RUN [RUN ...] --out curves.png
+    python -m reports.plots curves RUN [RUN ...] --out curves.png
 
 where RUN is a checkpoint folder (holding metrics.jsonl) or a metrics.jsonl file. matplotlib
 is needed only here, and only imported when a figure is drawn.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration import ReliabilityBins
-from errors import UserError, run_cli
+from cli.errors import UserError, run_cli
+from reports.calibration import ReliabilityBins
 from storage import atomic
 
 
