@@ -65,17 +65,15 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
             n_way: int = 5, profile: bool = False) -> dict | None:
     """Run one configuration in this process (this rank, under torchrun) and return its
     measurements (None on the ranks other than 0)."""
-    import torch
-
     from cli import config
-    from data.episodes import TEST_QUERY, TRAIN_QUERY
     from methods import METHODS
-    from runtime import distributed, loops, setup
+    from runtime import distributed, setup
 
     options, epoch = CONFIGS[(method, phase)]
     argv = ["--dataset", dataset, "--method", method, "--n_shot", str(n_shot),
             "--train_n_way", str(n_way), "--test_n_way", str(n_way), "--device", device_name,
-            "--precision", precisions[0], "--model", model_name, *options, *(["--train_aug"] if train_aug else [])]
+            "--precision", precisions[0], "--model", model_name, *options,
+            *(["--train_aug"] if train_aug else [])]
     if n_shot > 1 and method != "maml":
         argv += ["--hn_sup_aggregation", "mean"]
     if data_dir:
@@ -83,98 +81,147 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
     if n_task:
         argv += ["--n_task", str(n_task)]
     opts, benchmark = setup.settle(config.parse("train", list(METHODS), argv)[0], set(), "train")
+    variants = [(e, f, p) for e in engines for f in formats for p in precisions]
+
     # Joined and left as train.py's ranks do (run_in_world): one path, one place for its care.
-    def body(device: torch.device, world: distributed.World) -> dict | None:
-        found = setup.samplers(opts, benchmark, device, world, {
-            "train": ("base", n_way, TRAIN_QUERY), "val": ("val", n_way, TRAIN_QUERY),
-            "test": ("novel", n_way, TEST_QUERY)}, say=lambda *_: None)
-        train, val, test = found["train"], found["val"], found["test"]
-        torch.manual_seed(0)
-        compute = setup.choose_compute(opts, device)
-        model = setup.build_method(opts, benchmark, compute)
-        model.set_epoch(epoch, 2048)
-        optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
-
-        def timed(fn) -> float:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            return time.perf_counter() - start
-
-        def train_updates(count: int, first_epoch: int) -> None:
-            # n_episode = n_task: each engine epoch is exactly one meta-update.
-            for e in range(first_epoch, first_epoch + count):
-                for _ in loops.train_epoch(model, compute, optimizer, train, e, opts.n_task,
-                                            opts.n_task, world):
-                    pass
-
-        def evaluate(sampler, n: int) -> None:
-            world.gather_results(list(loops.evaluate(model, compute, sampler, n, opts.n_task,
-                                                      world)))
-
-        train_updates(1, 10_000)  # warm-up: allocator, caches, lazy initialisation
-        evaluate(val, 5)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        sampling = timed(lambda: [train.episode(i) for i in range(200)])
-        train_rates, test_rates = {}, {}
-        variants = [(e, f, p) for e in engines for f in formats for p in precisions]
-        for name, layout, precision in variants:  # side by side in one process, same episodes
-            compute = setup.Compute(device, name == "batched", precision,
-                                    layout == "channels_last")
-            model.to(memory_format=getattr(torch, layout.replace("contiguous",
-                                                                 "contiguous_format")))
-            train_updates(1, 30_000)  # warm-up of this variant
-            key = "/".join(v for v, choices in zip((name, layout, precision),
-                                                   (engines, formats, precisions))
-                           if len(choices) > 1 or v == name)
-            train_rates[key] = updates * opts.n_task / timed(lambda: train_updates(updates, 0))
-            test_rates[key] = eval_episodes / timed(lambda: evaluate(test, eval_episodes))
-        compute = setup.Compute(device, engines[0] == "batched", precisions[0],
-                                formats[0] == "channels_last")
-        model.to(memory_format=getattr(torch, formats[0].replace("contiguous",
-                                                                 "contiguous_format")))
-        train_gflop, test_gflop = gflop_per_task(lambda: train_updates(1, 40_000), opts.n_task,
-                                                 lambda: evaluate(test, 1))
-        matmul = matmul_gflops(device)
-        val_time = timed(lambda: evaluate(val, eval_episodes))
-        test_time = timed(lambda: evaluate(test, eval_episodes))
-        per_epoch = loops.updates_per_epoch(epoch_episodes, opts.n_task)
-        epoch_time = timed(lambda: (train_updates(per_epoch, 20_000),
-                                    evaluate(val, epoch_episodes)))
-        operators = profile_update(lambda: train_updates(1, 50_000), device) if profile else None
-        peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        if world.size > 1:  # the run's memory: all processes together
-            total = torch.tensor([float(peak)])
-            torch.distributed.all_reduce(total)
-            peak = total.item()
+    def body(device, world) -> dict | None:
+        bench = Measurement(opts, benchmark, device, world, n_way, epoch)
+        found = bench.measure(variants, updates, eval_episodes, epoch_episodes, profile)
         if not world.is_main:
             return None
         return {"method": method, "phase": phase, "n_shot": n_shot, "n_way": n_way,
-                "device": str(device),
-                "model": model_name, "dataset": dataset, "train_aug": train_aug,
-                "processes": world.size, "threads": torch.get_num_threads(), "n_task": opts.n_task,
+                "device": str(device), "model": model_name, "dataset": dataset,
+                "train_aug": train_aug, "processes": world.size,
+                "threads": torch_threads(), "n_task": opts.n_task,
                 "engine": engines[0], "memory_format": formats[0], "precision": precisions[0],
-                "train_tasks_per_s": train_rates[next(iter(train_rates))],
+                **found}
+
+    return distributed.run_in_world(opts, body)
+
+
+def torch_threads() -> int:
+    import torch
+    return torch.get_num_threads()
+
+
+class Measurement:
+    """One configuration on this rank: its samplers, model and optimiser, built as train.py
+    builds them (runtime.setup), and the work that is timed on them."""
+
+    def __init__(self, opts, benchmark, device, world, n_way: int, epoch: int):
+        import torch
+
+        from data.episodes import TEST_QUERY, TRAIN_QUERY
+        from runtime import setup
+        self.opts, self.device, self.world = opts, device, world
+        found = setup.samplers(opts, benchmark, device, world, {
+            "train": ("base", n_way, TRAIN_QUERY), "val": ("val", n_way, TRAIN_QUERY),
+            "test": ("novel", n_way, TEST_QUERY)}, say=lambda *_: None)
+        self.train, self.val, self.test = found["train"], found["val"], found["test"]
+        torch.manual_seed(0)
+        self.compute = setup.choose_compute(opts, device)
+        self.model = setup.build_method(opts, benchmark, self.compute)
+        self.model.set_epoch(epoch, 2048)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opts.lr)
+
+    def timed(self, fn) -> float:
+        import torch
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    def train_updates(self, count: int, first_epoch: int) -> None:
+        from runtime import loops
+        # n_episode = n_task: each engine epoch is exactly one meta-update.
+        for e in range(first_epoch, first_epoch + count):
+            for _ in loops.train_epoch(self.model, self.compute, self.optimizer, self.train, e,
+                                       self.opts.n_task, self.opts.n_task, self.world):
+                pass
+
+    def evaluate(self, sampler, n: int) -> None:
+        from runtime import loops
+        self.world.gather_results(list(loops.evaluate(self.model, self.compute, sampler, n,
+                                                      self.opts.n_task, self.world)))
+
+    def use(self, engine: str, layout: str, precision: str) -> None:
+        """Compute the next work with this engine, memory layout and arithmetic."""
+        import torch
+
+        from runtime import setup
+        self.compute = setup.Compute(self.device, engine == "batched", precision,
+                                     layout == "channels_last")
+        self.model.to(memory_format=getattr(torch, layout.replace("contiguous",
+                                                                  "contiguous_format")))
+
+    def variant_rates(self, variants: list[tuple[str, str, str]], updates: int,
+                      eval_episodes: int) -> tuple[dict, dict]:
+        """Training and test tasks/s of each (engine, layout, precision), side by side in one
+        process on the same episodes, keyed by what varies; the first variant is in use
+        afterwards."""
+        train_rates, test_rates = {}, {}
+        for name, layout, precision in variants:
+            self.use(name, layout, precision)
+            self.train_updates(1, 30_000)  # warm-up of this variant
+            key = "/".join(v for i, v in enumerate((name, layout, precision))
+                           if i == 0 or len({variant[i] for variant in variants}) > 1)
+            train_rates[key] = (updates * self.opts.n_task
+                                / self.timed(lambda: self.train_updates(updates, 0)))
+            test_rates[key] = eval_episodes / self.timed(
+                lambda: self.evaluate(self.test, eval_episodes))
+        self.use(*variants[0])
+        return train_rates, test_rates
+
+    def measure(self, variants, updates: int, eval_episodes: int, epoch_episodes: int,
+                profile: bool) -> dict:
+        import torch
+
+        from runtime import loops
+        self.train_updates(1, 10_000)  # warm-up: allocator, caches, lazy initialisation
+        self.evaluate(self.val, 5)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        sampling = self.timed(lambda: [self.train.episode(i) for i in range(200)])
+        train_rates, test_rates = self.variant_rates(variants, updates, eval_episodes)
+        train_gflop, test_gflop = gflop_per_task(lambda: self.train_updates(1, 40_000),
+                                                 self.opts.n_task,
+                                                 lambda: self.evaluate(self.test, 1))
+        matmul = matmul_gflops(self.device)
+        val_time = self.timed(lambda: self.evaluate(self.val, eval_episodes))
+        test_time = self.timed(lambda: self.evaluate(self.test, eval_episodes))
+        per_epoch = loops.updates_per_epoch(epoch_episodes, self.opts.n_task)
+        epoch_time = self.timed(lambda: (self.train_updates(per_epoch, 20_000),
+                                         self.evaluate(self.val, epoch_episodes)))
+        operators = (profile_update(lambda: self.train_updates(1, 50_000), self.device)
+                     if profile else None)
+        return {"train_tasks_per_s": train_rates[next(iter(train_rates))],
                 "train_tasks_per_s_by_variant": train_rates,
                 "test_tasks_per_s_by_variant": test_rates,
                 "val_tasks_per_s": eval_episodes / val_time,
                 "test_tasks_per_s": eval_episodes / test_time,
                 "epoch_s": epoch_time,
-                "episodes_per_epoch": per_epoch * opts.n_task + epoch_episodes,
+                "episodes_per_epoch": per_epoch * self.opts.n_task + epoch_episodes,
                 "validation_episodes_per_epoch": epoch_episodes,
                 "sampling_episodes_per_s": 200 / sampling,
                 "train_gflop_per_task": train_gflop, "test_gflop_per_task": test_gflop,
-                "matmul_gflops": matmul,
-                "peak_memory_mb": peak / 2**20,
-                "memory_kind": "cuda peak allocated" if device.type == "cuda" else "peak RSS",
+                "matmul_gflops": matmul, "peak_memory_mb": self.peak_memory() / 2**20,
+                "memory_kind": ("cuda peak allocated" if self.device.type == "cuda"
+                                else "peak RSS"),
                 **({"profile": operators} if profile else {})}
 
-    return distributed.run_in_world(opts, body)
+    def peak_memory(self) -> float:
+        """Bytes at the peak, of all processes together under torchrun."""
+        import torch
+        peak = (torch.cuda.max_memory_allocated() if self.device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        if self.world.size > 1:
+            total = torch.tensor([float(peak)])
+            torch.distributed.all_reduce(total)
+            peak = total.item()
+        return peak
 
 
 def gflop_per_task(train_update, n_task: int, test_episode) -> tuple[float, float]:
@@ -292,7 +339,7 @@ def worker_failure(stderr: str) -> str:
     return "\n".join(own[-15:] + codes)
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", default="maml,hyper_maml,bayes_hmaml",
                         help="comma-separated methods")
@@ -341,102 +388,120 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--worker", nargs=3, metavar=("METHOD", "PHASE", "SHOTS"),
                         help=argparse.SUPPRESS)  # one configuration, in a child process
+    return parser
+
+
+def main() -> int:
+    parser = build_parser()
     args = parser.parse_args()
     unmeasured = sorted(set(args.method.split(",")) - {name for name, _ in CONFIGS})
     if unmeasured:  # silently measuring nothing would read as a finished benchmark
         parser.error(f"--method {','.join(unmeasured)}: no configuration in CONFIGS of "
-                     f"bench/throughput.py (it has {', '.join(dict.fromkeys(n for n, _ in CONFIGS))})")
-    settings = args.allocator.split(",")
-    if set(settings) - {"keep", "glibc"}:
+                     f"bench/throughput.py (it has "
+                     f"{', '.join(dict.fromkeys(n for n, _ in CONFIGS))})")
+    if set(args.allocator.split(",")) - {"keep", "glibc"}:
         parser.error(f"--allocator {args.allocator}: the settings are keep and glibc")
     if args.model is None:
         from data.benchmarks import find
         args.model = "Conv4Pool" if find(args.dataset).colour else "Conv4"
-
     if args.worker:
-        kept = allocator.keep_freed_memory()  # unless the parent set FSL_MALLOC=glibc
-        method, phase, shots = args.worker
-        engines = args.engine.split(",")
-        formats = (args.memory_format.split(",") if args.memory_format
-                   else [default_memory_format(method, args.device)])
-        row = measure(method, phase, int(shots), args.device, args.data_dir, args.model,
-                      args.dataset, args.train_aug, args.updates, args.eval_episodes, engines, formats,
-                      args.precision.split(","), args.n_task, args.epoch_episodes, args.n_way,
-                      args.profile)
-        if row is not None:
-            # "glibc" also where nothing was changed for another reason (runtime/allocator.py)
-            print(json.dumps({**row, "allocator": "keep" if kept else "glibc"}))
-        return 0
-
+        return run_worker(args)
     rows = []
-    header = (f"{'method':<12}{'phase':<10}{'shot':>4}{'procs':>6}{'malloc':>7}{'train t/s':>11}"
-              f"{'val t/s':>9}{'test t/s':>10}{'epoch s':>9}{'sample e/s':>12}{'peak MB':>9}"
-              f"{'GFLOP/task':>12}{'of matmul':>10}"
-              f"  train/test t/s by engine/layout/precision (ratio to the first)")
-    print(header)
+    print(f"{'method':<12}{'phase':<10}{'shot':>4}{'procs':>6}{'malloc':>7}{'train t/s':>11}"
+          f"{'val t/s':>9}{'test t/s':>10}{'epoch s':>9}{'sample e/s':>12}{'peak MB':>9}"
+          f"{'GFLOP/task':>12}{'of matmul':>10}"
+          f"  train/test t/s by engine/layout/precision (ratio to the first)")
     for method in args.method.split(","):
-        for (name, phase) in CONFIGS:
-            if name != method:
-                continue
+        for phase in [phase for name, phase in CONFIGS if name == method]:
             for shots in args.n_shot.split(","):
                 base = None
                 for processes, setting in itertools.product(map(int, args.processes.split(",")),
-                                                            settings):
-                    launcher = [sys.executable] + (
-                        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                         str(processes)] if processes > 1 else [])
-                    command = launcher + [
-                        __file__, "--worker", method, phase, shots, "--device", args.device,
-                        "--updates", str(args.updates), "--eval_episodes",
-                        str(args.eval_episodes), "--epoch_episodes", str(args.epoch_episodes),
-                        "--engine", args.engine,
-                        "--precision", args.precision, "--model", args.model,
-                        "--dataset", args.dataset, "--n_way", str(args.n_way)
-                    ] + (["--train_aug"] if args.train_aug else []) + (
-                        ["--profile"] if args.profile else [])
-                    if args.memory_format:
-                        command += ["--memory_format", args.memory_format]
-                    if args.data_dir:
-                        command += ["--data_dir", args.data_dir]
-                    if args.n_task:
-                        command += ["--n_task", str(args.n_task)]
-                    env = {k: v for k, v in os.environ.items() if k != allocator.OPT_OUT}
-                    if setting == "glibc":
-                        env[allocator.OPT_OUT] = "glibc"
-                    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO,
-                                          env=env)
-                    if done.returncode:
-                        print(f"{method} {phase} {shots}-shot, {processes} process(es): the "
-                              f"worker exited with {done.returncode}:\n"
-                              f"{worker_failure(done.stderr)}", file=sys.stderr)
+                                                            args.allocator.split(",")):
+                    row = run_configuration(args, method, phase, shots, processes, setting)
+                    if row is None:
                         return 1
-                    row = json.loads(done.stdout.strip().splitlines()[-1])
                     rows.append(row)
-                    compared = f"; {speedup_text(row, base)}" if base else ""
+                    print(row_text(row, method, phase, shots, processes, base), flush=True)
                     base = base or row
-                    print(f"{method:<12}{phase:<10}{shots:>4}{processes:>6}{row['allocator']:>7}"
-                          f"{row['train_tasks_per_s']:>11.1f}"
-                          f"{row['val_tasks_per_s']:>9.1f}{row['test_tasks_per_s']:>10.1f}"
-                          f"{row['epoch_s']:>9.2f}{row['sampling_episodes_per_s']:>12.0f}"
-                          f"{row['peak_memory_mb']:>9.0f}{row['train_gflop_per_task']:>12.1f}"
-                          f"{achieved(row):>10.0%}  {variant_text(row)}{compared}",
-                          flush=True)
                     if args.profile:
                         print(profile_text(row["profile"]), flush=True)
     if rows:
-        threads = ", ".join(sorted({f"{r['processes']} process(es) x {r['threads']} threads"
-                                    for r in rows}))
-        validation = rows[0]["validation_episodes_per_epoch"]
-        print(f"device {rows[0]['device']}, {threads}; {rows[0]['n_task']} tasks per "
-              f"meta-update; epoch = {rows[0]['episodes_per_epoch'] - validation} training + "
-              f"{validation} validation episodes; "
-              f"peak memory is {rows[0]['memory_kind']} (of all processes together); GFLOP/task "
-              f"is one training task's (torch's FLOP counter), 'of matmul' the training rate "
-              f"as a share of {rows[0]['matmul_gflops']:.0f} GFLOP/s, this device's float32 "
-              "2,048 x 2,048 matrix product measured in the same process")
+        print(summary_text(rows))
     if args.json:
         atomic.write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
+
+
+def run_worker(args) -> int:
+    """``--worker``: one configuration measured in this process; its row printed as JSON."""
+    kept = allocator.keep_freed_memory()  # unless the parent set FSL_MALLOC=glibc
+    method, phase, shots = args.worker
+    engines = args.engine.split(",")
+    formats = (args.memory_format.split(",") if args.memory_format
+               else [default_memory_format(method, args.device)])
+    row = measure(method, phase, int(shots), args.device, args.data_dir, args.model,
+                  args.dataset, args.train_aug, args.updates, args.eval_episodes, engines,
+                  formats, args.precision.split(","), args.n_task, args.epoch_episodes,
+                  args.n_way, args.profile)
+    if row is not None:
+        # "glibc" also where nothing was changed for another reason (runtime/allocator.py)
+        print(json.dumps({**row, "allocator": "keep" if kept else "glibc"}))
+    return 0
+
+
+def run_configuration(args, method: str, phase: str, shots: str, processes: int,
+                      setting: str) -> dict | None:
+    """One configuration measured in a process of its own (under torchrun for more than
+    one), with the malloc ``setting``; None, the worker's failure told, if it failed."""
+    launcher = [sys.executable] + (
+        ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         str(processes)] if processes > 1 else [])
+    command = launcher + [
+        __file__, "--worker", method, phase, shots, "--device", args.device,
+        "--updates", str(args.updates), "--eval_episodes", str(args.eval_episodes),
+        "--epoch_episodes", str(args.epoch_episodes), "--engine", args.engine,
+        "--precision", args.precision, "--model", args.model,
+        "--dataset", args.dataset, "--n_way", str(args.n_way)
+    ] + (["--train_aug"] if args.train_aug else []) + (["--profile"] if args.profile else [])
+    if args.memory_format:
+        command += ["--memory_format", args.memory_format]
+    if args.data_dir:
+        command += ["--data_dir", args.data_dir]
+    if args.n_task:
+        command += ["--n_task", str(args.n_task)]
+    env = {k: v for k, v in os.environ.items() if k != allocator.OPT_OUT}
+    if setting == "glibc":
+        env[allocator.OPT_OUT] = "glibc"
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=env)
+    if done.returncode:
+        print(f"{method} {phase} {shots}-shot, {processes} process(es): the worker exited "
+              f"with {done.returncode}:\n{worker_failure(done.stderr)}", file=sys.stderr)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def row_text(row: dict, method: str, phase: str, shots: str, processes: int,
+             base: dict | None) -> str:
+    compared = f"; {speedup_text(row, base)}" if base else ""
+    return (f"{method:<12}{phase:<10}{shots:>4}{processes:>6}{row['allocator']:>7}"
+            f"{row['train_tasks_per_s']:>11.1f}"
+            f"{row['val_tasks_per_s']:>9.1f}{row['test_tasks_per_s']:>10.1f}"
+            f"{row['epoch_s']:>9.2f}{row['sampling_episodes_per_s']:>12.0f}"
+            f"{row['peak_memory_mb']:>9.0f}{row['train_gflop_per_task']:>12.1f}"
+            f"{achieved(row):>10.0%}  {variant_text(row)}{compared}")
+
+
+def summary_text(rows: list[dict]) -> str:
+    threads = ", ".join(sorted({f"{r['processes']} process(es) x {r['threads']} threads"
+                                for r in rows}))
+    validation = rows[0]["validation_episodes_per_epoch"]
+    return (f"device {rows[0]['device']}, {threads}; {rows[0]['n_task']} tasks per "
+            f"meta-update; epoch = {rows[0]['episodes_per_epoch'] - validation} training + "
+            f"{validation} validation episodes; "
+            f"peak memory is {rows[0]['memory_kind']} (of all processes together); GFLOP/task "
+            f"is one training task's (torch's FLOP counter), 'of matmul' the training rate "
+            f"as a share of {rows[0]['matmul_gflops']:.0f} GFLOP/s, this device's float32 "
+            "2,048 x 2,048 matrix product measured in the same process")
 
 
 if __name__ == "__main__":

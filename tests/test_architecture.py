@@ -101,3 +101,15 @@ def test_the_checks_see_real_imports():
     assert "methods.inner_loop" in graph["methods.maml"] & graph["methods.hypermaml"]
     assert {"cli.config", "storage.checkpoints", "runtime.setup"} <= graph["train"]
     assert layer_of("storage.atomic") < layer_of("data.store") < layer_of("storage.checkpoints")
+
+
+def test_no_function_is_longer_than_80_lines():
+    """A function that does not fit on a screen does several things: name them."""
+    long = []
+    for name, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 80:
+                    long.append(f"{name}.{node.name}: {lines} lines")
+    assert not long, "\n".join(long)
