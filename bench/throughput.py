@@ -136,6 +136,7 @@ class Measurement:
 
     def train_updates(self, count: int, first_epoch: int) -> None:
         from runtime import loops
+
         # n_episode = n_task: each engine epoch is exactly one meta-update.
         for e in range(first_epoch, first_epoch + count):
             for _ in loops.train_epoch(self.model, self.compute, self.optimizer, self.train, e,

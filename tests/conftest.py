@@ -96,3 +96,13 @@ def bomb_png(path: Path, side: int = 30_000) -> Path:
     data[29:33] = struct.pack(">I", zlib.crc32(b"IHDR" + header))
     path.write_bytes(bytes(data))
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(data_dir, tmp_path_factory):
+    """A two-epoch MAML run on cross_char; returns its save_dir."""
+    save_dir = tmp_path_factory.mktemp("tiny")
+    from helpers import TINY, TRAIN
+    code = TRAIN.main(TINY + ["--data_dir", str(data_dir), "--save_dir", str(save_dir)])
+    assert code == 0
+    return save_dir

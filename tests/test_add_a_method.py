@@ -10,16 +10,16 @@ import json
 
 import pytest
 import torch
-from conftest import TEST_DEVICE
-from test_entrypoints import TEST, TINY, TRAIN, assert_one_line_error, run, run_folder
-from test_maml import (N_WAY, assert_batch_gradient_is_the_sum_over_tasks,
-                       assert_meta_gradient_matches_finite_differences, meta_gradient, tiny_episode)
 
 import data
 from backbones import Conv4S
 from cli import config
+from conftest import TEST_DEVICE
 from data.benchmarks import find
 from data.episodes import TEST_QUERY, Episode
+from helpers import (N_WAY, TEST, TINY, TRAIN, assert_batch_gradient_is_the_sum_over_tasks,
+                     assert_meta_gradient_matches_finite_differences, assert_one_line_error,
+                     meta_gradient, run, run_folder, tiny_episode)
 from methods import MAML, METHODS
 from methods.meta_template import MetaTemplate
 from runtime import setup

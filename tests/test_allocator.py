@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO_ROOT
 
+from conftest import REPO_ROOT
 from runtime import allocator
 
 # Allocate and free a 64 MiB tensor (the size of one 20-way Omniglot task's Conv4 activations)

@@ -14,6 +14,7 @@ from PIL import Image
 from backbones import Conv4S
 from cli.errors import UserError
 from data.episodes import Episode
+from helpers import synthetic
 from methods.bayes_hmaml import BayesHMAML, BayesSettings, gaussian_kl_to_standard_normal
 from methods.hypermaml import HyperSettings
 from reports import calibration, plots
@@ -159,16 +160,6 @@ def test_bad_sample_counts(settings, message):
 
 
 # --- calibration -------------------------------------------------------------------------------
-def synthetic(n=200_000, overconfidence=0.0, seed=0):
-    """Two-class predictions of confidence c ~ U(0.5, 1), right with probability c - shift."""
-    g = torch.Generator().manual_seed(seed)
-    c = 0.5 + 0.5 * torch.rand(n, generator=g, dtype=torch.float64)
-    right = torch.rand(n, generator=g, dtype=torch.float64) < (c - overconfidence)
-    logits = torch.stack([torch.log(c), torch.log1p(-c)], 1)  # predicts class 0 with prob c
-    labels = torch.where(right, 0, 1)
-    return logits, labels
-
-
 def test_ece_is_near_zero_for_a_calibrated_predictor_and_large_for_an_overconfident_one():
     calibrated = calibration.calibration_report(*synthetic())
     assert calibrated.ece < 0.01

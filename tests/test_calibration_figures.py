@@ -9,9 +9,8 @@ import re
 import pytest
 import torch
 from matplotlib.colors import to_rgba
-from test_bayes_calibration import synthetic
-from test_entrypoints import TEST, TINY, run, tiny_run  # noqa: F401
 
+from helpers import TEST, TINY, run, synthetic
 from reports import calibration, plots
 from reports.calibration import ReliabilityBins
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 
 from cli.errors import UserError
+from conftest import REPO_ROOT
 from runtime.distributed import World
 
 # One thread per process in both runs: the per-task gradients are then the same bits, and the

@@ -6,11 +6,10 @@ from __future__ import annotations
 import importlib.util
 import shutil
 
-from conftest import REPO_ROOT
-from test_entrypoints import TEST, TRAIN, run, tiny_run  # noqa: F401
-
 import predict
 from cli import config
+from conftest import REPO_ROOT
+from helpers import TEST, TRAIN, run
 from methods import METHODS
 
 _spec = importlib.util.spec_from_file_location("write_options",

@@ -2,64 +2,19 @@
 real interruption, option parsing, and every bad input of the foundation issue."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT, TEST_DEVICE
 from PIL import Image
 
-
-def load_entry(name: str):
-    """Load train.py / test.py by path (``test`` would otherwise be the standard library's)."""
-    spec = importlib.util.spec_from_file_location(f"entry_{name}", REPO_ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-TRAIN, TEST = load_entry("train"), load_entry("test")
-# --final_test 0: the tests that train check the final test where they mean to.
-TINY = ["--dataset", "cross_char", "--method", "maml", "--n_shot", "1", "--final_test", "0",
-        "--n_task", "2", "--n_episode", "4", "--stop_epoch", "1"]
-
-
-def run(entry, argv, capsys) -> tuple[int, str, str]:
-    code = entry.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, pattern):
-    assert code == 1
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert re.search(pattern, lines[0]), lines[0]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(data_dir, tmp_path_factory):
-    """A two-epoch MAML run on cross_char; returns its save_dir."""
-    save_dir = tmp_path_factory.mktemp("tiny")
-    code = TRAIN.main(TINY + ["--data_dir", str(data_dir), "--save_dir", str(save_dir)])
-    assert code == 0
-    return save_dir
-
-
-def run_folder(save_dir: Path, method="maml", way=5, shot=1, dataset="cross_char",
-               model=None) -> Path:
-    model = model or ("Conv4Pool" if dataset in ("CUB", "miniImagenet", "cross") else "Conv4")
-    return save_dir / "checkpoints" / dataset / f"{model}_{method}_{way}way_{shot}shot"
-
+from helpers import (TEST, TINY, TRAIN, assert_one_line_error, run, run_folder, run_until,
+                     train_command)
 
 # The published HyperMAML cross_char options (the reference's commands.sh), with a short warm-up.
 HYPERMAML_PUBLISHED = ["--hm_maml_warmup", "--hn_head_len", "3", "--hn_hidden_size", "512",
@@ -119,34 +74,6 @@ def test_short_cross_char_run_beats_chance_on_emnist_novel(method, extra, data_d
     assert record["acc_mean"] == pytest.approx(sum(float(a) for a, _ in repeats) / 2, abs=0.01)
     assert f"cross_char split=novel Conv4 {method} 1shot 5way" in (
         tmp_path / "record" / "results.txt").read_text()
-
-
-def train_command(data_dir, save_dir, method, *extra):
-    """A 100-epoch run (it is stopped long before its end) keeping every epoch's checkpoint."""
-    return [sys.executable, str(REPO_ROOT / "train.py"), *TINY[:2], "--method", method,
-            *TINY[4:-1], "50", "--save_freq", "1",
-            "--lr_scheduler", "multisteplr", "--milestones", "3", "6", "--eval_freq", "2",
-            "--data_dir", str(data_dir), "--save_dir", str(save_dir),
-            "--device", str(TEST_DEVICE), *extra]
-
-
-def run_until(command, epoch: int, sig: int) -> tuple[int, str]:
-    """Run ``command`` until it prints epoch ``epoch``'s line (that epoch's checkpoints are
-    then on disk), send it ``sig``; return its exit status and output. The run is far longer
-    than that, so the signal always finds it running."""
-    # A job started in the background inherits SIGINT ignored, and Python then never turns
-    # Ctrl-C into KeyboardInterrupt: give the run the default disposition, as a terminal would.
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            cwd=REPO_ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if line.startswith(f"epoch {epoch}:"):
-            proc.send_signal(sig)
-            break
-    rest, err = proc.communicate(timeout=120)
-    return proc.returncode, "".join(seen) + rest + err
 
 
 def state_at(save_dir, method, epoch: int):

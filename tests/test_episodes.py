@@ -9,9 +9,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TEST_DEVICE
 from PIL import Image
 
+from conftest import TEST_DEVICE
 from data.augment import stored_size
 from data.episodes import EpisodeSampler, fitting_query_count
 from data.store import (CHANNEL_MEAN, CHANNEL_STD, CHARACTER_FORM, ImageStore, load_image,

@@ -4,13 +4,13 @@ or refused with one line)."""
 from __future__ import annotations
 
 import json
-import shlex
 
 import numpy as np
 import pytest
 import torch
+
 from conftest import REPO_ROOT
-from test_entrypoints import TEST, TINY, TRAIN, assert_one_line_error, run, tiny_run  # noqa: F401
+from helpers import TEST, TINY, TRAIN, assert_one_line_error, read_commands, run
 
 PUBLISHED = REPO_ROOT.parent / "shared" / "reference" / "published-commands.txt"
 # Appended to each published command: two epochs of two 2-task updates, a 10-episode final test.
@@ -20,24 +20,6 @@ SHORT = ["--stop_epoch", "1", "--n_task", "2", "--n_episode", "4", "--final_test
 
 def published_commands() -> dict[str, list[str]]:
     return read_commands(PUBLISHED)
-
-
-def read_commands(path) -> dict[str, list[str]]:
-    """The train.py arguments of each command in a file of the reference's commands, by its
-    heading (none if the file is not there)."""
-    if not path.exists():
-        return {}
-    commands, name, lines = {}, None, []
-    for line in path.read_text().splitlines() + [""]:
-        if line.startswith("## "):
-            name = line[3:].strip()
-        elif line.strip() and not line.startswith("#"):
-            lines.append(line.rstrip().rstrip("\\"))
-        elif lines:
-            words = shlex.split(" ".join(lines))
-            assert words[:2] == ["python", "train.py"], words[:2]
-            commands[name], lines = words[2:], []
-    return commands
 
 
 def test_the_reference_file_holds_the_four_published_commands():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TEST_DEVICE, on_test_device
 
 from backbones import Conv4, Conv4S
 from cli.errors import UserError
+from conftest import TEST_DEVICE, on_test_device
 from data.episodes import Episode
 from methods import MAML
 from methods.hypermaml import HyperMAML, HyperSettings

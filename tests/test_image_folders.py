@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import SHARED_DATA, bomb_png
-from test_entrypoints import TEST, TRAIN, assert_one_line_error, run
+from helpers import TEST, TRAIN, assert_one_line_error, run
 
 CUB100, CALTECH = SHARED_DATA / "cub100", SHARED_DATA / "caltech101"
 
@@ -201,7 +201,8 @@ def test_a_drawing_folder_becomes_a_benchmark_whose_recipe_learns(data_dir, tmp_
     """--grayscale: the split written under --data_dir (the folder untouched), the same
     command again a no-op, another split refused; the printed first run (no --train_aug,
     which drawings refuse) trains and tests above chance."""
-    from data.folder import main as make_benchmark, recipe
+    from data.folder import main as make_benchmark
+    from data.folder import recipe
     folder = own_folder(data_dir, tmp_path / "my symbols")
     before = snapshot(folder)
     common = ["--grayscale", "--data_dir", str(tmp_path / "data"), "--n_shot", "1"]

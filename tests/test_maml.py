@@ -5,62 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TEST_DEVICE, on_test_device
 
 from backbones import BACKBONES, Conv4, Conv4S
+from conftest import TEST_DEVICE, on_test_device
 from data.episodes import Episode
+from helpers import (N_WAY, assert_batch_gradient_is_the_sum_over_tasks,
+                     assert_meta_gradient_matches_finite_differences, meta_gradient, tiny_episode,
+                     tiny_maml)
 from methods import MAML, MAMLApprox
 from runtime import loops
 from runtime.setup import Compute
-
-N_WAY = 3
-
-
-def tiny_episode(seed: int = 0, n_shot: int = 2, n_query: int = 3) -> Episode:
-    g = torch.Generator().manual_seed(seed)
-    # 8x8 images through 3 blocks end at 1x1, so the feature is the block width.
-    return on_test_device(Episode(
-        support_x=torch.randn(N_WAY * n_shot, 1, 8, 8, generator=g, dtype=torch.float64),
-        support_y=torch.arange(N_WAY).repeat_interleave(n_shot),
-        query_x=torch.randn(N_WAY * n_query, 1, 8, 8, generator=g, dtype=torch.float64),
-        query_y=torch.arange(N_WAY).repeat_interleave(n_query)))
-
-
-def tiny_maml(cls=MAML, inner_steps: int = 2, inner_lr: float = 0.4, **kwargs) -> MAML:
-    torch.manual_seed(0)
-    model = cls(Conv4S(image_size=8, width=3, depth=3), N_WAY, inner_steps=inner_steps,
-                inner_lr=inner_lr, **kwargs).double().to(TEST_DEVICE)
-    with torch.no_grad():  # a non-zero classifier bias, so its gradient is exercised too
-        model.classifier[0].bias.normal_()
-    return model
-
-
-def meta_gradient(model: MAML, episode: Episode) -> list[torch.Tensor]:
-    model.zero_grad(set_to_none=True)
-    model.accumulate_meta_gradient([episode])
-    return [p.grad.clone() for p in model.parameters()]
-
-
-def query_loss(model: MAML, episode: Episode) -> float:
-    loss, _ = model.task_loss(episode, training=True)
-    return float(loss.detach())
-
-
-def assert_meta_gradient_matches_finite_differences(model: MAML, episode: Episode) -> None:
-    analytic = meta_gradient(model, episode)
-    eps = 1e-6
-    for param, grad in zip(model.parameters(), analytic):
-        flat = param.data.view(-1)
-        numeric = torch.empty_like(flat)
-        for i in range(flat.numel()):
-            original = flat[i].item()
-            flat[i] = original + eps
-            plus = query_loss(model, episode)
-            flat[i] = original - eps
-            minus = query_loss(model, episode)
-            flat[i] = original
-            numeric[i] = (plus - minus) / (2 * eps)
-        torch.testing.assert_close(grad.view(-1), numeric, atol=1e-7, rtol=1e-5)
 
 
 @pytest.mark.parametrize("adapt_classifier_only", [False, True])
@@ -143,18 +97,6 @@ def test_every_meta_parameter_gets_a_gradient(cls):
     for name, grad in zip([n for n, _ in model.named_parameters()],
                           meta_gradient(model, tiny_episode())):
         assert grad.abs().sum() > 0, name
-
-
-def assert_batch_gradient_is_the_sum_over_tasks(model) -> None:
-    """What MetaGradient and runtime/distributed.py rely on: a meta-batch's gradient is the sum of
-    its tasks' gradients."""
-    episodes = [tiny_episode(s) for s in range(3)]
-    model.zero_grad(set_to_none=True)
-    model.accumulate_meta_gradient(episodes)
-    together = [p.grad.clone() for p in model.parameters()]
-    separate = [meta_gradient(model, e) for e in episodes]
-    for i, grad in enumerate(together):
-        torch.testing.assert_close(grad, sum(s[i] for s in separate))
 
 
 def test_meta_gradient_of_a_batch_is_the_sum_over_tasks():

@@ -12,16 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT, bomb_png
 from PIL import Image
-from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, load_entry,  # noqa: F401
-                              run, run_folder, tiny_run)
 
+from conftest import REPO_ROOT, bomb_png
 from data.episodes import TEST_QUERY
+from helpers import PREDICT, TEST, TINY, TRAIN, assert_one_line_error, run, run_folder
 from results.report import read_jsonl
 from runtime.setup import bf16_kernels
 
-PREDICT = load_entry("predict")
 MODELS = REPO_ROOT / "models"
 SHIPPED = sorted(MODELS.glob("*.safetensors"))
 # The model of the published HyperMAML command, tested in full; the models the prediction

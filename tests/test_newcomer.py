@@ -8,11 +8,11 @@ import re
 import subprocess
 
 import pytest
-from conftest import REPO_ROOT
-from test_entrypoints import TEST, TINY, TRAIN, assert_one_line_error, run, tiny_run  # noqa: F401
 
 import data.prepare as data_prepare
 from cli import config
+from conftest import REPO_ROOT
+from helpers import TEST, TINY, TRAIN, assert_one_line_error, run
 from methods import METHODS
 
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO_ROOT, SHARED_DATA
-from test_entrypoints import TEST, TRAIN, assert_one_line_error, run, run_folder
+from helpers import PREDICT, TEST, TRAIN, assert_one_line_error, read_commands, run, run_folder
 
 # Appended to each published command: two epochs of one 2-task update, a 4-episode final
 # test (84-pixel episodes cost about 9 times the characters' 28-pixel ones).
@@ -238,7 +238,6 @@ def test_preparation_is_idempotent_and_refuses_bad_archives(photo_data, tmp_path
 
 
 def published_image_commands() -> dict[str, list[str]]:
-    from test_fidelity import read_commands
     return read_commands(PUBLISHED_IMAGES)
 
 
@@ -318,7 +317,6 @@ def test_a_short_hypermaml_run_learns_the_cub_training_classes(tmp_path, capsys)
 
     # predict.py takes the colour model: photographs centre-cropped as the test's episodes
     # are, one example of each of 5 novel classes, their other images as queries.
-    from test_models import PREDICT
     novel = json.loads((photo_data / "CUB" / "novel.json").read_text())
     for label, name in enumerate(novel["label_names"]):
         images = [n for n, lab in zip(novel["image_names"], novel["image_labels"]) if lab == label]

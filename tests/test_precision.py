@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TEST_DEVICE
-from test_entrypoints import TINY, TRAIN, assert_one_line_error, run
 
 from cli import config
+from conftest import TEST_DEVICE
 from data.episodes import TRAIN_QUERY
+from helpers import TINY, TRAIN, assert_one_line_error, run
 from methods import METHODS
 from runtime import setup
 from runtime.distributed import World

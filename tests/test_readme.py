@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO_ROOT
 
 PAGES = [REPO_ROOT / "README.md", REPO_ROOT / "RESULTS.md", REPO_ROOT / "models" / "README.md",

@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO_ROOT
-from test_entrypoints import (TEST, TINY, TRAIN, assert_one_line_error, run,  # noqa: F401
-                              run_folder, run_until, tiny_run, train_command)
 
 import storage.run_folder
+from conftest import REPO_ROOT
+from helpers import (TEST, TINY, TRAIN, assert_one_line_error, run, run_folder, run_until,
+                     train_command)
 
 
 class RunsCode:
