@@ -189,7 +189,7 @@ def query_probabilities(model, compute: setup.Compute, episode: Episode) -> torc
     """``[queries, classes]`` softmax of the adapted model, exactly as test.py evaluates an
     episode (its loss uses the placeholder query labels and is not looked at)."""
     with compute.arithmetic():
-        result = model.evaluate(episode)
+        result = model.evaluate_task(episode)
     # A diverged model's NaN logits would "predict" the first class, as in test.py's refusal.
     loops.require_finite([result], "predict.py")
     return torch.softmax(result.logits.float(), dim=1)

@@ -89,7 +89,7 @@ def reschedule(opts, saved: dict, optimizer, scheduler, epochs: int, start_epoch
 
 def total_epochs(opts) -> int:
     """The reference multiplies ``--stop_epoch`` by n_task for the MAML family."""
-    return opts.stop_epoch * opts.n_task
+    return opts.stop_epoch * opts.tasks_per_update
 
 
 def count(n: int, noun: str) -> str:
@@ -164,7 +164,7 @@ def train_in(folder: Path, opts, given: set[str], device: torch.device,
                                    world.say)
     compute = setup.choose_compute(opts, device)  # refused before any work if it cannot run
     check_training(opts, resume_state, last_path, world)
-    split_note = world.check_fits(opts.n_task, opts.n_episode)
+    split_note = world.check_fits(opts.tasks_per_update, opts.n_episode)
     samplers = setup.samplers(opts, benchmark, device, world, {
         "train": ("base", opts.train_n_way, TRAIN_QUERY),
         "val": ("val", opts.test_n_way, TRAIN_QUERY)})
@@ -280,13 +280,13 @@ def open_logs(folder: Path, opts, resume_state: dict | None, world: distributed.
 def announce(opts, compute: setup.Compute, course: Course, folder: Path,
              world: distributed.World, split_note: str | None) -> None:
     """The start line: what trains where, for how long, and how."""
-    updates = loops.updates_per_epoch(opts.n_episode, opts.n_task)
+    updates = loops.updates_per_epoch(opts.n_episode, opts.tasks_per_update)
     processes = f"{world.size} processes, " if world.size > 1 else ""
     world.say(f"{opts.method} on {opts.dataset}, {opts.train_n_way}-way {opts.n_shot}-shot, "
               f"{processes}device {compute.device}: --stop_epoch {opts.stop_epoch} x n_task "
               f"{opts.n_task} = {count(course.epochs, 'epoch')} of "
-              f"{count(updates, 'meta-update')} x {count(opts.n_task, 'task')}; inner loop "
-              f"{count(opts.task_update_num, 'step')} of lr {opts.train_lr}; "
+              f"{count(updates, 'meta-update')} x {count(opts.tasks_per_update, 'task')}; "
+              f"inner loop {count(opts.inner_steps, 'step')} of lr {opts.inner_lr}; "
               f"{compute.engine} engine, {compute.precision}; checkpoints in {folder}",
               flush=True)
     if split_note:
@@ -304,8 +304,8 @@ def train_one_epoch(epoch: int, opts, model, compute: setup.Compute, course: Cou
     lr = course.optimizer.param_groups[0]["lr"]  # the rate this epoch trains at
     results = []
     updates = loops.train_epoch(model, compute, course.optimizer, samplers["train"], epoch,
-                                 opts.n_episode, opts.n_task, world)
-    bar = progress.progress(updates, loops.updates_per_epoch(opts.n_episode, opts.n_task),
+                                 opts.n_episode, opts.tasks_per_update, world)
+    bar = progress.progress(updates, loops.updates_per_epoch(opts.n_episode, opts.tasks_per_update),
                             f"epoch {epoch}/{course.epochs}", world.is_main)
     try:
         for batch in bar:
@@ -330,7 +330,7 @@ def train_one_epoch(epoch: int, opts, model, compute: setup.Compute, course: Cou
 def validate(epoch: int, opts, model, compute: setup.Compute, course: Course, sampler,
              world: distributed.World, last_path: Path) -> dict:
     """The validation accuracy after ``epoch``, with ``best`` where it is the best so far."""
-    val_iter = loops.evaluate(model, compute, sampler, opts.n_episode, opts.n_task, world)
+    val_iter = loops.evaluate(model, compute, sampler, opts.n_episode, opts.tasks_per_update, world)
     mine = list(progress.progress(val_iter, len(world.share(opts.n_episode)), "validation",
                                   world.is_main))
     val = world.gather_results(mine)

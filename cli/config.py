@@ -214,14 +214,33 @@ class TestOptions:
 
 
 
+# The reference's option names that say something other than what they mean stay on the
+# command line, so that its published commands run unchanged; the code reads them by the
+# honest names (``opts.inner_lr`` is ``--train_lr``), defined here and nowhere else.
+HONEST_NAMES = {
+    "train_lr": "inner_lr",  # the inner loop's step size (the training rate is --lr)
+    "task_update_num": "inner_steps",  # gradient steps of the inner loop, per task
+    "n_task": "tasks_per_update",  # the tasks of one meta-update (the meta-batch)
+    "hn_val_epochs": "fine_tune_steps",  # optimiser steps of support-set fine-tuning
+    "hm_weight_set_num_train": "train_samples",  # classifiers BayesHMAML samples in training
+    "hm_weight_set_num_test": "test_samples",  # ... and at validation and test
+}
+
+
 @dataclass
 class Options(TestOptions, BayesOptions, HyperOptions, RunOptions):
     """Every option of train.py and test.py: the runs' own and those each method declares
     with its settings (:class:`methods.hypermaml.HyperOptions`,
-    :class:`methods.bayes_hmaml.BayesOptions`), in that order on the command line."""
+    :class:`methods.bayes_hmaml.BayesOptions`), in that order on the command line; the
+    options :data:`HONEST_NAMES` lists are also read by their honest names."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+for _reference, _honest in HONEST_NAMES.items():
+    setattr(Options, _honest, property(lambda self, name=_reference: getattr(self, name),
+                                       doc=f"--{_reference}, by what it means"))
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -8,7 +8,7 @@ logits of ``hm_weight_set_num_train`` reparameterised samples in training and
 ``hm_weight_set_num_test`` at validation and test (0: the mean alone). The loss adds
 ``hm_kl_w * kl_scale`` times KL(N(mu, exp(logvar)) || N(0, I)), summed over all
 classifier parameters, with kl_scale growing geometrically from ``--kl_scale`` to
-``--kl_stop_val`` over the run. Only ``predict`` and ``penalty`` differ from HyperMAML; the
+``--kl_stop_val`` over the run. Only ``adapted_logits`` and ``penalty`` differ from HyperMAML; the
 warm-up mixes the mean exactly as HyperMAML mixes its update.
 """
 from __future__ import annotations
@@ -98,7 +98,7 @@ class BayesHMAML(HyperMAML):
 
     @classmethod
     def from_options(cls, opts, backbone) -> "BayesHMAML":
-        return cls(backbone, opts.train_n_way, opts.n_shot, opts.task_update_num, opts.train_lr,
+        return cls(backbone, opts.train_n_way, opts.n_shot, opts.inner_steps, opts.inner_lr,
                    HyperSettings.from_options(opts), BayesSettings.from_options(opts))
 
     def set_epoch(self, epoch: int | None, total_epochs: int | None = None) -> None:
@@ -109,7 +109,7 @@ class BayesHMAML(HyperMAML):
         return {**super().schedule_state(),
                 "kl_scale": self.bayes.kl_weight(self.epoch, self.total_epochs)}
 
-    def predict(self, features: torch.Tensor, adapted: AdaptedClassifier, training: bool,
+    def adapted_logits(self, features: torch.Tensor, adapted: AdaptedClassifier, training: bool,
                 noise: torch.Generator) -> torch.Tensor:
         """Logits averaged over sampled classifiers (the mean's logits with 0 samples, or
         while the warm-up is pure MAML and there is no variance yet)."""

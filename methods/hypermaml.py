@@ -32,7 +32,7 @@ from cli.errors import UserError
 from data.episodes import Episode
 from methods.hypernetwork import ClassWiseHypernetwork, ParameterWiseHypernetwork
 from methods.inner_loop import gradient_steps
-from methods.meta_template import MetaTemplate, Params, TaskResult, task_result
+from methods.meta_learner import MetaLearner, Params, TaskResult, task_result
 from methods.options import option
 
 UPDATE_OPERATORS = ("minus", "plus", "multiply")
@@ -160,7 +160,7 @@ class AdaptedClassifier:
     backbone: Params | None = None
 
 
-class HyperMAML(MetaTemplate):
+class HyperMAML(MetaLearner):
     supports_batched_engine = True
     prefers_channels_last_on_cpu = True  # no double backward through the backbone
 
@@ -235,7 +235,7 @@ class HyperMAML(MetaTemplate):
 
     @classmethod
     def from_options(cls, opts, backbone) -> "HyperMAML":
-        return cls(backbone, opts.train_n_way, opts.n_shot, opts.task_update_num, opts.train_lr,
+        return cls(backbone, opts.train_n_way, opts.n_shot, opts.inner_steps, opts.inner_lr,
                    HyperSettings.from_options(opts))
 
     # --- the hypernetwork ---------------------------------------------------------------------
@@ -346,7 +346,7 @@ class HyperMAML(MetaTemplate):
         return AdaptedClassifier({n: fast[n] for n in classifier}, deltas, outputs.get("logvar"),
                                  backbone)
 
-    def predict(self, features: torch.Tensor, adapted: AdaptedClassifier, training: bool,
+    def adapted_logits(self, features: torch.Tensor, adapted: AdaptedClassifier, training: bool,
                 noise: torch.Generator) -> torch.Tensor:
         """Logits of ``features`` under the task's classifier (``noise``: the task's own
         random stream, for a method that samples)."""
@@ -397,10 +397,10 @@ class HyperMAML(MetaTemplate):
         total.backward()
         return results
 
-    def evaluate_batch(self, episodes: list[Episode], batched: bool = False
+    def evaluate_tasks(self, episodes: list[Episode], batched: bool = False
                        ) -> list[TaskResult]:
         if not (batched and self.batched_engine_applies(training=False)):
-            return super().evaluate_batch(episodes)
+            return super().evaluate_tasks(episodes)
         universal = self.universal_params()
         with torch.no_grad():
             return [task_result(*self.loss_from_features(e, s_f, q_f, universal, False),
@@ -430,9 +430,9 @@ class HyperMAML(MetaTemplate):
         if s.hm_detach_feature_net:
             query_features = query_features.detach()
         noise = torch.Generator(query_features.device).manual_seed(episode.seed)
-        logits = self.predict(query_features, adapted, training, noise)
+        logits = self.adapted_logits(query_features, adapted, training, noise)
         if training and s.hm_support_set_loss:
-            scored = torch.cat([self.predict(support_features, adapted, training, noise), logits])
+            scored = torch.cat([self.adapted_logits(support_features, adapted, training, noise), logits])
             loss = F.cross_entropy(scored, torch.cat([episode.support_y, episode.query_y]))
         else:
             loss = F.cross_entropy(logits, episode.query_y)
@@ -448,11 +448,11 @@ class HyperMAML(MetaTemplate):
             return self.hypernet_outputs(
                 self.hypernet_input(support_features, episode.support_y, universal))
 
-    def evaluate(self, episode: Episode) -> TaskResult:
+    def evaluate_task(self, episode: Episode) -> TaskResult:
         """Optionally fine-tune a copy on the support set first (hm_set_forward_with_adaptation)."""
         s = self.settings
         if not (s.hm_set_forward_with_adaptation and s.hn_val_epochs > 0):
-            return super().evaluate(episode)
+            return super().evaluate_task(episode)
         tuned = copy.deepcopy(self)
         tuned.set_epoch(None)
         optimizer_cls = torch.optim.Adam if s.hn_val_optim == "adam" else torch.optim.SGD

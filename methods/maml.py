@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from methods.inner_loop import gradient_steps
-from methods.meta_template import Episode, MetaTemplate, Params, TaskResult, task_result
+from methods.meta_learner import Episode, MetaLearner, Params, TaskResult, task_result
 
 
-class MAML(MetaTemplate):
+class MAML(MetaLearner):
     first_order = False
     supports_batched_engine = True
     prefers_channels_last_on_cpu = False
@@ -39,8 +39,8 @@ class MAML(MetaTemplate):
 
     @classmethod
     def from_options(cls, opts, backbone) -> "MAML":
-        return cls(backbone, opts.train_n_way, inner_steps=opts.task_update_num,
-                   inner_lr=opts.train_lr, adapt_classifier_only=opts.maml_adapt_classifier)
+        return cls(backbone, opts.train_n_way, inner_steps=opts.inner_steps,
+                   inner_lr=opts.inner_lr, adapt_classifier_only=opts.maml_adapt_classifier)
 
     def adapt(self, params: Params, support_x: torch.Tensor, support_y: torch.Tensor,
               create_graph: bool) -> Params:
@@ -85,10 +85,10 @@ class MAML(MetaTemplate):
         return [task_result(loss, task_logits, episode.query_y)
                 for loss, task_logits, episode in zip(losses, logits, episodes)]
 
-    def evaluate_batch(self, episodes: list[Episode], batched: bool = False
+    def evaluate_tasks(self, episodes: list[Episode], batched: bool = False
                        ) -> list[TaskResult]:
         if not batched:
-            return super().evaluate_batch(episodes)
+            return super().evaluate_tasks(episodes)
         losses, logits = self._batched_query_losses(episodes, training=False)
         return [task_result(loss, task_logits, episode.query_y, keep_logits=True)
                 for loss, task_logits, episode in zip(losses, logits, episodes)]

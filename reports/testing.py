@@ -26,7 +26,8 @@ def evaluate_episodes(opts, model, compute, sampler, desc: str, world: distribut
     """The results of ``opts.n_episode`` episodes, in episode order (under torchrun each rank
     evaluates its share and every rank gets them all), and all their query logits and
     labels."""
-    episodes = loops.evaluate(model, compute, sampler, opts.n_episode, opts.n_task, world)
+    episodes = loops.evaluate(model, compute, sampler, opts.n_episode, opts.tasks_per_update,
+                              world)
     mine = list(progress.progress(episodes, len(world.share(opts.n_episode)), desc,
                                   world.is_main))
     results = world.gather_results(mine)

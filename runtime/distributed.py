@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from cli.errors import UserError, exit_now
-from methods.meta_template import TaskResult
+from methods.meta_learner import TaskResult
 from runtime.device import resolve_device
 
 T = TypeVar("T")

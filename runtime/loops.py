@@ -10,7 +10,7 @@ import torch
 
 from cli.errors import UserError
 from data.episodes import EpisodeSampler
-from methods.meta_template import MetaTemplate, TaskResult
+from methods.meta_learner import MetaLearner, TaskResult
 from runtime.distributed import World
 
 ALONE = World()  # a plain single-process run
@@ -22,7 +22,7 @@ def updates_per_epoch(n_episode: int, n_task: int) -> int:
     return n_episode // n_task
 
 
-def train_epoch(model: MetaTemplate, compute, optimizer: torch.optim.Optimizer,
+def train_epoch(model: MetaLearner, compute, optimizer: torch.optim.Optimizer,
                 sampler: EpisodeSampler, epoch: int, n_episode: int, n_task: int,
                 world: World = ALONE) -> Iterator[list[TaskResult]]:
     """One epoch of meta-training: ``n_episode // n_task`` updates of ``n_task`` tasks each;
@@ -119,7 +119,7 @@ class MetaGradient:
             p.grad = total.to(p.dtype) if present else None
 
 
-def evaluate(model: MetaTemplate, compute, sampler: EpisodeSampler, n_episode: int,
+def evaluate(model: MetaLearner, compute, sampler: EpisodeSampler, n_episode: int,
              batch_size: int = 1, world: World = ALONE) -> Iterator[TaskResult]:
     """This rank's share of episodes 0..n_episode-1 of ``sampler`` (all of them in a single
     process): the same tasks at every call. The batched engine evaluates ``batch_size``
@@ -131,7 +131,7 @@ def evaluate(model: MetaTemplate, compute, sampler: EpisodeSampler, n_episode: i
     for first in range(mine.start, mine.stop, step):
         indices = range(first, min(first + step, mine.stop))
         with compute.arithmetic():
-            results = model.evaluate_batch([sampler.episode(i) for i in indices],
+            results = model.evaluate_tasks([sampler.episode(i) for i in indices],
                                            batched=compute.batched)
         yield from map(kept.hold, results)
 

@@ -23,7 +23,7 @@ from cli import config
 from cli.errors import UserError
 from data.benchmarks import Benchmark, find
 from methods import METHODS, options_ignored_by
-from methods.meta_template import MetaTemplate
+from methods.meta_learner import MetaLearner
 from runtime.distributed import World
 from storage.checkpoints import load_model_state
 
@@ -157,7 +157,7 @@ def bf16_kernels(device) -> str:
 
 
 def build_method(opts, benchmark: Benchmark, compute: Compute, saved: dict | None = None,
-                 source: Path | str = "") -> MetaTemplate:
+                 source: Path | str = "") -> MetaLearner:
     """The method ``opts.method`` on a fresh backbone ``opts.model`` for the benchmark's
     images, in the compute's memory layout, on its device; with ``saved`` (a checkpoint's or
     model file's state, read from ``source``) its trained weights. The initial weights come

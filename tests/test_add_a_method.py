@@ -1,7 +1,7 @@
 """docs/contributing.md, "Adding a method", followed step by step for a tiny method,
 ``frozen``: it adapts nothing (the meta-learned classifier scores the query set, no inner
-loop). It subclasses MetaTemplate, implements ``from_options`` and ``adapted_query_logits``
-(MetaTemplate's ``adapt_more_at_test`` refuses ``--adaptation`` for it), is registered in
+loop). It subclasses MetaLearner, implements ``from_options`` and ``adapted_query_logits``
+(MetaLearner's ``adapt_more_at_test`` refuses ``--adaptation`` for it), is registered in
 methods.METHODS (here for one test at a time, with monkeypatch), and then trains with
 train.py and tests with test.py on the real cross_char data."""
 from __future__ import annotations
@@ -21,13 +21,13 @@ from helpers import (N_WAY, TEST, TINY, TRAIN, assert_batch_gradient_is_the_sum_
                      assert_meta_gradient_matches_finite_differences, assert_one_line_error,
                      meta_gradient, run, run_folder, tiny_episode)
 from methods import MAML, METHODS
-from methods.meta_template import MetaTemplate
+from methods.meta_learner import MetaLearner
 from runtime import setup
 from storage import checkpoints
 
 
 # --- step 1: the method -------------------------------------------------------------------
-class Frozen(MetaTemplate):
+class Frozen(MetaLearner):
     """No inner loop: the query set is scored with the universal (meta-learned) weights."""
 
     @classmethod
@@ -84,7 +84,7 @@ def test_frozen_adapts_nothing():
     eval_logits = model.adapted_query_logits(episode, training=False)
     assert not eval_logits.requires_grad
     torch.testing.assert_close(eval_logits, logits.detach())
-    result = model.evaluate(episode)
+    result = model.evaluate_task(episode)
     assert result.correct == int((logits.argmax(1) == episode.query_y).sum())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

@@ -59,7 +59,7 @@ def test_predictions_average_the_logits_of_the_sampled_classifiers():
     adapted, query = adapted_and_features(model, ep, training=True)
     assert set(adapted.logvar) == set(adapted.params) == {"classifier.0.weight",
                                                           "classifier.0.bias"}
-    averaged = model.predict(query, adapted, True, torch.Generator().manual_seed(123))
+    averaged = model.adapted_logits(query, adapted, True, torch.Generator().manual_seed(123))
     noise = torch.Generator().manual_seed(123)
     by_hand = []
     for _ in range(4):  # the same draws, in the same order: mean + std * eps
@@ -70,7 +70,7 @@ def test_predictions_average_the_logits_of_the_sampled_classifiers():
     torch.testing.assert_close(averaged, torch.stack(by_hand).mean(0))
     # Other draws give other averages: the samples really are random.
     assert not torch.allclose(
-        model.predict(query, adapted, True, torch.Generator().manual_seed(124)), averaged)
+        model.adapted_logits(query, adapted, True, torch.Generator().manual_seed(124)), averaged)
 
 
 def test_zero_test_samples_is_the_mean_classifier():
@@ -79,7 +79,7 @@ def test_zero_test_samples_is_the_mean_classifier():
     adapted, query = adapted_and_features(model, ep, training=False)
     mean_logits = F.linear(query, adapted.params["classifier.0.weight"],
                            adapted.params["classifier.0.bias"])
-    torch.testing.assert_close(model.predict(query, adapted, False, torch.Generator()),
+    torch.testing.assert_close(model.adapted_logits(query, adapted, False, torch.Generator()),
                                mean_logits)
     torch.testing.assert_close(model.task_loss(ep, training=False)[1], mean_logits)
     # The mean is W - delta of the mean head.
@@ -97,7 +97,7 @@ def test_loss_adds_the_scheduled_kl():
     ep = replace(episode(3), seed=5)
     loss, logits = model.task_loss(ep, training=True)
     adapted, query = adapted_and_features(model, ep, training=True)
-    logits_again = model.predict(query, adapted, True, torch.Generator().manual_seed(5))
+    logits_again = model.adapted_logits(query, adapted, True, torch.Generator().manual_seed(5))
     kl = sum(gaussian_kl_to_standard_normal(adapted.params[n], adapted.logvar[n])
              for n in adapted.params)
     torch.testing.assert_close(logits, logits_again)

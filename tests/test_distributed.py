@@ -212,7 +212,7 @@ import argparse, os, sys
 sys.path.insert(0, os.getcwd())
 import torch
 from runtime import distributed
-from methods.meta_template import TaskResult
+from methods.meta_learner import TaskResult
 
 def body(device, world):
     model = torch.nn.Linear(3, 2)

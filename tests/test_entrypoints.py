@@ -397,3 +397,18 @@ def test_early_stopping_below_the_threshold(data_dir, tmp_path, capsys):
     assert code == 0
     assert "Early stop at epoch 0: best validation accuracy" in out
     assert "epoch 1:" not in out
+
+
+def test_reference_names_are_read_by_honest_names():
+    """The reference's misleading option names stay on the command line; the code reads them
+    by the names of cli.config.HONEST_NAMES, which are the same values."""
+    from cli import config
+    opts, _ = config.parse("train", ["maml"], ["--dataset", "cross_char", "--method", "maml",
+                                               "--train_lr", "0.25", "--task_update_num", "3",
+                                               "--n_task", "7", "--hn_val_epochs", "4"])
+    assert (opts.inner_lr, opts.inner_steps, opts.tasks_per_update, opts.fine_tune_steps) == \
+        (0.25, 3, 7, 4)
+    assert {getattr(opts, honest) for honest in config.HONEST_NAMES.values()} == \
+        {getattr(opts, reference) for reference in config.HONEST_NAMES}
+    with pytest.raises(AttributeError):  # read-only: the option itself is what is set
+        opts.inner_lr = 1.0

@@ -228,8 +228,8 @@ def test_non_class_batch_hypernetworks_write_whole_parameters():
 def test_test_time_fine_tuning_changes_only_a_copy():
     model = hypermaml(hm_set_forward_with_adaptation=True, hn_val_epochs=3, hn_val_lr=1e-2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    tuned = model.evaluate(episode(9))
-    plain = hypermaml().evaluate(episode(9))
+    tuned = model.evaluate_task(episode(9))
+    plain = hypermaml().evaluate_task(episode(9))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert tuned.loss != pytest.approx(plain.loss)
 
@@ -281,7 +281,7 @@ def test_batched_engine_equals_the_loop(method, n_shot, epoch):
         results = model.accumulate_meta_gradient(episodes, batched=engine == "batched")
         runs[engine] = (results, {n: p.grad for n, p in model.named_parameters()})
         torch.manual_seed(2)
-        evaluations[engine] = model.evaluate_batch(episodes, batched=engine == "batched")
+        evaluations[engine] = model.evaluate_tasks(episodes, batched=engine == "batched")
     for a, b in zip(evaluations["loop"], evaluations["batched"]):
         torch.testing.assert_close(b.logits, a.logits, rtol=1e-10, atol=1e-12)
     (loop, loop_grads), (batched, batched_grads) = runs["loop"], runs["batched"]
@@ -398,9 +398,9 @@ def test_validation_update_during_the_warmup(validate_with_warmup):
                       hm_validate_with_warmup=validate_with_warmup)
     ep = episode(5)
     model.set_epoch(None)
-    at_test = model.evaluate(ep).logits
+    at_test = model.evaluate_task(ep).logits
     model.set_epoch(3)
-    validated = model.evaluate(ep).logits
+    validated = model.evaluate_task(ep).logits
     as_trained = model.task_loss(ep, training=True)[1].detach().float()
     if validate_with_warmup:
         torch.testing.assert_close(validated, as_trained)

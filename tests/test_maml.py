@@ -107,7 +107,7 @@ def test_evaluation_adapts_like_training_without_a_meta_graph():
     model = tiny_maml()
     episode = tiny_episode(3)
     trained_logits = model.adapted_query_logits(episode, training=True)
-    result = model.evaluate(episode)
+    result = model.evaluate_task(episode)
     eval_logits = model.adapted_query_logits(episode, training=False)
     assert not eval_logits.requires_grad
     torch.testing.assert_close(eval_logits, trained_logits.detach())
@@ -128,7 +128,7 @@ def test_a_pass_keeps_every_episodes_logits_in_one_block():
     model = tiny_maml()
     results = list(loops.evaluate(model, Compute(torch.device("cpu")), TinySampler(), 4))
     for index, result in enumerate(results):
-        alone = model.evaluate(tiny_episode(index))
+        alone = model.evaluate_task(tiny_episode(index))
         torch.testing.assert_close(result.logits, alone.logits, rtol=0, atol=0)
         torch.testing.assert_close(result.labels, alone.labels, rtol=0, atol=0)
         assert result.correct == alone.correct
@@ -182,7 +182,7 @@ def test_batched_engine_equals_the_loop(cls, n_shot, adapt_classifier_only):
         model.zero_grad(set_to_none=True)
         results = model.accumulate_meta_gradient(episodes, batched=engine == "batched")
         runs[engine] = results, [p.grad.clone() for p in model.parameters()]
-        evaluations[engine] = model.evaluate_batch(episodes, batched=engine == "batched")
+        evaluations[engine] = model.evaluate_tasks(episodes, batched=engine == "batched")
     for a, b in zip(evaluations["loop"], evaluations["batched"]):
         torch.testing.assert_close(b.logits, a.logits, rtol=1e-10, atol=1e-12)
         assert b.loss == pytest.approx(a.loss, rel=1e-12)

@@ -2,7 +2,7 @@
 classifier), the functional forward over a parameter dict, the episode loss, accuracy, the
 meta-batch gradient and evaluation.
 
-A method subclasses :class:`MetaTemplate` and implements :meth:`adapted_query_logits`, the
+A method subclasses :class:`MetaLearner` (the reference's ``MetaTemplate``) and implements :meth:`adapted_query_logits`, the
 one thing that differs between MAML, HyperMAML and BayesHMAML: how the support set turns the
 universal weights into the query set's logits, and :meth:`from_options`, how the options
 build it (docs/contributing.md lists the other hooks).
@@ -42,7 +42,7 @@ class TaskResult:
         return 100.0 * self.correct / self.total
 
 
-class MetaTemplate(nn.Module):
+class MetaLearner(nn.Module):
     """Backbone + linear classifier with a functional forward over a parameter dict."""
 
     def __init__(self, backbone: nn.Module, n_way: int, classifier_depth: int = 1,
@@ -100,7 +100,7 @@ class MetaTemplate(nn.Module):
     prefers_channels_last_on_cpu = True
 
     @classmethod
-    def from_options(cls, opts, backbone) -> "MetaTemplate":
+    def from_options(cls, opts, backbone) -> "MetaLearner":
         """The method for ``opts`` (resolved options) on ``backbone``."""
         raise NotImplementedError(f"{cls.__name__} must define from_options")
 
@@ -164,16 +164,16 @@ class MetaTemplate(nn.Module):
             results.append(task_result(loss, logits, episode.query_y))
         return results
 
-    def evaluate(self, episode: Episode) -> TaskResult:
+    def evaluate_task(self, episode: Episode) -> TaskResult:
         """Adapt to the support set and score the query set, building no meta-graph."""
         loss, logits = self.task_loss(episode, training=False)
         return task_result(loss, logits, episode.query_y, keep_logits=True)
 
-    def evaluate_batch(self, episodes: list[Episode], batched: bool = False
+    def evaluate_tasks(self, episodes: list[Episode], batched: bool = False
                        ) -> list[TaskResult]:
-        """:meth:`evaluate` of several episodes; the batched engine (``batched``, where the
+        """:meth:`evaluate_task` of several episodes; the batched engine (``batched``, where the
         method has one) shares backbone calls."""
-        return [self.evaluate(episode) for episode in episodes]
+        return [self.evaluate_task(episode) for episode in episodes]
 
 
 def make_classifier(feature_dim: int, n_way: int, depth: int = 1,
