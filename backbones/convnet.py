@@ -63,41 +63,38 @@ class Conv4(nn.Module):
         """``[n, C, H, W]`` -> ``[n, feature_dim]`` (``C`` may hold several tasks' channels)."""
         return maps.mean(dim=(2, 3)) if self.average_pool else maps.flatten(1)
 
-    def forward(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
-        """Features of ``x``; with ``groups`` > 1, ``x`` is that many equal consecutive sets
-        (the support or query sets of several tasks), each normalised by its own BatchNorm
-        statistics, exactly as if each went through alone."""
-        if groups == 1:
-            return self._features(self.blocks(x))
-        for conv, norm, *after in self.blocks:
-            x = conv(x)
-            n, (c, h, w) = x.shape[0] // groups, x.shape[1:]
-            # Channels of every set side by side: batch_norm's per-channel statistics are then
-            # per (set, channel), in one fused call.
-            side_by_side = x.reshape(groups, n, c, h, w).transpose(0, 1).reshape(n, groups * c, h, w)
-            normed = F.batch_norm(side_by_side, None, None, norm.weight.repeat(groups),
-                                  norm.bias.repeat(groups), training=True, eps=norm.eps)
-            x = normed.reshape(n, groups, c, h, w).transpose(0, 1).reshape(-1, c, h, w)
-            for layer in after:  # ReLU, and max-pool in the first four blocks
-                x = layer(x)
-        return self._features(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Features ``[n, feature_dim]`` of one set of images ``x [n, C, H, W]``."""
+        return self._features(self.blocks(x))
 
-    def forward_tasks(self, x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Features of T tasks' image sets ``x [T, n, C, H, W]``, each task with its own
-        weights ``params[name] [T, *shape]`` (MAML's per-task fast weights): one grouped
-        convolution per layer, one group per task, and BatchNorm statistics per task.
-        Returns ``[T, n, feature_dim]``, equal to running each task alone."""
+    def forward_tasks(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None
+                      ) -> torch.Tensor:
+        """Features ``[T, n, feature_dim]`` of T tasks' image sets ``x [T, n, C, H, W]``, each
+        set normalised by its own BatchNorm statistics, exactly as if each went through alone:
+        the batched engine's one way through the backbone.
+
+        ``params`` (``[T, *shape]`` per name) gives each task its own weights (MAML's fast
+        weights): one grouped convolution per layer, one group per task. Without it the tasks
+        share the module's weights (HyperMAML, whose backbone is not adapted per task): one
+        plain convolution over all the sets."""
         tasks, n = x.shape[:2]
-        # [n, T * C, H, W]: the channels of task t are group t of every grouped call below.
+        # [n, T * C, H, W]: task t's channels side by side with the others', so that the
+        # per-channel BatchNorm statistics are per (task, channel), in one fused call.
         h = x.transpose(0, 1).reshape(n, -1, *x.shape[3:])
         for i, (conv, norm, *_) in enumerate(self.blocks):
-            weight = params[f"blocks.{i}.0.weight"]
-            h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]),
-                         params[f"blocks.{i}.0.bias"].reshape(-1), stride=conv.stride,
-                         padding=conv.padding, groups=tasks)
-            h = F.batch_norm(h, None, None, params[f"blocks.{i}.1.weight"].reshape(-1),
-                             params[f"blocks.{i}.1.bias"].reshape(-1), training=True,
-                             eps=norm.eps)
+            if params is None:
+                sets = h.reshape(n, tasks, -1, *h.shape[2:]).transpose(0, 1).flatten(0, 1)
+                maps = conv(sets)
+                h = maps.reshape(tasks, n, *maps.shape[1:]).transpose(0, 1).flatten(1, 2)
+                norm_weight, norm_bias = norm.weight.repeat(tasks), norm.bias.repeat(tasks)
+            else:
+                weight = params[f"blocks.{i}.0.weight"]
+                h = F.conv2d(h, weight.reshape(-1, *weight.shape[2:]),
+                             params[f"blocks.{i}.0.bias"].reshape(-1), stride=conv.stride,
+                             padding=conv.padding, groups=tasks)
+                norm_weight = params[f"blocks.{i}.1.weight"].reshape(-1)
+                norm_bias = params[f"blocks.{i}.1.bias"].reshape(-1)
+            h = F.batch_norm(h, None, None, norm_weight, norm_bias, training=True, eps=norm.eps)
             h = F.relu(h)
             if i < POOLED_BLOCKS:
                 h = F.max_pool2d(h, 2)

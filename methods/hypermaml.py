@@ -390,7 +390,7 @@ class HyperMAML(MetaLearner):
         episodes = list(episodes)
         universal = self.universal_params()
         total, results = 0.0, []
-        for episode, support_f, query_f in self._batched_features(episodes, universal):
+        for episode, support_f, query_f in self._batched_features(episodes):
             loss, logits = self.loss_from_features(episode, support_f, query_f, universal, True)
             total = total + loss
             results.append(task_result(loss, logits, episode.query_y))
@@ -405,15 +405,14 @@ class HyperMAML(MetaLearner):
         with torch.no_grad():
             return [task_result(*self.loss_from_features(e, s_f, q_f, universal, False),
                                 e.query_y, keep_logits=True)
-                    for e, s_f, q_f in self._batched_features(episodes, universal)]
+                    for e, s_f, q_f in self._batched_features(episodes)]
 
-    def _batched_features(self, episodes: list[Episode], universal: Params):
+    def _batched_features(self, episodes: list[Episode]):
         """(episode, support features, query features) of every task, from one backbone call
         over all support sets and one over all query sets (BatchNorm statistics per set)."""
-        n_tasks = len(episodes)
-        support = self.features(torch.cat([e.support_x for e in episodes]), universal, n_tasks)
-        query = self.features(torch.cat([e.query_x for e in episodes]), universal, n_tasks)
-        return zip(episodes, support.chunk(n_tasks), query.chunk(n_tasks))
+        support = self.task_features(torch.stack([e.support_x for e in episodes]))
+        query = self.task_features(torch.stack([e.query_x for e in episodes]))
+        return zip(episodes, support, query)
 
     def loss_from_features(self, episode: Episode, support_features: torch.Tensor,
                            query_features: torch.Tensor | None, universal: Params,

@@ -58,19 +58,18 @@ class MetaLearner(nn.Module):
         """The meta-learned weights, by name; adaptation returns new dicts, never edits these."""
         return dict(self.named_parameters())
 
-    def features(self, x: torch.Tensor, params: Params, groups: int = 1) -> torch.Tensor:
-        """Backbone features; ``groups`` > 1 passes that many equal sets through at once, each
-        with its own BatchNorm statistics (the batched engine)."""
-        kwargs = {"groups": groups} if groups > 1 else {}
-        return functional_call(self.feature, _strip("feature.", params), (x,), kwargs)
+    def features(self, x: torch.Tensor, params: Params) -> torch.Tensor:
+        """Backbone features of one set of images under ``params``."""
+        return functional_call(self.feature, _strip("feature.", params), (x,))
 
     def classify(self, features: torch.Tensor, params: Params) -> torch.Tensor:
         return functional_call(self.classifier, _strip("classifier.", params), (features,))
 
-    def task_features(self, x: torch.Tensor, stacked: Params) -> torch.Tensor:
+    def task_features(self, x: torch.Tensor, stacked: Params | None = None) -> torch.Tensor:
         """Features ``[T, n, D]`` of T tasks' sets ``x [T, n, ...]`` under per-task weights
-        ``stacked[name] [T, *shape]``."""
-        return self.feature.forward_tasks(x, _strip("feature.", stacked))
+        ``stacked[name] [T, *shape]``, or (None) the universal weights shared by every task."""
+        return self.feature.forward_tasks(
+            x, None if stacked is None else _strip("feature.", stacked))
 
     def task_logits(self, x: torch.Tensor, stacked: Params, features: torch.Tensor | None = None
                     ) -> torch.Tensor:
