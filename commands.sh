@@ -2,7 +2,8 @@
 # The published experiments of the reference code (CloserLookFewShot protocol, Conv4, 5-way):
 # MAML and HyperMAML, plus smoke runs. Usage: bash commands.sh EXPERIMENT [extra options...]
 # e.g. `bash commands.sh smoke`, `bash commands.sh maml_cross_char_1shot --device cuda`,
-# `bash commands.sh bayes_hmaml_cross_char_5shot` (the list is in the case below).
+# `bash commands.sh bayes_hmaml_cross_char_5shot` (`python -m results.experiments --list`
+# names the published ones).
 # Extra options go to train.py (and to test.py in the smoke runs; each accepts the other's
 # options, so one command line serves both, as in the reference).
 # The full schedules are long: MAML's --stop_epoch 600 (1-shot) / 400 (5-shot) times n_task 32
@@ -17,7 +18,8 @@ experiments:
   smoke, smoke_hyper_maml, smoke_bayes_hmaml   short runs that check everything works
   METHOD_DATASET_1shot, METHOD_DATASET_5shot   the published experiments, with
       METHOD  maml, maml_approx, hyper_maml or bayes_hmaml
-      DATASET cross_char (Omniglot -> EMNIST) or omniglot (Vinyals splits)
+      DATASET cross_char (Omniglot -> EMNIST), omniglot (Vinyals splits) or CUB
+      (python -m results.experiments --list names them all)
   e.g. bash commands.sh hyper_maml_cross_char_1shot --device cuda
 EOF
   exit 2
@@ -26,13 +28,7 @@ EOF
 experiment=$1
 shift
 
-# The published HyperMAML options (the reference's commands.sh).
-hyper_maml=(--stop_epoch 64 --lr 1e-2 --lr_scheduler multisteplr --milestones 51 550
-            --hm_maml_warmup --hm_maml_warmup_epochs 50 --hm_maml_warmup_switch_epochs 500
-            --hn_head_len 3 --hn_hidden_size 512 --hm_enhance_embeddings True
-            --hm_use_class_batch_input)
-
-# The published BayesHMAML additions.
+# BayesHMAML's published additions, for its smoke run.
 bayes=(--kl_scale 1e-24 --kl_stop_val 0.001 --hm_weight_set_num_train 5
        --hm_weight_set_num_test 0)
 
@@ -65,23 +61,14 @@ case "$experiment" in
     smoke --method hyper_maml "${smoke_hypernet[@]}" ;;
   smoke_bayes_hmaml)
     smoke --method bayes_hmaml "${smoke_hypernet[@]}" "${bayes[@]}" ;;
-  # The published experiments, named METHOD_DATASET_{1,5}shot: METHOD maml, maml_approx,
-  # hyper_maml or bayes_hmaml; DATASET cross_char (Omniglot -> EMNIST) or omniglot (Vinyals
-  # splits with rotations). MAML keeps the reference defaults (n_task 32, one inner step of
-  # 0.1); HyperMAML takes the published options, BayesHMAML those plus its KL schedule and
-  # sample counts, and both add --hn_sup_aggregation mean at 5 shots.
-  *_cross_char_[15]shot | *_omniglot_[15]shot)
-    [[ "$experiment" =~ ^(.+)_(cross_char|omniglot)_([15])shot$ ]]
-    method=${BASH_REMATCH[1]} dataset=${BASH_REMATCH[2]} shots=${BASH_REMATCH[3]}
-    options=(--dataset "$dataset" --model Conv4 --method "$method" --n_shot "$shots")
-    case "$method" in
-      maml | maml_approx) ;;
-      hyper_maml | bayes_hmaml)
-        options+=("${hyper_maml[@]}")
-        [[ "$method" == bayes_hmaml ]] && options+=("${bayes[@]}")
-        [[ "$shots" == 5 ]] && options+=(--hn_sup_aggregation mean) ;;
-      *) echo "unknown method in experiment: $experiment" >&2; exit 2 ;;
-    esac
+  # The published experiments, named METHOD_DATASET_{1,5}shot, defined once in
+  # results/experiments.py (PUBLISHED): the reference's commands word for word where it
+  # published them (HyperMAML and BayesHMAML on cross_char and CUB), MAML with the
+  # reference's defaults (n_task 32, one inner step of 0.1 on the characters), and on omniglot
+  # the cross_char command on Vinyals' splits. `python -m results.experiments --list` names them.
+  *_cross_char_[15]shot | *_omniglot_[15]shot | *_CUB_[15]shot)
+    published=$(python -m results.experiments "$experiment") || exit 2
+    mapfile -t options <<< "$published"
     train_and_test "${options[@]}" "$@" ;;
   *)
     echo "unknown experiment: $experiment" >&2

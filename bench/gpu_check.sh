@@ -66,7 +66,7 @@ if [[ $quick == 1 ]]; then
 else
   bench=(--engine loop,batched --precision fp32,tf32,bf16)
 fi
-python bench/throughput.py --device "$device" "${bench[@]}" --json "$out/throughput.json" \
+python -m bench.throughput --device "$device" "${bench[@]}" --json "$out/throughput.json" \
   > "$out/throughput.log" 2>&1
 cat "$out/throughput.log"
 

@@ -2,7 +2,7 @@
 training episodes (published options, the same weights) computed in float32 and under bf16
 autocast, each compared with float64:
 
-    python bench/precision_error.py [--method maml,hyper_maml] [--episodes 8] [--json out.json]
+    python -m bench.precision_error [--method maml,hyper_maml] [--episodes 8] [--json out.json]
 
 Prints, per method and precision, the relative error ||g - g64|| / ||g64|| of the whole
 meta-gradient and of its worst layer, the cosine to the float64 gradient and the relative
@@ -17,16 +17,13 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bench.throughput import CONFIGS  # noqa: E402
-from cli import config  # noqa: E402
-from data.episodes import TRAIN_QUERY  # noqa: E402
-from methods import METHODS  # noqa: E402
-from runtime import setup  # noqa: E402
-from runtime.distributed import World  # noqa: E402
-from storage import atomic  # noqa: E402
+from bench.throughput import CONFIGS
+from cli import config
+from data.episodes import TRAIN_QUERY
+from methods import METHODS
+from runtime import setup
+from runtime.distributed import World
+from storage import atomic
 
 
 def meta_gradient(model, episodes, precision: str, dtype: torch.dtype):

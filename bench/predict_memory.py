@@ -3,8 +3,8 @@
 one batch. Each call is a process of its own, as a user runs it, and its peak RSS is read from
 the kernel's accounting of that process alone (``wait4``).
 
-    python bench/predict_memory.py                        # characters: HyperMAML, EMNIST novel
-    python bench/predict_memory.py --queries 200,1000 \\
+    python -m bench.predict_memory                        # characters: HyperMAML, EMNIST novel
+    python -m bench.predict_memory --queries 200,1000 \\
         --model models/hyper_maml_cub100_1shot_24.safetensors   # photographs: CUB-100 novel
 
 The support set is the first ``n_shot`` images of the model's first ``n_way`` novel classes
@@ -28,14 +28,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from cli.errors import UserError, run_cli
+from data.benchmarks import find
+from data.store import images_root, read_filelist
+from storage import atomic, checkpoints
 
-from cli.errors import UserError, run_cli  # noqa: E402
-from data.benchmarks import find  # noqa: E402
-from data.store import images_root, read_filelist  # noqa: E402
-from storage import atomic  # noqa: E402
-from storage import checkpoints  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 CHARACTER_MODEL = REPO / "models" / "hyper_maml_cross_char_1shot_128.safetensors"
 ONE_BATCH = 100_000  # predict.py's largest --query_batch: every query in one batch

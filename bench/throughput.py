@@ -3,9 +3,9 @@ second, the wall time of one epoch (100 training + 100 validation episodes; fewe
 ``--epoch_episodes``, as the smoke runs), the episode
 sampling rate alone, and peak memory, for each method and phase.
 
-    python bench/throughput.py                       # all methods, 1 and 5 shots, this machine
-    python bench/throughput.py --method hyper_maml --n_shot 1 --device cuda --json out.json
-    python bench/throughput.py --dataset CUB --data_dir ROOT --train_aug   # 84-pixel photographs
+    python -m bench.throughput                       # all methods, 1 and 5 shots, this machine
+    python -m bench.throughput --method hyper_maml --n_shot 1 --device cuda --json out.json
+    python -m bench.throughput --dataset CUB --data_dir ROOT --train_aug   # 84-pixel photographs
 
 With ``--engine loop,batched`` both task engines, with ``--memory_format
 contiguous,channels_last`` both layouts, and with ``--precision fp32,bf16`` (or tf32 on CUDA)
@@ -35,13 +35,12 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from cli.errors import run_cli
+from runtime import allocator
+from runtime.device import resolve_device
+from storage import atomic
 
-from cli.errors import run_cli  # noqa: E402
-from runtime import allocator  # noqa: E402
-from runtime.device import resolve_device  # noqa: E402
-from storage import atomic  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 HYPERNET = ["--hn_head_len", "3", "--hn_hidden_size", "512", "--hm_enhance_embeddings", "True",
             "--hm_use_class_batch_input", "--hm_maml_warmup", "--hm_maml_warmup_epochs", "50",
@@ -457,8 +456,9 @@ def run_configuration(args, method: str, phase: str, shots: str, processes: int,
     launcher = [sys.executable] + (
         ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
          str(processes)] if processes > 1 else [])
+    # As a module from the toolkit's folder (cwd=REPO), as torchrun's -m runs it too.
     command = launcher + [
-        __file__, "--worker", method, phase, shots, "--device", args.device,
+        "-m", "bench.throughput", "--worker", method, phase, shots, "--device", args.device,
         "--updates", str(args.updates), "--eval_episodes", str(args.eval_episodes),
         "--epoch_episodes", str(args.epoch_episodes), "--engine", args.engine,
         "--precision", args.precision, "--model", args.model,

@@ -66,7 +66,7 @@ def _opt(default: Any, help: str, scope: str = "run", **argparse_kwargs: Any) ->
 @dataclass
 class RunOptions:
     """The options of every run, before the methods' own; the ``# --- section ---`` comments
-    group them on docs/options.md (``python docs/write_options.py`` writes it)."""
+    group them on docs/options.md (``python -m docs.write_options`` writes it)."""
 
     # --- what to run -------------------------------------------------------------------------
     dataset: str = _opt(None, "benchmark: omniglot (Vinyals splits), cross_char (Omniglot "

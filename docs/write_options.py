@@ -1,8 +1,8 @@
 """Write docs/options.md, the reference of every option of train.py, test.py and predict.py,
 from the code that parses them (config.Options, predict.build_parser):
 
-    python docs/write_options.py          # write the page
-    python docs/write_options.py --check  # exit 1 if the committed page is not what it writes
+    python -m docs.write_options          # write the page
+    python -m docs.write_options --check  # exit 1 if the committed page is not what it writes
 """
 from __future__ import annotations
 
@@ -14,17 +14,16 @@ import re
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # run as a script, docs/ would be the only import root
+import predict
+from cli import config
+from data.benchmarks import BENCHMARKS
+from methods import METHODS, options_ignored_by
+from storage import atomic
 
-import predict  # noqa: E402
-from cli import config  # noqa: E402
-from data.benchmarks import BENCHMARKS  # noqa: E402
-from methods import METHODS, options_ignored_by  # noqa: E402
-from storage import atomic  # noqa: E402
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 PAGE = REPO_ROOT / "docs" / "options.md"
-COMMAND = "python docs/write_options.py"
+COMMAND = "python -m docs.write_options"
 
 # Which entry points read an option of each scope (cli/config.py's docstring defines the scopes).
 ENTRY_POINTS = {

@@ -204,3 +204,50 @@ REFERENCE_NUMBERS: dict[str, str] = {
     "maml_omniglot_5way_1shot_128": "98.7 +- 0.4% (MAML paper, its own protocol)",
     "maml_omniglot_20way_1shot_128": "95.8 +- 0.3% (MAML paper, its own protocol)",
 }
+
+# The published experiments commands.sh runs, by name (METHOD_DATASET_Kshot): the reference's
+# commands word for word where it published them (HyperMAML and BayesHMAML on cross_char and
+# CUB), MAML with the reference's defaults (none is published), and on Omniglot the
+# cross_char command on Omniglot's Vinyals splits.
+PUBLISHED_CROSS_CHAR = {("hyper_maml", 1): PUBLISHED_HYPER_MAML,
+                        ("hyper_maml", 5): PUBLISHED_HYPER_MAML_5SHOT,
+                        ("bayes_hmaml", 1): PUBLISHED_BAYES_HMAML,
+                        ("bayes_hmaml", 5): PUBLISHED_BAYES_HMAML_5SHOT}
+
+
+def _published(method: str, dataset: str, shots: int) -> str:
+    if dataset == "CUB":
+        return PUBLISHED_CUB[(method, shots)]
+    if method in ("maml", "maml_approx"):
+        return f"--dataset {dataset} --model Conv4 --method {method} --n_shot {shots}"
+    return PUBLISHED_CROSS_CHAR[(method, shots)].replace("--dataset cross_char",
+                                                         f"--dataset {dataset}")
+
+
+PUBLISHED: dict[str, str] = {
+    **{f"{method}_{dataset}_{shots}shot": _published(method, dataset, shots)
+       for method in ("maml", "maml_approx", "hyper_maml", "bayes_hmaml")
+       for dataset in ("cross_char", "omniglot") for shots in (1, 5)},
+    **{f"{method}_CUB_{shots}shot": _published(method, "CUB", shots)
+       for method in ("maml", "hyper_maml", "bayes_hmaml") for shots in (1, 5)},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m results.experiments NAME``: train.py's arguments of the published
+    experiment NAME, one per line (commands.sh runs them); ``--list``: the names."""
+    import sys
+    args = sys.argv[1:] if argv is None else argv
+    if args == ["--list"]:
+        print("\n".join(PUBLISHED))
+        return 0
+    if len(args) != 1 or args[0] not in PUBLISHED:
+        print(f"unknown experiment: {' '.join(args)} (python -m results.experiments --list "
+              "names them)", file=sys.stderr)
+        return 2
+    print("\n".join(PUBLISHED[args[0]].split()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,14 +14,12 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from cli import config
+from results.experiments import EXPERIMENTS, REFERENCE_NUMBERS
+from results.run import checkpoint_folder, earlier_attempts, model_file, record_folder, run_folder
+from storage import atomic
 
-from cli import config  # noqa: E402
-from results.experiments import EXPERIMENTS, REFERENCE_NUMBERS  # noqa: E402
-from results.run import (checkpoint_folder, earlier_attempts, model_file,  # noqa: E402
-                         record_folder, run_folder)
-from storage import atomic  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 FIGURES = REPO / "results" / "figures"
 HEADER = """# Results

@@ -25,18 +25,16 @@ import sys
 import time
 from pathlib import Path
 
+from cli import config
+from cli.errors import UserError, run_cli
+from methods import METHODS
+from results.experiments import EXPERIMENTS
+from storage import atomic, checkpoints
+from storage.run_folder import RunLock, checkpoint_dir
+
 REPO = Path(__file__).resolve().parents[1]
 RUNS = REPO / "results" / "runs"
 MODELS = REPO / "models"
-sys.path.insert(0, str(REPO))
-
-from cli import config  # noqa: E402
-from cli.errors import UserError, run_cli  # noqa: E402
-from methods import METHODS  # noqa: E402
-from results.experiments import EXPERIMENTS  # noqa: E402
-from storage import atomic  # noqa: E402
-from storage import checkpoints  # noqa: E402
-from storage.run_folder import RunLock, checkpoint_dir  # noqa: E402
 
 
 def run_folder(name: str) -> Path:

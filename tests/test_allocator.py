@@ -72,7 +72,7 @@ def test_the_users_own_malloc_settings_win():
 def test_the_benchmark_times_both_settings_side_by_side(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "bench/throughput.py", "--method", "maml", "--n_shot", "1",
+        [sys.executable, "-m", "bench.throughput", "--method", "maml", "--n_shot", "1",
          "--n_way", "3", "--device", "cpu", "--allocator", "glibc,keep", "--updates", "1",
          "--eval_episodes", "2", "--n_task", "2", "--epoch_episodes", "2",
          "--data_dir", str(data_dir), "--json", str(out)],

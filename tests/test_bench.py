@@ -11,7 +11,7 @@ from conftest import REPO_ROOT
 def test_benchmark_smoke_run(data_dir, tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "bench/throughput.py", "--method", "maml", "--n_shot", "1",
+        [sys.executable, "-m", "bench.throughput", "--method", "maml", "--n_shot", "1",
          "--device", "cpu", "--updates", "1", "--eval_episodes", "2", "--processes", "1,2",
          "--n_task", "4", "--epoch_episodes", "8", "--profile",
          "--data_dir", str(data_dir), "--json", str(out)],
@@ -45,7 +45,7 @@ def test_a_failed_worker_is_reported_with_what_its_ranks_said(tmp_path):
     empty.mkdir()
     env = {**os.environ, "FSL_DATA_SOURCE": str(empty)}  # nothing to prepare the data from
     done = subprocess.run(
-        [sys.executable, "bench/throughput.py", "--method", "maml", "--n_shot", "1",
+        [sys.executable, "-m", "bench.throughput", "--method", "maml", "--n_shot", "1",
          "--device", "cpu", "--processes", "2", "--n_task", "4",
          "--data_dir", str(tmp_path / "unprepared")],
         capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)
@@ -59,8 +59,8 @@ def test_a_failed_worker_is_reported_with_what_its_ranks_said(tmp_path):
 
 def test_a_method_without_a_benchmark_configuration_is_refused():
     """Not a header and exit 0 (which reads as a finished, empty benchmark)."""
-    for script in ("bench/throughput.py", "bench/precision_error.py"):
-        done = subprocess.run([sys.executable, script, "--method", "maml,maml_approx"],
+    for script in ("bench.throughput", "bench.precision_error"):
+        done = subprocess.run([sys.executable, "-m", script, "--method", "maml,maml_approx"],
                               capture_output=True, text=True, cwd=REPO_ROOT)
         assert done.returncode == 2 and done.stdout == "", script
         assert "--method maml_approx: no configuration in CONFIGS" in done.stderr.splitlines()[-1]
@@ -98,7 +98,7 @@ def test_predict_memory_benchmark_smoke_run(data_dir, tmp_path):
     is asserted beyond being measured)."""
     out = tmp_path / "memory.json"
     done = subprocess.run(
-        [sys.executable, "bench/predict_memory.py", "--queries", "12,40", "--query_batch", "10",
+        [sys.executable, "-m", "bench.predict_memory", "--queries", "12,40", "--query_batch", "10",
          "--repeats", "1", "--data_dir", str(data_dir), "--json", str(out)],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

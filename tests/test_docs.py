@@ -20,7 +20,7 @@ _spec.loader.exec_module(WRITER)
 
 def test_committed_page_is_what_the_script_writes():
     assert WRITER.PAGE.read_text() == WRITER.page(), (
-        "docs/options.md is out of date: run python docs/write_options.py")
+        "docs/options.md is out of date: run python -m docs.write_options")
 
 
 def test_check_fails_with_one_line_on_a_stale_page(tmp_path, monkeypatch, capsys):
@@ -31,7 +31,7 @@ def test_check_fails_with_one_line_on_a_stale_page(tmp_path, monkeypatch, capsys
     stale.write_text(stale.read_text().replace("support images per class", "shots"))
     assert WRITER.main(["--check"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines == [f"{stale} is out of date: run python docs/write_options.py"]
+    assert lines == [f"{stale} is out of date: run python -m docs.write_options"]
     assert WRITER.main([]) == 0 and WRITER.main(["--check"]) == 0
 
 

@@ -4,6 +4,7 @@ or refused with one line)."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -38,6 +39,28 @@ def test_results_run_the_published_commands_word_for_word():
         method, shots = heading.split()
         name = f"{method}_cross_char_{shots.replace('-', '')}_published"
         assert EXPERIMENTS[name].argv() == argv, name
+
+
+def test_commands_sh_runs_the_published_commands_word_for_word(data_dir, tmp_path):
+    """commands.sh takes its published experiments from results/experiments.py, where each is
+    defined once: the reference's commands unchanged (BayesHMAML 1-shot's --seed 1 and
+    --es_threshold 10 included); one of them run through commands.sh, a short schedule
+    appended, trains with them."""
+    if not PUBLISHED.exists():
+        pytest.skip(f"no {PUBLISHED}")
+    from results.experiments import PUBLISHED as EXPERIMENTS_PUBLISHED
+    for heading, argv in published_commands().items():
+        method, shots = heading.split()
+        assert EXPERIMENTS_PUBLISHED[f"{method}_cross_char_{shots.replace('-', '')}"].split() \
+            == argv, heading
+    done = subprocess.run(
+        ["bash", "commands.sh", "bayes_hmaml_cross_char_1shot", *SHORT, "--final_test", "0",
+         "--data_dir", str(data_dir), "--save_dir", str(tmp_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "bayes_hmaml on cross_char, 5-way 1-shot" in done.stdout
+    saved = json.loads(next(tmp_path.rglob("args.json")).read_text())
+    assert (saved["seed"], saved["es_threshold"], saved["hm_weight_set_num_train"]) == (1, 10, 5)
 
 
 @pytest.mark.parametrize("name", sorted(published_commands()))

@@ -249,6 +249,18 @@ def test_the_reference_file_holds_the_eight_image_commands():
     assert {c[c.index("--dataset") + 1] for c in commands.values()} == {"CUB", "miniImagenet"}
 
 
+def test_commands_sh_runs_the_published_cub_commands_word_for_word():
+    """commands.sh's CUB experiments (results/experiments.py) are the reference's."""
+    if not PUBLISHED_IMAGES.exists():
+        pytest.skip(f"no {PUBLISHED_IMAGES}")
+    from results.experiments import PUBLISHED
+    cub = {name: argv for name, argv in published_image_commands().items() if " CUB " in name}
+    assert len(cub) == 4
+    for heading, argv in cub.items():
+        method, _, shots = heading.split()
+        assert PUBLISHED[f"{method}_CUB_{shots.replace('-', '')}"].split() == argv, heading
+
+
 @pytest.mark.parametrize("name", sorted(published_image_commands()))
 def test_published_image_command_trains_and_tests_literally(name, photo_data, tmp_path, capsys):
     """Each command as published (Conv4Pool, --train_aug, the last one's --resume on a
