@@ -287,6 +287,7 @@ def test_published_hypermaml_commands_parse_unchanged(method, extra, shot_option
     from data.benchmarks import find
     from methods import METHODS
     from runtime import setup
+    from runtime.course import total_epochs
     argv = ["--dataset", "cross_char", "--model", "Conv4", "--method", method, *extra,
             "--train_n_way", "5", "--test_n_way", "5", *shot_options,
             "--stop_epoch", "64", "--lr", "1e-2", "--lr_scheduler", "multisteplr",
@@ -294,7 +295,7 @@ def test_published_hypermaml_commands_parse_unchanged(method, extra, shot_option
             "--hm_maml_warmup_switch_epochs", "500", *HYPERMAML_PUBLISHED]
     opts, _ = config.parse("train", list(METHODS), argv)
     opts = config.resolve(opts, "train")
-    assert TRAIN.total_epochs(opts) == 2048 and opts.milestones == [51, 550]
+    assert total_epochs(opts) == 2048 and opts.milestones == [51, 550]
     assert opts.hm_enhance_embeddings is True and opts.hm_use_class_batch_input is True
     model = setup.build_method(opts, find("cross_char"), setup.Compute(torch.device("cpu")))
     model.set_epoch(49, 2048)
