@@ -148,7 +148,7 @@ def test_frozen_trains_and_tests_through_the_entry_points(frozen, data_dir, tmp_
     best = checkpoints.load_checkpoint(folder / "best_model.tar", "frozen")
     opts = config.Options(**best["config"])
     benchmark = find(opts.dataset)
-    model = setup.build_method(opts, benchmark, setup.Compute(torch.device("cpu")), best,
+    model = setup.build_method(opts, benchmark, setup.choose_compute(opts, "cpu"), best,
                                folder / "best_model.tar")
     model.eval()
     sampler = data.split_sampler(opts, benchmark, data_dir, "novel", opts.test_n_way,

@@ -297,7 +297,7 @@ def test_published_hypermaml_commands_parse_unchanged(method, extra, shot_option
     opts = config.resolve(opts, "train")
     assert total_epochs(opts) == 2048 and opts.milestones == [51, 550]
     assert opts.hm_enhance_embeddings is True and opts.hm_use_class_batch_input is True
-    model = setup.build_method(opts, find("cross_char"), setup.Compute(torch.device("cpu")))
+    model = setup.build_method(opts, find("cross_char"), setup.choose_compute(opts, "cpu"))
     model.set_epoch(49, 2048)
     assert model.schedule_state()["phase"] == "maml-warmup"
     model.set_epoch(550, 2048)

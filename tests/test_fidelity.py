@@ -214,7 +214,8 @@ def test_delta_params_are_recorded_each_epoch(data_dir, tmp_path, capsys):
     from runtime import setup
     state = torch.load(folder / "last_model.tar", weights_only=True)
     opts = config.Options(**state["config"])
-    model = setup.build_method(opts, find(opts.dataset), setup.Compute(torch.device("cpu")))
+    # As train.py built it: its memory layout too (channels_last on a CPU for BayesHMAML).
+    model = setup.build_method(opts, find(opts.dataset), setup.choose_compute(opts, "cpu"))
     model.load_state_dict(state["model"])
     sampler = data.split_sampler(opts, find(opts.dataset), data_dir, "base", 5, TRAIN_QUERY,
                                  opts.seed, "cpu")
