@@ -130,6 +130,33 @@ class HyperSettings(HyperOptions):
             raise UserError("--hn_val_epochs must be >= 0 (-1 only with test.py --adaptation, "
                             "for 100) and --hn_val_lr positive")
 
+    def training_notes(self, total_epochs: int) -> list[str]:
+        """What a user starting a run of ``total_epochs`` epochs should know of its warm-up."""
+        if not self.hm_maml_warmup:
+            return ["note: no --hm_maml_warmup: the untrained hypernetwork's first updates are "
+                    "larger than the classifier's weights (about 4x without class-batch input, "
+                    "measured on cross_char; the reference initialises it the same way), so "
+                    "the loss starts well above chance; the published commands start with the "
+                    "warm-up and use class-batch input and enhanced embeddings"]
+        warm, switch = self.hm_maml_warmup_epochs, self.hm_maml_warmup_switch_epochs
+        notes = []
+        if not self.hm_validate_with_warmup and warm > 0:
+            notes.append(f"note: validation uses the hypernetwork alone (as the test does), "
+                         f"which the pure warm-up (epochs 0-{warm - 1}) does not train: expect "
+                         f"near-chance validation until the switch (epochs {warm}-"
+                         f"{warm + switch - 1}) is under way; --hm_validate_with_warmup "
+                         "validates with the training update, as the reference")
+        if total_epochs <= warm:
+            notes.append(f"note: all {total_epochs} epochs are in the pure warm-up "
+                         f"(--hm_maml_warmup_epochs {warm}): the hypernetwork, which the test "
+                         "uses, is never trained")
+        elif total_epochs < warm + switch:
+            p = self.warmup_p(total_epochs - 1)
+            notes.append(f"note: the run ends inside the switch (p = {p:.2f} at its last epoch, "
+                         f"0 only from epoch {warm + switch}): the test uses the hypernetwork "
+                         "alone")
+        return notes
+
     def warmup_p(self, epoch: int | None) -> float:
         """Weight p of the gradient step in the warm-up's update; 0 outside training."""
         if epoch is None or not self.hm_maml_warmup:
@@ -201,31 +228,7 @@ class HyperMAML(MetaLearner):
 
     @classmethod
     def training_notes(cls, opts, total_epochs: int) -> list[str]:
-        s = HyperSettings.from_options(opts)
-        if not s.hm_maml_warmup:
-            return ["note: no --hm_maml_warmup: the untrained hypernetwork's first updates are "
-                    "larger than the classifier's weights (about 4x without class-batch input, "
-                    "measured on cross_char; the reference initialises it the same way), so "
-                    "the loss starts well above chance; the published commands start with the "
-                    "warm-up and use class-batch input and enhanced embeddings"]
-        warm, switch = s.hm_maml_warmup_epochs, s.hm_maml_warmup_switch_epochs
-        notes = []
-        if not s.hm_validate_with_warmup and warm > 0:
-            notes.append(f"note: validation uses the hypernetwork alone (as the test does), "
-                         f"which the pure warm-up (epochs 0-{warm - 1}) does not train: expect "
-                         f"near-chance validation until the switch (epochs {warm}-"
-                         f"{warm + switch - 1}) is under way; --hm_validate_with_warmup "
-                         "validates with the training update, as the reference")
-        if total_epochs <= warm:
-            notes.append(f"note: all {total_epochs} epochs are in the pure warm-up "
-                         f"(--hm_maml_warmup_epochs {warm}): the hypernetwork, which the test "
-                         "uses, is never trained")
-        elif total_epochs < warm + switch:
-            p = s.warmup_p(total_epochs - 1)
-            notes.append(f"note: the run ends inside the switch (p = {p:.2f} at its last epoch, "
-                         f"0 only from epoch {warm + switch}): the test uses the hypernetwork "
-                         "alone")
-        return notes
+        return HyperSettings.from_options(opts).training_notes(total_epochs)
 
     @classmethod
     def adapt_more_at_test(cls, opts, steps: int) -> None:
@@ -255,7 +258,8 @@ class HyperMAML(MetaLearner):
         s = self.settings
         if s.hm_use_class_batch_input:
             return ClassWiseHypernetwork(width_in, s.hn_hidden_size, s.hn_head_len, self.heads,
-                                         self.target_shapes, self.n_way)
+                                         self.target_shapes, self.n_way, self.n_shot,
+                                         s.hn_sup_aggregation)
         return ParameterWiseHypernetwork(width_in, s.hn_hidden_size, s.hn_head_len, self.heads,
                                          self.target_shapes)
 
@@ -269,12 +273,7 @@ class HyperMAML(MetaLearner):
             with torch.no_grad():
                 probs = F.softmax(self.classify(support_features, universal), dim=1)
             embeddings = torch.cat([embeddings, probs, support_y[:, None].to(probs.dtype)], 1)
-        if not s.hm_use_class_batch_input:
-            return embeddings.reshape(1, -1)
-        per_class = embeddings.reshape(self.n_way, self.n_shot, -1)
-        if s.hn_sup_aggregation == "mean":
-            return per_class.mean(dim=1)
-        return per_class.reshape(self.n_way, -1)
+        return self.hypernet.rows(embeddings)
 
     def hypernet_outputs(self, rows: torch.Tensor) -> dict[str, Params]:
         """For each head ("delta", and "logvar" for BayesHMAML), a value per classifier

@@ -35,10 +35,20 @@ class ClassWiseHypernetwork(HyperNetwork):
     order of the classes."""
 
     def __init__(self, width_in: int, hidden: int, n_layers: int, heads: tuple[str, ...],
-                 targets: list[tuple[str, torch.Size]], n_way: int):
+                 targets: list[tuple[str, torch.Size]], n_way: int, n_shot: int,
+                 aggregation: str):
         per_class = sum(shape.numel() for _, shape in targets) // n_way
         super().__init__(width_in, hidden, per_class, n_layers, heads)
-        self.targets, self.n_way = targets, n_way
+        self.targets, self.n_way, self.n_shot = targets, n_way, n_shot
+        self.aggregation = aggregation  # how a class row combines its shots: concat or mean
+
+    def rows(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The input rows from the class-major support embeddings: one per class, its shots
+        concatenated or averaged."""
+        per_class = embeddings.reshape(self.n_way, self.n_shot, -1)
+        if self.aggregation == "mean":
+            return per_class.mean(dim=1)
+        return per_class.reshape(self.n_way, -1)
 
     def updates(self, rows: torch.Tensor) -> dict[str, Params]:
         """``rows [n_way, width_in]`` -> for each head, a value per classifier parameter."""
@@ -64,6 +74,10 @@ class ParameterWiseHypernetwork(nn.ModuleDict):
                                                                 n_layers, heads)
                           for name, shape in targets})
         self.targets, self.head_names = targets, heads
+
+    def rows(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The one input row: every support embedding, concatenated."""
+        return embeddings.reshape(1, -1)
 
     def updates(self, rows: torch.Tensor) -> dict[str, Params]:
         """``rows [1, width_in]`` -> for each head, a value per classifier parameter."""
