@@ -54,6 +54,10 @@ CONFIGS = {
     ("hyper_maml", "hypernet"): (HYPERNET, 1000),
     ("bayes_hmaml", "warm-up"): (HYPERNET + BAYES, 0),
     ("bayes_hmaml", "hypernet"): (HYPERNET + BAYES, 1000),
+    # The standard baselines, with the reference's MAML-family defaults.
+    ("protonet", "-"): ([], 0),
+    ("anil", "-"): ([], 0),
+    ("meta_sgd", "-"): ([], 0),
 }
 
 

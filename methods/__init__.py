@@ -1,13 +1,20 @@
 """The registry of methods, shared by train.py and test.py."""
+from methods.anil import ANIL
 from methods.bayes_hmaml import BayesHMAML
 from methods.hypermaml import HyperMAML
 from methods.maml import MAML, MAMLApprox
+from methods.meta_sgd import MetaSGD
+from methods.protonet import ProtoNet
 
 METHODS = {
     "maml": MAML,
     "maml_approx": MAMLApprox,
     "hyper_maml": HyperMAML,
     "bayes_hmaml": BayesHMAML,
+    # The standard baselines the HyperMAML and BayesHMAML papers compare against.
+    "protonet": ProtoNet,
+    "anil": ANIL,
+    "meta_sgd": MetaSGD,
 }
 
 

@@ -56,13 +56,17 @@ class MAML(MetaLearner):
         else:
             support_loss = lambda fast: F.cross_entropy(self(support_x, fast), support_y)
         return gradient_steps(support_loss, params, self.adapted_names(params),
-                              self.inner_steps, self.inner_lr, create_graph)
+                              self.inner_steps, self.step_sizes(params), create_graph)
 
     def adapted_names(self, params: Params) -> list[str]:
         """The parameters the inner loop adapts: all, or the classifier's."""
         if self.adapt_classifier_only:
             return [n for n in params if n.startswith("classifier.")]
         return list(params)
+
+    def step_sizes(self, params: Params) -> float | Params:
+        """The inner loop's step size: ``inner_lr`` (Meta-SGD learns one per weight)."""
+        return self.inner_lr
 
     def inner_loop_start(self, training: bool) -> Params:
         """The universal weights; for evaluation, detached copies that track only the support
@@ -117,7 +121,7 @@ class MAML(MetaLearner):
                                        reduction="sum") / support_y.shape[1]
 
             fast = gradient_steps(support_loss, stacked, self.adapted_names(stacked),
-                                  self.inner_steps, self.inner_lr,
+                                  self.inner_steps, self.step_sizes(stacked),
                                   create_graph=training and not self.first_order)
         with torch.set_grad_enabled(training):
             if not training:
