@@ -163,7 +163,7 @@ def test_reference_overrides_apply_only_to_unset_options():
 
 
 @pytest.mark.parametrize("argv", [["--dataset", "mini", "--method", "maml"],
-                                  ["--dataset", "cross_char", "--method", "protonet"],
+                                  ["--dataset", "cross_char", "--method", "relation_net"],
                                   ["--dataset", "cross_char"]])
 def test_unknown_dataset_or_method_is_an_argparse_error(argv, capsys):
     for entry in (TRAIN, TEST):
