@@ -3,10 +3,11 @@ names Python objects beyond tensors and plain containers) in the form they load 
 
     python convert_checkpoint.py FILE NEW_FILE
 
-Run it only on a file whose source you trust: reading FILE unpickles it in full, which runs
-any code it names; that is why the toolkit itself never does. What FILE holds is kept as
-data: numpy arrays become tensors, numpy scalars numbers, an ``argparse.Namespace`` a dict;
-anything else is refused, naming where it lies in the file. NEW_FILE is checked to load
+FILE is read without running code either: torch's restricted unpickler, allowed only the
+numpy arrays, scalars and dtypes and the ``argparse.Namespace`` that research code saves
+beside its weights (:data:`CONVERTIBLE`). What FILE holds is kept as data: numpy arrays become
+tensors, numpy scalars numbers, a Namespace a dict; a file naming any other Python object is
+refused in one line naming it, before anything in it is built. NEW_FILE is checked to load
 with the safe loader before the command reports success; FILE is left as it was.
 """
 from __future__ import annotations
@@ -20,6 +21,14 @@ import torch
 
 from cli.errors import UserError, run_cli
 from storage import atomic, checkpoints
+
+
+# What research code saves beside its weights, and what this converter turns into plain data:
+# numpy arrays (rebuilt from their bytes, dtype and shape), numpy scalars and an argparse
+# Namespace. The restricted unpickler builds these and refuses every other object.
+CONVERTIBLE = [np._core.multiarray._reconstruct, np._core.multiarray.scalar, np.ndarray,
+               np.dtype, argparse.Namespace,
+               *(getattr(np.dtypes, name) for name in np.dtypes.__all__)]
 
 
 def plain(value, where: str = "the file"):
@@ -48,10 +57,16 @@ def convert(source: Path, target: Path) -> None:
     if target.exists():
         raise UserError(f"{target} exists; name a new file (the original is never replaced)")
     try:
-        content = torch.load(source, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(CONVERTIBLE):
+            content = torch.load(source, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{source}: no such file") from None
     except Exception as exc:
+        others = checkpoints.unsafe_globals(source, CONVERTIBLE)
+        if others:
+            raise UserError(f"{source} names Python objects that have no plain form here "
+                            f"({', '.join(others[:3])}); nothing in it was run: convert those "
+                            "parts by hand") from None
         raise UserError(f"{source} could not be read ({type(exc).__name__}: {exc})") from None
     converted = plain(content)
     atomic.write_file(target, lambda f: torch.save(converted, f))
@@ -65,7 +80,8 @@ def convert(source: Path, target: Path) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="Only for files you trust: see the module's help.")
+                                     epilog="FILE is read without running code: see the "
+                                     "module's help.")
     parser.add_argument("file", type=Path, help="the file that the toolkit refused")
     parser.add_argument("new_file", type=Path, help="where to write the converted file")
     args = parser.parse_args(argv)

@@ -41,7 +41,7 @@ def load_safely(path: Path, what: str):
     """``torch.load`` that cannot run code: only tensors and plain containers are rebuilt
     (and the numpy RNG state of checkpoints of formats 1-2). A file that names any other
     Python object (which a plain ``torch.load`` would call, whatever it does) is refused in
-    one line, with the way to convert a file one trusts."""
+    one line, with the converter that rewrites numpy and argparse content as data."""
     path = Path(path)
     try:
         damaged = _failed_checksum(path)
@@ -60,13 +60,14 @@ def load_safely(path: Path, what: str):
     except PermissionError as exc:
         raise UserError(f"{what} {path} cannot be read: {exc.strerror}") from None
     except Exception as exc:
-        names = _unsafe_globals(path)
+        names = unsafe_globals(path)
         if names:
             raise UserError(
                 f"{what} {path} is not a plain checkpoint: it names Python objects beyond "
                 f"tensors and plain containers ({', '.join(names[:3])}), which loading would "
-                f"run, so it was not loaded; if you trust its source, `{CONVERT_HINT} "
-                f"{path} NEW_FILE` converts it") from None
+                f"run, so it was not loaded; where they are numpy arrays or an argparse "
+                f"Namespace, `{CONVERT_HINT} {path} NEW_FILE` converts it, running nothing "
+                "either") from None
         raise UserError(f"{what} {path} is unreadable ({type(exc).__name__}); it may be "
                         "corrupt, truncated or not a PyTorch file") from None
 
@@ -84,15 +85,15 @@ def _failed_checksum(path: Path) -> str | None:
         return f"index ({exc})"
 
 
-def _unsafe_globals(path: Path) -> list[str]:
-    """The Python objects a pickle file names that the safe loader does not allow (read
-    from its opcodes, nothing is run)."""
+def unsafe_globals(path: Path, allowed: list = _FORMAT_2_GLOBALS) -> list[str]:
+    """The Python objects a pickle file names beyond ``allowed`` (by default what the safe
+    loader allows), read from its opcodes: nothing is run."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:
         return []
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _FORMAT_2_GLOBALS}
-    return [n for n in names if n not in allowed]
+    allowed_names = {f"{g.__module__}.{g.__qualname__}" for g in allowed}
+    return [n for n in names if n not in allowed_names]
 
 
 def load_checkpoint(path: Path, method: str | None) -> dict:

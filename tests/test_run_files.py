@@ -72,7 +72,13 @@ def test_a_file_that_would_run_code_is_refused_everywhere(data_dir, tiny_run, tm
         "--hm_load_feature_net", "--hm_feature_net_path", tmp_path / "feature.tar",
         "--data_dir", data_dir, "--save_dir", tmp_path / "other"], capsys)
     assert_one_line_error(code, err, "feature.tar is not a plain checkpoint")
-    assert not marker.exists()
+    # The converter the refusal points to reads without running code too.
+    import convert_checkpoint
+    code = convert_checkpoint.main([str(tmp_path / "feature.tar"), str(tmp_path / "plain.tar")])
+    assert_one_line_error(code, capsys.readouterr().err,
+                          r"names Python objects that have no plain form here \(io\.open\); "
+                          "nothing in it was run")
+    assert not marker.exists() and not (tmp_path / "plain.tar").exists()
 
 
 def test_a_checkpoint_with_flipped_bits_is_refused_not_tested(data_dir, tiny_run, tmp_path,
