@@ -35,8 +35,14 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from cli import config
 from cli.errors import run_cli
-from runtime import allocator
+from data.benchmarks import find
+from data.episodes import TEST_QUERY, TRAIN_QUERY
+from methods import METHODS
+from runtime import allocator, distributed, loops, setup
 from runtime.device import resolve_device
 from storage import atomic
 
@@ -68,9 +74,6 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
             n_way: int = 5, profile: bool = False) -> dict | None:
     """Run one configuration in this process (this rank, under torchrun) and return its
     measurements (None on the ranks other than 0)."""
-    from cli import config
-    from methods import METHODS
-    from runtime import distributed, setup
 
     options, epoch = CONFIGS[(method, phase)]
     argv = ["--dataset", dataset, "--method", method, "--n_shot", str(n_shot),
@@ -95,16 +98,11 @@ def measure(method: str, phase: str, n_shot: int, device_name: str, data_dir: st
         return {"method": method, "phase": phase, "n_shot": n_shot, "n_way": n_way,
                 "device": str(device), "model": model_name, "dataset": dataset,
                 "train_aug": train_aug, "processes": world.size,
-                "threads": torch_threads(), "n_task": opts.n_task,
+                "threads": torch.get_num_threads(), "n_task": opts.n_task,
                 "engine": engines[0], "memory_format": formats[0], "precision": precisions[0],
                 **found}
 
     return distributed.run_in_world(opts, body)
-
-
-def torch_threads() -> int:
-    import torch
-    return torch.get_num_threads()
 
 
 class Measurement:
@@ -112,10 +110,6 @@ class Measurement:
     builds them (runtime.setup), and the work that is timed on them."""
 
     def __init__(self, opts, benchmark, device, world, n_way: int, epoch: int):
-        import torch
-
-        from data.episodes import TEST_QUERY, TRAIN_QUERY
-        from runtime import setup
         self.opts, self.device, self.world = opts, device, world
         found = setup.samplers(opts, benchmark, device, world, {
             "train": ("base", n_way, TRAIN_QUERY), "val": ("val", n_way, TRAIN_QUERY),
@@ -128,7 +122,6 @@ class Measurement:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opts.lr)
 
     def timed(self, fn) -> float:
-        import torch
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -138,7 +131,6 @@ class Measurement:
         return time.perf_counter() - start
 
     def train_updates(self, count: int, first_epoch: int) -> None:
-        from runtime import loops
 
         # n_episode = n_task: each engine epoch is exactly one meta-update.
         for e in range(first_epoch, first_epoch + count):
@@ -147,15 +139,11 @@ class Measurement:
                 pass
 
     def evaluate(self, sampler, n: int) -> None:
-        from runtime import loops
         self.world.gather_results(list(loops.evaluate(self.model, self.compute, sampler, n,
                                                       self.opts.n_task, self.world)))
 
     def use(self, engine: str, layout: str, precision: str) -> None:
         """Compute the next work with this engine, memory layout and arithmetic."""
-        import torch
-
-        from runtime import setup
         self.compute = setup.Compute(self.device, engine == "batched", precision,
                                      layout == "channels_last")
         self.model.to(memory_format=getattr(torch, layout.replace("contiguous",
@@ -181,9 +169,6 @@ class Measurement:
 
     def measure(self, variants, updates: int, eval_episodes: int, epoch_episodes: int,
                 profile: bool) -> dict:
-        import torch
-
-        from runtime import loops
         self.train_updates(1, 10_000)  # warm-up: allocator, caches, lazy initialisation
         self.evaluate(self.val, 5)
         if self.device.type == "cuda":
@@ -218,7 +203,6 @@ class Measurement:
 
     def peak_memory(self) -> float:
         """Bytes at the peak, of all processes together under torchrun."""
-        import torch
         peak = (torch.cuda.max_memory_allocated() if self.device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         if self.world.size > 1:
@@ -280,7 +264,6 @@ def matmul_gflops(device) -> float:
     """What this device computes in float32 matrix products of 2,048 x 2,048 (GFLOP/s, best
     of five), measured in the same process with the same threads: the practical peak the
     tasks' rates are put against."""
-    import torch
     a, b = (torch.randn(2048, 2048, device=device) for _ in range(2))
     best = float("inf")
     for _ in range(5):
@@ -295,9 +278,8 @@ def matmul_gflops(device) -> float:
 
 
 def default_memory_format(method: str, device_name: str) -> str:
-    from runtime.setup import choose_memory_format
     opts = argparse.Namespace(memory_format="auto", method=method)
-    return choose_memory_format(opts, resolve_device(device_name))
+    return setup.choose_memory_format(opts, resolve_device(device_name))
 
 
 def achieved(row: dict) -> float:
@@ -406,7 +388,6 @@ def main() -> int:
     if set(args.allocator.split(",")) - {"keep", "glibc"}:
         parser.error(f"--allocator {args.allocator}: the settings are keep and glibc")
     if args.model is None:
-        from data.benchmarks import find
         args.model = "Conv4Pool" if find(args.dataset).colour else "Conv4"
     if args.worker:
         return run_worker(args)

@@ -27,13 +27,13 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from cli.errors import UserError
 from data.benchmarks import Benchmark, find
 from methods.bayes_hmaml import BayesOptions
 from methods.hypermaml import HyperOptions
-from methods.options import option
+from methods.options import option as _opt  # the runs' options, declared as the methods' are
 
 # Conv4: the reference's three-channel network; Conv4S: one channel; Conv4Pool: average
 # pooled; Conv6: six blocks (backbones/convnet.py).
@@ -57,10 +57,6 @@ def dataset_argument(text: str) -> str:
     except UserError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--dataset {text}: ")) from None
     return text
-
-
-def _opt(default: Any, help: str, scope: str = "run", **argparse_kwargs: Any) -> Any:
-    return option(default, help, scope, **argparse_kwargs)
 
 
 @dataclass

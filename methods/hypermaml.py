@@ -430,7 +430,8 @@ class HyperMAML(MetaLearner):
         noise = torch.Generator(query_features.device).manual_seed(episode.seed)
         logits = self.adapted_logits(query_features, adapted, training, noise)
         if training and s.hm_support_set_loss:
-            scored = torch.cat([self.adapted_logits(support_features, adapted, training, noise), logits])
+            support_logits = self.adapted_logits(support_features, adapted, training, noise)
+            scored = torch.cat([support_logits, logits])
             loss = F.cross_entropy(scored, torch.cat([episode.support_y, episode.query_y]))
         else:
             loss = F.cross_entropy(logits, episode.query_y)

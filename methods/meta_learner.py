@@ -2,10 +2,10 @@
 classifier), the functional forward over a parameter dict, the episode loss, accuracy, the
 meta-batch gradient and evaluation.
 
-A method subclasses :class:`MetaLearner` (the reference's ``MetaTemplate``) and implements :meth:`adapted_query_logits`, the
-one thing that differs between MAML, HyperMAML and BayesHMAML: how the support set turns the
-universal weights into the query set's logits, and :meth:`from_options`, how the options
-build it (docs/contributing.md lists the other hooks).
+A method subclasses :class:`MetaLearner` (the reference's ``MetaTemplate``) and implements
+:meth:`adapted_query_logits`, the one thing that differs between MAML, HyperMAML and
+BayesHMAML: how the support set turns the universal weights into the query set's logits, and
+:meth:`from_options`, how the options build it (docs/contributing.md lists the other hooks).
 
 The meta-gradient is accumulated task by task (``backward`` after each task), which gives the
 gradient of the SUM of the tasks' query losses, as the reference's single ``backward`` does,

@@ -7,6 +7,7 @@ RESULTS.md from the records the runs leave in ``results/runs/NAME/``.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,7 +237,6 @@ PUBLISHED: dict[str, str] = {
 def main(argv: list[str] | None = None) -> int:
     """``python -m results.experiments NAME``: train.py's arguments of the published
     experiment NAME, one per line (commands.sh runs them); ``--list``: the names."""
-    import sys
     args = sys.argv[1:] if argv is None else argv
     if args == ["--list"]:
         print("\n".join(PUBLISHED))

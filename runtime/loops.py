@@ -141,10 +141,10 @@ class QueryBlock:
 
     Each episode's own logits tensor (1.5 KB) would outlive the episode in the heap, among the
     episode's freed activations (17 MB each for 84-pixel photographs), where malloc keeps freed
-    memory (runtime/allocator.py): the next episode's activations no longer fit in the split holes, and
-    the heap grew by up to an activation per episode. test.py on CUB-100 photographs held 7.6 to
-    16 GB where its tensors took 85 MB (docs/performance.md); copied into one block, only the
-    block stays."""
+    memory (runtime/allocator.py): the next episode's activations no longer fit in the split
+    holes, and the heap grew by up to an activation per episode. test.py on CUB-100
+    photographs held 7.6 to 16 GB where its tensors took 85 MB (docs/performance.md); copied
+    into one block, only the block stays."""
 
     def __init__(self, n_episode: int):
         self.n_episode = n_episode

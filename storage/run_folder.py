@@ -15,7 +15,8 @@ from storage.atomic import WRITE_WATCHERS, ensure_writable, file_mode
 
 
 def checkpoint_dir(opts) -> Path:
-    """``save/checkpoints/{dataset}/{model}_{method}_{n}way_{k}shot[_{suffix}]``, as the reference."""
+    """``save/checkpoints/{dataset}/{model}_{method}_{n}way_{k}shot[_{suffix}]``, as the
+    reference names it."""
     name = f"{opts.model}_{opts.method}_{opts.train_n_way}way_{opts.n_shot}shot"
     if opts.checkpoint_suffix:
         if "/" in opts.checkpoint_suffix or "\0" in opts.checkpoint_suffix:

@@ -1,5 +1,6 @@
-"""The entry points' malloc settings (runtime/allocator.py): a freed large tensor's memory is reused,
-not handed back to the kernel and faulted in again; glibc's own settings stay on request."""
+"""The entry points' malloc settings (runtime/allocator.py): a freed large tensor's memory is
+reused, not handed back to the kernel and faulted in again; glibc's own settings stay on
+request."""
 from __future__ import annotations
 
 import json
