@@ -147,13 +147,23 @@ class Experiment:
         return self.train.split()
 
 
-def _short(method: str, shots: int, dataset: str = "cross_char", ways: int = 5) -> Experiment:
+BASELINE_GROUP = ("baselines, cross_char, 128 epochs (12,800 training episodes): ProtoNet, "
+                  "ANIL, Meta-SGD beside MAML and HyperMAML")
+
+
+def _short(method: str, shots: int, dataset: str = "cross_char", ways: int = 5,
+           group: str | None = None) -> Experiment:
     options = f"--dataset {dataset} --model Conv4 --method {method} --n_shot {shots}"
     if ways != 5:
         options += f" --train_n_way {ways} --test_n_way {ways}"
     published = 2048 if method in ("hyper_maml", "bayes_hmaml") else (19200 if shots == 1
                                                                       else 12800)
-    if method in ("hyper_maml", "bayes_hmaml"):
+    if method == "protonet":
+        # CloserLookFewShot's ProtoNet: one episode per Adam step (no meta-batch), 600 epochs
+        # at 1-shot, 400 otherwise; the same 12,800 training episodes as the 128-epoch rows.
+        options += " --n_task 1 --stop_epoch 128"
+        published = 600 if shots == 1 else 400
+    elif method in ("hyper_maml", "bayes_hmaml"):
         options += " " + SHORT_HYPERNET
         if method == "bayes_hmaml":
             options += " " + SHORT_BAYES
@@ -161,7 +171,8 @@ def _short(method: str, shots: int, dataset: str = "cross_char", ways: int = 5) 
             options += " --hn_sup_aggregation mean"
     else:
         options += " --stop_epoch 4"
-    group = "equal budget, cross_char" if dataset == "cross_char" else "Omniglot"
+    if group is None:
+        group = "equal budget, cross_char" if dataset == "cross_char" else "Omniglot"
     return Experiment(options, published, group)
 
 
@@ -169,6 +180,10 @@ EXPERIMENTS: dict[str, Experiment] = {
     "hyper_maml_cross_char_1shot_published": Experiment(PUBLISHED_HYPER_MAML, 2048, "published"),
     **{f"{method}_cross_char_{shots}shot_128": _short(method, shots)
        for method in ("maml", "maml_approx", "hyper_maml", "bayes_hmaml") for shots in (1, 5)},
+    # The standard baselines (#40) on the same budget: MAML's protocol for ANIL and Meta-SGD
+    # (whose papers used MAML's schedule), CloserLookFewShot's for ProtoNet.
+    **{f"{method}_cross_char_{shots}shot_128": _short(method, shots, group=BASELINE_GROUP)
+       for method in ("protonet", "anil", "meta_sgd") for shots in (1, 5)},
     **{f"{method}_omniglot_{ways}way_1shot_128": _short(method, 1, "omniglot", ways)
        for method in ("maml", "hyper_maml") for ways in (5, 20)},
     "bayes_hmaml_cross_char_1shot_published": Experiment(PUBLISHED_BAYES_HMAML, 2048,
