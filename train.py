@@ -22,7 +22,7 @@ from cli import config
 from cli.errors import UserError, run_cli
 from data.episodes import TRAIN_QUERY
 from methods import METHODS
-from reports import testing
+from reports import statistics, testing
 from runtime import allocator, distributed, loops, progress, setup
 from runtime.course import Course, refuse_another_optimiser, start_course
 from storage import atomic, checkpoints, records, run_folder
@@ -209,7 +209,8 @@ def validate(epoch: int, opts, model, compute: setup.Compute, course: Course, sa
         raise UserError(divergence_message(
             loops.Diverged(f"in the validation after epoch {epoch}", problem), opts,
             last_path, course.saved_epoch))
-    found = dict(zip(("val_acc", "val_ci95"), loops.mean_and_ci95([r.accuracy for r in val])))
+    found = dict(zip(("val_acc", "val_ci95"),
+                     statistics.reference_interval([r.accuracy for r in val])))
     if found["val_acc"] > course.best_acc:
         course.best_acc, course.best_epoch = found["val_acc"], epoch
         found["best"] = True

@@ -11,13 +11,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cli.errors import UserError
 from data.benchmarks import folder_name
 from data.episodes import TEST_QUERY
-from reports import calibration, plots
+from reports import calibration, plots, statistics
 from runtime import distributed, loops, progress, setup
 from storage import atomic, checkpoints, records, run_folder
 
@@ -125,7 +124,7 @@ def test_repeats(opts, model, compute, sampler, temperature: float | None,
         results, logits, labels = evaluate_episodes(
             opts, model, compute, sampler.with_seed(opts.seed + r),
             f"repeat {r + 1}/{opts.repeat}", world)
-        mean, ci95 = loops.mean_and_ci95([e.accuracy for e in results])
+        mean, ci95 = statistics.reference_interval([e.accuracy for e in results])
         report = calibration.calibration_report(logits, labels)
         # Each episode's count of correct queries: what a shipped model must reproduce.
         entry = {"seed": opts.seed + r, "acc": mean, "ci95": ci95, **report.as_dict(),
@@ -151,10 +150,15 @@ def report(opts, path: Path, state: dict, tested: Tested, temperature: float | N
     """The summary over the repeats and all test queries, the figures with ``--plot``, and
     the results.txt line and results.jsonl record."""
     means = [e["acc"] for e in tested.repeats]
-    overall, spread = float(np.mean(means)), float(np.std(means))
+    over_episodes = statistics.t_interval(episode_accuracies(tested.repeats))
+    spread = statistics.t_interval(means).sd
     logits, labels = tested.logits, tested.labels
     pooled = calibration.calibration_report(logits, labels)
-    print(f"Mean over {opts.repeat} repeats: {overall:.2f}%, std {spread:.2f}%")
+    print(f"Mean over {opts.repeat} repeats: {over_episodes.mean:.2f}% +- "
+          f"{over_episodes.half:.2f}% (95%, Student-t over the {over_episodes.n:,} test "
+          f"episodes: the test sampling of this one model, not training seeds); the repeats' "
+          f"sample std {spread:.2f}%; each repeat's +- above is the reference's "
+          f"1.96 x std / sqrt({opts.n_episode})")
     print(f"Calibration over all {len(labels):,} test queries: {pooled}")
     record = {"calibration": pooled.as_dict()}
     panels = {"uncalibrated": calibration.reliability_bins(logits, labels)}
@@ -169,17 +173,26 @@ def report(opts, path: Path, state: dict, tested: Tested, temperature: float | N
         record.update(draw(opts, panels, sampler, tested, len(labels), stamp))
     line = (f"{stamp} {opts.dataset} split={opts.split} {opts.model} {opts.method} "
             f"{opts.n_shot}shot {opts.test_n_way}way checkpoint={path}: "
-            f"{opts.n_episode} Test Acc = {overall:.2f}% (std over {opts.repeat} repeats "
-            f"{spread:.2f}%; repeats {', '.join(f'{m:.2f}' for m in means)}); {pooled}")
+            f"{opts.n_episode} Test Acc = {over_episodes.mean:.2f}% +- {over_episodes.half:.2f}% "
+            f"(95% over {over_episodes.n} test "
+            f"episodes; repeats {', '.join(f'{m:.2f}' for m in means)}, sample std "
+            f"{spread:.2f}%); {pooled}")
     record.update({"time": stamp, "dataset": opts.dataset, "split": opts.split,
                    "model": opts.model, "method": opts.method, "n_shot": opts.n_shot,
                    "n_way": opts.test_n_way, "checkpoint": str(path), "epoch": state["epoch"],
                    "n_episode": opts.n_episode, "seeds": [e["seed"] for e in tested.repeats],
-                   "repeats": tested.repeats, "repeat_acc": means, "acc_mean": overall,
-                   "acc_std": spread, "config": opts.to_dict()})
+                   "repeats": tested.repeats, "repeat_acc": means,
+                   "acc_mean": over_episodes.mean, "acc_ci95": over_episodes.half,
+                   "repeat_sample_std": spread, "config": opts.to_dict()})
     if opts.precision == "bf16":  # what the counts depend on beyond the options
         record["bf16_kernels"] = setup.bf16_kernels(compute.device)
     records.append_result(Path(opts.record_dir), line, record)
+
+
+def episode_accuracies(repeats: list[dict]) -> list[float]:
+    """Every test episode's accuracy in %, repeat after repeat, from the record's counts."""
+    return [100.0 * correct / repeat["episode_queries"]
+            for repeat in repeats for correct in repeat["episode_correct"]]
 
 
 def draw(opts, panels: dict, sampler, tested: Tested, queries: int, stamp: str) -> dict:

@@ -7,8 +7,9 @@ RESULTS.md from the records the runs leave in ``results/runs/NAME/``.
 from __future__ import annotations
 
 import os
+import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # The reference's published cross_char commands (its commands.sh), word for word
@@ -208,6 +209,55 @@ EXPERIMENTS: dict[str, Experiment] = {
     f"hyper_maml_caltech_to_cub100_1shot_{PHOTO_EPOCHS}":
         _photos("hyper_maml", 1, "filelists/caltech_to_cub100"),
 }
+
+# A training seed of an experiment is a run of its own, named NAME_seedS (``python -m
+# results.run NAME --seeds 0 1 2``): NAME's command line with ``--seed S``, in a folder and
+# with a model file of its own; NAME itself is its command's seed (0 unless it names one).
+SEED_SUFFIX = re.compile(r"^(?P<base>.+)_seed(?P<seed>\d+)$")
+
+
+def own_seed(name: str) -> int:
+    argv = EXPERIMENTS[name].argv()
+    return int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
+
+
+def seed_run(name: str, seed: int) -> str:
+    """The run name of experiment ``name`` trained with ``seed``."""
+    return name if seed == own_seed(name) else f"{name}_seed{seed}"
+
+
+def seed_of(run: str) -> tuple[str, int]:
+    """The experiment a run repeats and its training seed: (``run``, its own seed) for an
+    experiment, (NAME, S) for NAME_seedS."""
+    match = SEED_SUFFIX.match(run)
+    if match and match["base"] in EXPERIMENTS:
+        base, seed = match["base"], int(match["seed"])
+        # An entry of EXPERIMENTS may follow the rule too (NAME_seed1 written out by hand)
+        if run not in EXPERIMENTS or \
+                EXPERIMENTS[run].argv() == with_seed(EXPERIMENTS[base], seed).argv():
+            return base, seed
+    if run not in EXPERIMENTS:
+        raise KeyError(run)
+    return run, own_seed(run)
+
+
+def with_seed(experiment: Experiment, seed: int) -> Experiment:
+    argv = experiment.argv()
+    if "--seed" in argv:
+        argv[argv.index("--seed") + 1] = str(seed)
+    else:
+        argv += ["--seed", str(seed)]
+    return replace(experiment, train=" ".join(argv))
+
+
+def experiment(run: str) -> Experiment:
+    """The experiment of a run name: an entry of EXPERIMENTS or a seed of one (NAME_seedS);
+    KeyError for any other name."""
+    if run in EXPERIMENTS:
+        return EXPERIMENTS[run]
+    base, seed = seed_of(run)
+    return with_seed(EXPERIMENTS[base], seed)
+
 
 # What the literature reports for the same setting, shown beside ours in the README's summary
 # (sources: the reference's own results log; Patacchiola et al. 2020, DKT, for MAML 5-shot;

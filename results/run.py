@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import difflib
 import json
 import os
 import platform
@@ -28,7 +29,7 @@ from pathlib import Path
 from cli import config
 from cli.errors import UserError, run_cli
 from methods import METHODS
-from results.experiments import EXPERIMENTS
+from results.experiments import EXPERIMENTS, experiment, seed_run
 from storage import atomic, checkpoints
 from storage.run_folder import RunLock, checkpoint_dir
 
@@ -48,7 +49,7 @@ def record_folder(name: str) -> Path:
 
 def checkpoint_folder(name: str) -> Path:
     """Where train.py writes the run of ``name`` (its checkpoint naming rule)."""
-    argv = EXPERIMENTS[name].argv()
+    argv = experiment(name).argv()
     # An image-folder benchmark (filelists/cub100) exists only once results.run has made it,
     # and parsing checks --dataset: parse with a built-in one, since the folder's name is all
     # the naming rule reads of it.
@@ -160,8 +161,12 @@ def main(argv=None) -> int:
                                      epilog="Options after -- go to train.py and test.py, "
                                      "e.g. -- --precision bf16.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("name", nargs="?", choices=list(EXPERIMENTS), metavar="NAME",
-                        help="experiment (see --list)")
+    parser.add_argument("name", nargs="?", type=run_name, metavar="NAME",
+                        help="experiment (see --list), or NAME_seedS: NAME trained with seed S")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                        help="run NAME once per training seed, one after the other, each in "
+                        "a run of its own (NAME_seedS; NAME itself for its own seed), each "
+                        "resumable; RESULTS.md reports their mean over seeds")
     parser.add_argument("--list", action="store_true", help="list the experiments")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: two runs share a 2-core machine best)")
@@ -185,24 +190,46 @@ def main(argv=None) -> int:
             prepare_benchmarks(name)
         return 0
     if args.list or not args.name:
-        for name, experiment in EXPERIMENTS.items():
-            print(f"{name}  [{experiment.group}]\n    {experiment.train}")
+        for name, entry in EXPERIMENTS.items():
+            print(f"{name}  [{entry.group}]\n    {entry.train}")
         return 0
-    # One results.run per experiment at a time: a second would move or interleave the
-    # first's records (its train.py locks the checkpoint folder below this one).
-    lock = RunLock(run_folder(args.name))
-    lock.acquire()
+    seeds = args.seeds if args.seeds else [None]
+    if args.seeds and (len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0):
+        parser.error(f"--seeds takes distinct seeds >= 0, got {' '.join(map(str, args.seeds))}")
+    base = args.name
+    for seed in seeds:
+        if seed is not None:
+            args.name = seed_run(base, seed)
+            print(f"{base}, seed {seed}: run {args.name}", flush=True)
+        # One results.run per run at a time: a second would move or interleave the first's
+        # records (its train.py locks the checkpoint folder below this one).
+        lock = RunLock(run_folder(args.name))
+        lock.acquire()
+        try:
+            code = run_experiment(args)
+        finally:
+            lock.release()
+        if code != 0:
+            return code
+    return 0
+
+
+def run_name(name: str) -> str:
+    """argparse's check of NAME: an experiment or a seed of one."""
     try:
-        return run_experiment(args)
-    finally:
-        lock.release()
+        experiment(name)
+    except KeyError:
+        close = difflib.get_close_matches(name, EXPERIMENTS, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise argparse.ArgumentTypeError(f"no experiment {name}{hint}; --list names them")
+    return name
 
 
 def prepare_benchmarks(name: str) -> None:
     """Make the image-folder benchmarks ``name`` needs that are not there yet."""
     from data.benchmarks import OWN_DESCRIPTION
     from data.folder import main as make_benchmark
-    for benchmark, folder_args in EXPERIMENTS[name].prepare:
+    for benchmark, folder_args in experiment(name).prepare:
         target = REPO / benchmark
         if (target / OWN_DESCRIPTION).exists():
             continue
@@ -222,7 +249,7 @@ def run_experiment(args) -> int:
         print(f"{args.name}: {lost}", file=sys.stderr)
         record(folder, {"kind": "restart", "note": lost,
                         "at": datetime.datetime.now().isoformat(timespec="seconds")})
-    common = EXPERIMENTS[args.name].argv() + ["--device", args.device, "--save_dir",
+    common = experiment(args.name).argv() + ["--device", args.device, "--save_dir",
                                               str(folder), *args.extra]
     resume = ["--resume"] if (checkpoint_folder(args.name) / "last_model.tar").exists() else []
     code = launch("train", args.name, common + ["--final_test", "0", *resume], args.threads)
@@ -261,7 +288,7 @@ def test_again(args) -> int:
     else:
         raise UserError(f"{args.name}: nothing to test: neither {best} nor "
                         f"{model_file(args.name)} exists")
-    argv = EXPERIMENTS[args.name].argv() + ["--device", args.device, *source, *args.extra]
+    argv = experiment(args.name).argv() + ["--device", args.device, *source, *args.extra]
     return launch("test", args.name, argv + test_options(args.name), args.threads)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-import numpy as np
 import torch
 
 from cli.errors import UserError
@@ -175,9 +174,3 @@ def require_finite(results: list[TaskResult], what: str) -> None:
     if problem:
         raise UserError(f"{what}: {problem}: its weights diverged or overflowed in training, "
                         "so no accuracy is reported")
-
-
-def mean_and_ci95(accuracies: list[float]) -> tuple[float, float]:
-    """Mean accuracy and the half-width 1.96 * std / sqrt(n) of the reference's reports."""
-    values = np.asarray(accuracies, dtype=np.float64)
-    return float(values.mean()), float(1.96 * values.std() / math.sqrt(len(values)))

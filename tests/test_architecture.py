@@ -10,8 +10,9 @@ from conftest import REPO_ROOT
 
 # Lowest first. A module belongs to the first layer naming it or a package above it.
 LAYERS = [
-    ("ground floor", ["cli.errors", "runtime.allocator", "reports.calibration", "storage.atomic",
-                      "backbones", "data.augment", "data.photos"]),
+    ("ground floor", ["cli.errors", "runtime.allocator", "reports.calibration",
+                      "reports.statistics", "storage.atomic", "backbones", "data.augment",
+                      "data.photos"]),
     ("data", ["data"]),
     ("methods", ["methods"]),
     ("options", ["cli"]),

@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -116,11 +117,47 @@ def test_a_run_tests_again_from_its_model_file_and_is_reported_by_its_latest_tes
     only = json.loads(records[-1])["repeats"][0]
     built = report.build()
     row = next(line for line in built.splitlines() if line.startswith("| `tiny`"))
-    assert f"**{only['acc']:.2f} +- {only['ci95']:.2f}** (1 x 6 episodes)" in row
+    # The interval over its 6 episodes: Student-t, sample std (n - 1).
+    accuracies = [100 * c / only["episode_queries"] for c in only["episode_correct"]]
+    half = 2.5706 * np.std(accuracies, ddof=1) / np.sqrt(6)  # t(0.975, 5 d.f.) = 2.5706
+    assert f"**{np.mean(accuracies):.2f} +- {half:.2f}** (1 x 6 episodes)" in row
     assert "tiny.safetensors --repeat 1`" in built  # the model's command repeats that test
     model.unlink()
     with pytest.raises(UserError, match="nothing to test"):
         runner.main(["tiny", "--test_only"])
+
+
+def test_seeds_run_one_after_the_other_and_are_reported_over_seeds(tiny, tmp_path):
+    """--seeds 0 1: the experiment's own seed runs as "tiny", seed 1 as "tiny_seed1", each
+    with its folder, model file and records; a second call resumes both (nothing trained);
+    RESULTS.md lists tiny_seed1 in tiny's table and gives the mean over the two seeds with
+    its Student-t interval (12.706 x sd / sqrt(2))."""
+    short = ["--", "--n_episode", "4", "--repeat", "1"]
+    assert runner.main(["tiny", "--seeds", "0", "1", *short]) == 0
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == \
+        ["tiny.safetensors", "tiny_seed1.safetensors"]
+    args = json.loads((runner.checkpoint_folder("tiny_seed1") / "args.json").read_text())
+    assert args["seed"] == 1
+    assert runner.main(["tiny", "--seeds", "0", "1", *short]) == 0
+    for run in ("tiny", "tiny_seed1"):
+        segments = [json.loads(line) for line in
+                    (tmp_path / "runs" / run / "segments.jsonl").read_text().splitlines()]
+        trains = [s for s in segments if s["kind"] == "train" and "started" in s]
+        assert len(trains) == 2 and trains[1]["resumed_after_epoch"] == 1
+    built = report.build()
+    table = built.split("## Over training seeds")[1]
+    row = next(line for line in table.splitlines() if line.startswith("| `tiny`"))
+    means = []
+    for run in ("tiny", "tiny_seed1"):
+        test = json.loads((runner.record_folder(run) / "results.jsonl").read_text()
+                          .splitlines()[-1])
+        means.append(np.mean([100 * c / test["repeats"][0]["episode_queries"]
+                              for c in test["repeats"][0]["episode_correct"]]))
+    half = 12.7062 * abs(means[0] - means[1]) / 2
+    assert "| 0, 1 |" in row and f"**{np.mean(means):.2f} +- {half:.2f}**" in row
+    assert "`tiny_seed1`" in built.split("## Over training seeds")[0]
+    with pytest.raises(SystemExit):  # a mistyped name: argparse's one line, with a hint
+        runner.main(["tiny_sed1"])
 
 
 def test_run_whose_checkpoints_were_lost_restarts_and_keeps_its_records(tiny, tmp_path):
@@ -142,7 +179,7 @@ def test_run_whose_checkpoints_were_lost_restarts_and_keeps_its_records(tiny, tm
     assert (earlier / "args.json").exists() and not runner.record_folder("tiny").exists()
     acc = json.loads(tested)["acc_mean"]
     built = report.build()
-    assert f"  earlier attempt 1: 2 epochs (CPU " in built
+    assert "  earlier attempt 1: 2 epochs (CPU " in built
     # Each attempt is described by its own segments: the first trained and tested, the
     # restart only trained (its test skipped), in one segment.
     current = next(line for line in built.splitlines() if line.startswith("- `tiny`"))
