@@ -11,6 +11,7 @@ with its own ImageNet statistics, as the reference; or the first alone).
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,6 +121,17 @@ class EpisodeSampler:
         per_class = self.n_support + self.n_query
         picks = np.stack([rng.choice(self.counts[c], per_class, replace=False) for c in classes])
         return classes, picks, int(rng.integers(1 << 62))
+
+    def fingerprint(self, count: int) -> str:
+        """A digest of episodes 0 .. count-1 of this stream: the names of the classes each
+        draws and the images it takes of them. Two tests with equal digests ran on the same
+        episodes (results.compare checks it), whatever machine or version drew them."""
+        digest = hashlib.sha256()
+        for index in range(count):
+            classes, picks, _ = self.draw(index)
+            digest.update("\0".join(self.split.label_names[c] for c in classes).encode())
+            digest.update(picks.astype(np.int64).tobytes())
+        return digest.hexdigest()[:16]
 
     def shown(self, index: int) -> tuple[np.ndarray, list[str]]:
         """Episode ``index``'s images as a person looks at them: ``uint8 [n_way,

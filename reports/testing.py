@@ -129,7 +129,8 @@ def test_repeats(opts, model, compute, sampler, temperature: float | None,
         # Each episode's count of correct queries: what a shipped model must reproduce.
         entry = {"seed": opts.seed + r, "acc": mean, "ci95": ci95, **report.as_dict(),
                  "episode_correct": [e.correct for e in results],
-                 "episode_queries": results[0].total}
+                 "episode_queries": results[0].total,
+                 "episodes_sha": sampler.with_seed(opts.seed + r).fingerprint(opts.n_episode)}
         # The accuracy line exactly as the reference prints it; calibration on the next.
         world.say(f"{opts.n_episode} Test Acc = {mean:.2f}% +- {ci95:.2f}%")
         text = f"  calibration: {report}"

@@ -96,6 +96,19 @@ def test_episodes_are_a_function_of_seed_split_and_index(data_dir, omniglot_base
     assert val_sampler.draw(0)[0].tolist() != a.draw(0)[0].tolist()
 
 
+def test_fingerprint_names_the_episodes_drawn(data_dir, omniglot_base):
+    """Equal for the same stream wherever drawn; different for another seed, count, task
+    shape or split (what results.compare relies on to refuse tests of other episodes)."""
+    sampler = EpisodeSampler(omniglot_base, 5, 1, 15, seed=0)
+    digest = sampler.fingerprint(50)
+    assert EpisodeSampler(omniglot_base, 5, 1, 15, seed=0).fingerprint(50) == digest
+    others = {sampler.with_seed(1).fingerprint(50), sampler.fingerprint(49),
+              EpisodeSampler(omniglot_base, 5, 5, 15, seed=0).fingerprint(50),
+              EpisodeSampler(load_split(data_dir, "omniglot", "val", verbose=False), 5, 1, 15,
+                             seed=0).fingerprint(50)}
+    assert digest not in others and len(others) == 4
+
+
 def test_draws_cover_the_split_uniformly(emnist_novel):
     sampler = EpisodeSampler(emnist_novel, 5, 1, 15, seed=0)
     counts = np.bincount(np.concatenate([sampler.draw(i)[0] for i in range(3000)]),
