@@ -129,17 +129,21 @@ def check_training(opts, resume_state: dict | None, last_path: Path,
 
 @dataclass
 class Logs:
-    """The per-epoch records rank 0 writes: metrics.jsonl, and delta_params.jsonl with
-    --hm_save_delta_params."""
+    """The per-epoch records rank 0 writes: metrics.jsonl, delta_params.jsonl with
+    --hm_save_delta_params, and metrics.jsonl's TensorBoard mirror (tensorboard/) where the
+    tensorboard package is installed."""
     metrics: records.EpochLog | None = None
     deltas: records.EpochLog | None = None
+    board: records.TensorBoardLog | None = None
 
 
 def open_logs(folder: Path, opts, resume_state: dict | None, world: distributed.World) -> Logs:
     if not world.is_main:
         return Logs()
     resumed_after = None if resume_state is None else resume_state["epoch"]
-    logs = Logs(records.EpochLog(folder / "metrics.jsonl", resumed_after))
+    logs = Logs(records.EpochLog(folder / "metrics.jsonl", resumed_after),
+                board=records.TensorBoardLog(folder / "tensorboard",
+                                             -1 if resumed_after is None else resumed_after))
     if opts.hm_save_delta_params:
         logs.deltas = records.EpochLog(folder / "delta_params.jsonl", resumed_after)
     # After the records were read: a refused resume leaves the run's options as they were.
@@ -255,6 +259,8 @@ def write_epoch(opts, folder: Path, state: dict, record: dict, model, logs: Logs
     epoch are dropped when ``--resume`` continues from it (:class:`storage.records.EpochLog`)."""
     epoch = state["epoch"]
     logs.metrics.append(record)
+    if logs.board is not None:
+        logs.board.append(record)
     if logs.deltas is not None:
         logs.deltas.append(delta_record(model, sampler, epoch, opts.n_episode, state["schedule"]))
     if record.get("best"):

@@ -1,15 +1,18 @@
 """Figures: reliability diagrams and episode sheets (test.py --plot, predict.py --plot) and
 training curves from metrics logs.
 
-    python -m reports.plots curves RUN [RUN ...] --out curves.png
+    python -m reports.plots curves RUN [RUN ...] [--labels NAME ...] --out curves.png
+    python -m reports.plots tensorboard RUN [RUN ...] --logdir tensorboard
 
-where RUN is a checkpoint folder (holding metrics.jsonl) or a metrics.jsonl file. matplotlib
-is needed only here, and only imported when a figure is drawn.
+where RUN is a checkpoint folder (holding metrics.jsonl), a metrics.jsonl file or a run folder
+of results/runs/. matplotlib is needed only here, and only imported when a figure is drawn;
+tensorboard only for the export.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ import numpy as np
 
 from cli.errors import UserError, run_cli
 from reports.calibration import ReliabilityBins
-from storage import atomic
+from storage import atomic, records
 
 
 def require_matplotlib():
@@ -220,35 +223,155 @@ def save_figure(plt, fig, path: Path) -> None:
         plt.close(fig)
 
 
+def metrics_file(run: Path) -> Path:
+    """The metrics log of ``run``: a metrics.jsonl file, a checkpoint folder holding one, or a
+    folder with exactly one checkpoint folder below it (results/runs/NAME; earlier attempts
+    left out)."""
+    if run.is_file() or (run / "metrics.jsonl").is_file():
+        return run if run.is_file() else run / "metrics.jsonl"
+    found = [p for p in run.rglob("metrics.jsonl") if "earlier" not in p.relative_to(run).parts]
+    if len(found) != 1:
+        raise UserError(f"{run}: " + ("no metrics.jsonl in it" if not found else
+                                      f"{len(found)} metrics logs in it; name one"))
+    return found[0]
+
+
 def read_metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl" if run.is_dir() else run
+    path = metrics_file(run)
     try:
         return [json.loads(line) for line in path.read_text().splitlines() if line]
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read the metrics log {path}: {exc}") from None
 
 
-def training_curves(runs: list[Path], path: Path) -> Path:
-    """Train loss, train accuracy and validation accuracy per epoch, one line per run."""
+@dataclass
+class Curve:
+    """One run's epochs, the name its lines carry and the ways of its tasks (for chance)."""
+    label: str
+    records: list[dict]
+    n_way: int | None
+
+
+def curve(run: Path, label: str | None = None) -> Curve:
+    """The run's metrics and, from the args.json beside them, its ways; its label: ``label``,
+    else the experiment's name for a run of results/runs/NAME, else its method, shots and
+    seed."""
+    path = metrics_file(run)
+    args_path = path.parent / "args.json"
+    args = json.loads(args_path.read_text()) if args_path.exists() else {}
+    parts = path.resolve().parts
+    if label is None and "runs" in parts[:-2] and parts[parts.index("runs") + 2:][:1] == \
+            ("checkpoints",):
+        label = parts[parts.index("runs") + 1]
+    if label is None:
+        label = (f"{args['method']} {args['n_shot']}-shot, seed {args['seed']}" if args
+                 else path.parent.name)
+    return Curve(label, read_metrics(path), args.get("train_n_way"))
+
+
+def changes(records: list[dict], key: str) -> list[tuple[int, object, object]]:
+    """(epoch, before, after) wherever ``key`` takes a new value: the first epoch trained
+    in a new phase of HyperMAML's schedule, or at a new learning rate."""
+    found, previous = [], None
+    for record in records:
+        value = record.get(key)
+        if previous is not None and value is not None and value != previous:
+            found.append((record["epoch"], previous, value))
+        previous = value if value is not None else previous
+    return found
+
+
+PHASE_STYLE = {"linestyle": "--", "linewidth": 1.0, "alpha": 0.6}
+LR_STYLE = {"linestyle": "-.", "linewidth": 1.0, "alpha": 0.6}
+
+
+def curves_figure(curves: list[Curve]):
+    """Training loss (left) and accuracy (right) per epoch, one colour per run: training
+    accuracy faint, validation with its 95% band (the reference's +- over the validation
+    episodes), chance for each number of ways, and, in the run's colour, a dashed line where
+    HyperMAML's phase changes (warm-up -> switch -> hypernetwork) and a dash-dotted one where
+    the learning rate changes."""
     plt = require_matplotlib()
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    for run in runs:
-        records = read_metrics(run)
-        name = (run if run.is_dir() else run.parent).name
-        epochs = [r["epoch"] for r in records]
-        loss_ax.plot(epochs, [r["train_loss"] for r in records], label=name)
-        line, = acc_ax.plot(epochs, [r["train_acc"] for r in records], alpha=0.5,
-                            label=f"{name} train")
-        validated = [r for r in records if "val_acc" in r]
-        acc_ax.plot([r["epoch"] for r in validated], [r["val_acc"] for r in validated],
-                    color=line.get_color(), marker=".", label=f"{name} val")
-    loss_ax.set(xlabel="epoch", ylabel="training loss")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)")
-    loss_ax.legend()
-    acc_ax.legend()
-    fig.tight_layout()
+    from matplotlib.lines import Line2D
+    entries = len(curves) + len({c.n_way for c in curves if c.n_way}) + 3
+    legend_inches = 0.2 * math.ceil(entries / 2) + 0.25  # one legend below both panels
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(12, 4.2 + legend_inches))
+    marks: dict[tuple[str, int], tuple[set, str]] = {}  # (kind, epoch) -> colours, text
+    for run in curves:
+        epochs = [r["epoch"] for r in run.records]
+        line, = loss_ax.plot(epochs, [r["train_loss"] for r in run.records], label=run.label)
+        colour = line.get_color()
+        acc_ax.plot(epochs, [r["train_acc"] for r in run.records], color=colour, alpha=0.35,
+                    linewidth=1)
+        validated = [r for r in run.records if "val_acc" in r]
+        if validated:
+            val = np.array([r["val_acc"] for r in validated])
+            half = np.array([r.get("val_ci95", 0.0) for r in validated])
+            at = [r["epoch"] for r in validated]
+            acc_ax.plot(at, val, color=colour, marker="." if len(at) < 60 else None,
+                        label=run.label)
+            acc_ax.fill_between(at, val - half, val + half, color=colour, alpha=0.15,
+                                linewidth=0)
+        for epoch, _, phase in changes(run.records, "phase"):
+            marks.setdefault(("phase", epoch), (set(), str(phase)))[0].add(colour)
+        for epoch, _, lr in changes(run.records, "lr"):
+            marks.setdefault(("lr", epoch), (set(), f"lr {lr:.2g}"))[0].add(colour)
+    for (kind, epoch), (colours, text) in sorted(marks.items(), key=lambda m: m[0][1]):
+        # A change several runs share is drawn once, in black; one run's in its colour.
+        colour = colours.pop() if len(colours) == 1 else "black"
+        style = PHASE_STYLE if kind == "phase" else LR_STYLE
+        for ax in (loss_ax, acc_ax):
+            ax.axvline(epoch, color=colour, **style)
+        acc_ax.annotate(text, (epoch, 1.0), xycoords=("data", "axes fraction"),
+                        xytext=(2, -3), textcoords="offset points", rotation=90, va="top",
+                        fontsize="x-small", color=colour)
+    for n_way in sorted({c.n_way for c in curves if c.n_way}):
+        acc_ax.axhline(100 / n_way, color="grey", linestyle=":", linewidth=1.2,
+                       label=f"chance, {n_way}-way ({100 / n_way:.0f}%)")
+    handles, labels = acc_ax.get_legend_handles_labels()
+    style = {"color": "black"}
+    extra = [("faint: training accuracy; band: validation's 95% interval",
+              Line2D([], [], color="black", alpha=0.35))]
+    kinds = {kind for kind, _ in marks}
+    if "phase" in kinds:
+        extra.append(("phase change (warm-up, switch, hypernetwork)",
+                      Line2D([], [], **style, **PHASE_STYLE)))
+    if "lr" in kinds:
+        extra.append(("learning-rate change", Line2D([], [], **style, **LR_STYLE)))
+    fig.legend(handles + [h for _, h in extra], labels + [t for t, _ in extra],
+               fontsize="small", loc="lower center", ncol=2, frameon=False)
+    loss_ax.set(xlabel="epoch", ylabel="training loss", title="training loss")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100),
+               title="validation accuracy (training faint)")
+    fig.tight_layout(rect=(0, legend_inches / (4.2 + legend_inches), 1, 1))
+    return fig
+
+
+def training_curves(runs: list[Path], path: Path, labels: list[str] | None = None) -> Path:
+    """The figure of :func:`curves_figure` for ``runs`` (labels: see :func:`curve`), as a
+    PNG."""
+    plt = require_matplotlib()
+    labels = labels or [None] * len(runs)
+    fig = curves_figure([curve(run, label) for run, label in zip(runs, labels)])
     save_figure(plt, fig, path)
     return path
+
+
+def tensorboard_export(runs: list[Path], logdir: Path) -> list[Path]:
+    """Each run's metrics as TensorBoard scalars under ``logdir/LABEL`` (metrics.jsonl is
+    read, never changed); the folders written."""
+    written = []
+    for run in runs:
+        found = curve(run)
+        folder = logdir / found.label.replace("/", "_").replace(" ", "_").replace(",", "")
+        with records.TensorBoardLog(folder, purge_after=-1) as board:
+            if not board.on:
+                raise UserError("the TensorBoard export needs the tensorboard package: pip "
+                                "install tensorboard")
+            for record in found.records:
+                board.append(record)
+        written.append(folder)
+    return written
 
 
 def main(argv=None) -> int:
@@ -258,10 +381,24 @@ def main(argv=None) -> int:
     curves.add_argument("runs", nargs="+", type=Path,
                         help="checkpoint folders or metrics.jsonl files")
     curves.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write")
+    curves.add_argument("--labels", nargs="+", help="the runs' names in the legend (default: "
+                        "the experiment of a results/runs/NAME run, else method, shots, seed)")
+    board = sub.add_parser("tensorboard", help="write runs' metrics as TensorBoard scalars "
+                           "(needs the tensorboard package; metrics.jsonl is only read)")
+    board.add_argument("runs", nargs="+", type=Path, help="as for curves")
+    board.add_argument("--logdir", type=Path, default=Path("tensorboard"),
+                       help="where to write (tensorboard --logdir DIR shows them)")
     args = parser.parse_args(argv)
+    if args.figure == "curves" and args.labels and len(args.labels) != len(args.runs):
+        parser.error(f"--labels names {len(args.labels)} runs, but {len(args.runs)} are given")
 
     def draw() -> int:
-        print(f"wrote {training_curves(args.runs, args.out)}")
+        if args.figure == "tensorboard":
+            for folder in tensorboard_export(args.runs, args.logdir):
+                print(f"wrote {folder}")
+            print(f"view with: tensorboard --logdir {args.logdir}")
+            return 0
+        print(f"wrote {training_curves(args.runs, args.out, args.labels)}")
         return 0
 
     return run_cli(draw)

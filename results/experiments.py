@@ -183,7 +183,10 @@ EXPERIMENTS: dict[str, Experiment] = {
        for method in ("maml", "maml_approx", "hyper_maml", "bayes_hmaml") for shots in (1, 5)},
     # The standard baselines (#40) on the same budget: MAML's protocol for ANIL and Meta-SGD
     # (whose papers used MAML's schedule), CloserLookFewShot's for ProtoNet.
-    **{f"{method}_cross_char_{shots}shot_128": _short(method, shots, group=BASELINE_GROUP)
+    **{f"{method}_cross_char_{shots}shot_128":
+       replace(_short(method, shots, group=BASELINE_GROUP),
+               compare=(f"maml_cross_char_{shots}shot_128",
+                        f"hyper_maml_cross_char_{shots}shot_128"))
        for method in ("protonet", "anil", "meta_sgd") for shots in (1, 5)},
     **{f"{method}_omniglot_{ways}way_1shot_128": _short(method, 1, "omniglot", ways)
        for method in ("maml", "hyper_maml") for ways in (5, 20)},

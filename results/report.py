@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -144,8 +145,8 @@ freedom over the seeds (t = 12.71 for two seeds, 4.30 for three): the variation 
 training runs, which a claim about a method has to cover. The sample standard deviation
 divides by n - 1.
 
-| experiment | seeds | each seed's test acc % | mean over seeds % (95%, Student-t) | sample std |
-|---|---|---|---|---|"""
+| experiment | seeds | each seed's test acc % | mean over seeds % (95%, Student-t) | sample std | training |
+|---|---|---|---|---|---|"""
 
 
 def seeds_table(rows: list[dict]) -> list[str]:
@@ -161,9 +162,10 @@ def seeds_table(rows: list[dict]) -> list[str]:
             continue
         each = {seed: test_interval(by_seed[seed]) for seed in sorted(by_seed)}
         over = statistics.t_interval([i.mean for i in each.values()])
+        figure = os.path.relpath(seeds_figure(base), REPO)
         lines.append(f"| `{base}` | {', '.join(map(str, each))} | "
                      + "; ".join(f"{i} (seed {s})" for s, i in each.items())
-                     + f" | **{over}** | {over.sd:.2f} |")
+                     + f" | **{over}** | {over.sd:.2f} | [curves]({figure}) |")
     return [SEEDS_HEADER, *lines, ""] if lines else []
 
 
@@ -354,10 +356,46 @@ def with_summary(readme: str, rows: list[dict]) -> str:
 
 
 def draw_curves(rows: list[dict]) -> None:
+    """Each run's curves, and the runs an experiment's seeds made in one figure."""
     from reports import plots
     FIGURES.mkdir(parents=True, exist_ok=True)
     for row in rows:
-        plots.training_curves([row["metrics_path"]], FIGURES / f"{row['name']}_curves.png")
+        plots.training_curves([row["metrics_path"]], FIGURES / f"{row['name']}_curves.png",
+                              [row["name"]])
+    for base, seeds in seed_runs(rows).items():
+        plots.training_curves([r["metrics_path"] for r in seeds], seeds_figure(base),
+                              [f"{r['name']} (seed {r['args']['seed']})" for r in seeds])
+
+
+def group_figure(group: str, shots: int) -> Path:
+    return FIGURES / f"{re.split('[,:]', group)[0].replace(' ', '_')}_{shots}shot_curves.png"
+
+
+def draw_group(group: str, rows: list[dict]) -> list[str]:
+    """A table's runs in one figure per number of shots, for the tables that compare runs
+    of other tables with theirs; the lines linking them."""
+    from reports import plots
+    lines = []
+    for shots in sorted({r["args"]["n_shot"] for r in rows}):
+        same = [r for r in rows if r["args"]["n_shot"] == shots]
+        path = plots.training_curves([r["metrics_path"] for r in same],
+                                     group_figure(group, shots), [r["name"] for r in same])
+        link = os.path.relpath(path, REPO)
+        lines.append(f"Curves of the {shots}-shot runs side by side: [{link}]({link})")
+    return lines + [""]
+
+
+def seeds_figure(base: str) -> Path:
+    return FIGURES / f"{base}_seeds_curves.png"
+
+
+def seed_runs(rows: list[dict]) -> dict[str, list[dict]]:
+    """The runs of each experiment trained with two or more seeds, by experiment."""
+    by_base: dict[str, list[dict]] = {}
+    for row in rows:
+        by_base.setdefault(seed_of(row["name"])[0], []).append(row)
+    return {base: sorted(runs, key=lambda r: r["args"]["seed"])
+            for base, runs in by_base.items() if len(runs) > 1}
 
 
 def build() -> str:
@@ -377,6 +415,7 @@ def build() -> str:
             text += [("The first row repeats a run of another table" if len(compared) == 1
                       else f"The first {len(compared)} rows repeat runs of other tables")
                      + ", for comparison; the details are there.", ""]
+            text += draw_group(group, [ran[c] for c in compared] + mine)
         for row in mine:
             text += details(row)
         text.append("")

@@ -51,3 +51,44 @@ class EpochLog:
 
     def append(self, record: dict) -> None:
         append_text(self.path, json_line(record))
+
+
+class TensorBoardLog:
+    """The per-epoch records as TensorBoard scalars, one tag per numeric field of
+    metrics.jsonl (``train_loss``, ``val_acc``, ``lr``, ...), at step = epoch: a mirror for
+    the viewer most researchers use, metrics.jsonl staying the record. Off (``on`` False)
+    where the tensorboard package is not installed: an optional dependency.
+
+    Events after epoch ``purge_after`` that earlier writers left in ``folder`` are hidden by
+    TensorBoard (its purge step), as EpochLog drops their lines on resume; -1 hides all."""
+
+    def __init__(self, folder: Path, purge_after: int | None):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # torch says so when tensorboard is missing
+            self.writer = None
+            return
+        purge = None if purge_after is None else purge_after + 1
+        self.writer = SummaryWriter(str(folder), purge_step=purge)
+
+    @property
+    def on(self) -> bool:
+        return self.writer is not None
+
+    def append(self, record: dict) -> None:
+        if self.writer is None:
+            return
+        for key, value in record.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(key, value, record["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def __enter__(self) -> "TensorBoardLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
