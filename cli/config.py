@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
-from cli.errors import UserError
+from cli.errors import UserError, closest
 from data.benchmarks import Benchmark, find
 from methods.bayes_hmaml import BayesOptions
 from methods.hypermaml import HyperOptions
@@ -247,9 +246,18 @@ class OneLineParser(argparse.ArgumentParser):
         typo = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if typo:
             choices = re.findall(r"'?([^',\s]+)'?", typo.group(2))
-            close = difflib.get_close_matches(typo.group(1), choices, n=1)
+            close = closest(typo.group(1), choices)
             if close:
-                message += f"; did you mean {close[0]}?"
+                message += f"; did you mean {close}?"
+        unknown = re.search(r"unrecognized arguments: (.*)", message)
+        if unknown:  # a mistyped option (--n_shots): name the option it was meant to be
+            meant = [(word.split("=")[0], close) for word in unknown.group(1).split()
+                     if word.startswith("--")
+                     and (close := closest(word.split("=")[0], self._option_string_actions))]
+            if len(meant) == 1:
+                message += f"; did you mean {meant[0][1]}?"
+            elif meant:
+                message += f"; did you mean {', '.join(f'{c} for {w}' for w, c in meant)}?"
         self.exit(2, f"error: {message} (python {self.prog} -h lists the options)\n")
 
 

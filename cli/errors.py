@@ -1,6 +1,7 @@
 """The one exception type the entry points turn into a one-line message and a non-zero exit."""
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from typing import Callable, NoReturn
@@ -12,6 +13,14 @@ class UserError(Exception):
     The message is a complete sentence that says what is wrong and what to do; train.py and
     test.py print it on one line and exit with status 1, without a traceback.
     """
+
+
+def closest(word: str, choices) -> str | None:
+    """The choice ``word`` was most likely meant to be, ignoring case (``cub`` -> ``CUB``),
+    or None when none is close."""
+    by_lower = {c.lower(): c for c in choices}
+    found = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
+    return by_lower[found[0]] if found else None
 
 
 def run_cli(run: Callable[[], int]) -> int:

@@ -8,12 +8,11 @@ augmented with ``--train_aug``, when episodes are built (:mod:`data.augment`).
 """
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli.errors import UserError
+from cli.errors import UserError, closest
 from data.augment import stored_size
 
 # What python -m data.folder writes into a benchmark folder of its own (see data/folder.py).
@@ -75,6 +74,9 @@ FILELISTS = tuple(sorted({name for benchmark in BENCHMARKS.values()
                           for _, name in benchmark.splits.values()}))
 
 
+TOOLKIT = Path(__file__).resolve().parents[1]
+
+
 def find(dataset: str) -> Benchmark:
     """The benchmark ``--dataset`` names: a built-in one, or a benchmark folder written by
     ``python -m data.folder`` (of your own images, or a cross-domain pair)."""
@@ -104,8 +106,20 @@ def find(dataset: str) -> Benchmark:
             pass
         raise UserError(f"{description} is not a benchmark description python -m data.folder "
                         "writes (altered or damaged): make the benchmark again with it")
-    close = difflib.get_close_matches(dataset, list(BENCHMARKS), n=1)
-    hint = f"did you mean {close[0]}? " if close else ""
+    if not folder.exists() and ("/" in dataset or dataset.startswith((".", "~"))):
+        # Meant as a folder: say it is missing, and which folder beside it was meant.
+        path = Path(dataset).expanduser()
+        for parent in ([path.parent] if path.is_absolute() else
+                       [path.parent, TOOLKIT / path.parent, TOOLKIT / "filelists" / path.parent]):
+            if parent.is_dir():
+                close = closest(path.name, [p.name for p in parent.iterdir() if p.is_dir()])
+                hint = f" (did you mean {path.parent / close}?)" if close else ""
+                break
+        else:
+            hint = ""
+        raise UserError(f"--dataset {dataset}: no such folder{hint}")
+    close = closest(dataset, BENCHMARKS)
+    hint = f"did you mean {close}? " if close else ""
     raise UserError(f"--dataset {dataset}: neither one of {', '.join(BENCHMARKS)} nor a "
                     f"benchmark folder written by python -m data.folder ({hint}a "
                     f"benchmark folder holds its {OWN_DESCRIPTION})")
@@ -117,9 +131,8 @@ def benchmark_folder(dataset: str) -> Path:
     ``filelists/`` (``cub100``), the first that holds a benchmark; so that a model file's
     dataset is found from wherever test.py or predict.py runs."""
     path = Path(dataset).expanduser()
-    toolkit = Path(__file__).resolve().parents[1]
-    candidates = [path] if path.is_absolute() else [path, toolkit / path,
-                                                    toolkit / "filelists" / path]
+    candidates = [path] if path.is_absolute() else [path, TOOLKIT / path,
+                                                    TOOLKIT / "filelists" / path]
     for candidate in candidates:
         if (candidate / OWN_DESCRIPTION).is_file():
             return candidate.resolve()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import difflib
 import json
 import os
 import platform
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 
 from cli import config
-from cli.errors import UserError, run_cli
+from cli.errors import UserError, closest, run_cli
 from methods import METHODS
 from results.experiments import EXPERIMENTS, experiment, seed_run
 from storage import atomic, checkpoints
@@ -219,8 +218,8 @@ def run_name(name: str) -> str:
     try:
         experiment(name)
     except KeyError:
-        close = difflib.get_close_matches(name, EXPERIMENTS, n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
+        close = closest(name, EXPERIMENTS)
+        hint = f" (did you mean {close}?)" if close else ""
         raise argparse.ArgumentTypeError(f"no experiment {name}{hint}; --list names them")
     return name
 

@@ -47,6 +47,16 @@ def test_offline_hint_names_options_that_exist(tmp_path, monkeypatch, capsys):
     (["--dataset", "crosschar", "--method", "maml"], "did you mean cross_char"),
     (["--dataset", "cross_char", "--method", "maml", "--maml_adapt_classifier", "maybe"],
      "expected True or False"),
+    # Case does not hide the meant name; a mistyped option is named with the one meant.
+    (["--dataset", "cub", "--method", "maml"], "did you mean CUB?"),
+    (["--dataset", "cross_char", "--method", "MAML"], "did you mean maml?"),
+    (["--dataset", "cross_char", "--method", "maml", "--n_shots", "5"],
+     "unrecognized arguments: --n_shots 5; did you mean --n_shot?"),
+    (["--dataset", "cross_char", "--method", "maml", "--n_shots=5", "--stopepoch", "3"],
+     "did you mean --n_shot for --n_shots, --stop_epoch for --stopepoch?"),
+    # A folder that is not there is called that, with the folder beside it that was meant.
+    (["--dataset", "filelists/emnits", "--method", "maml"],
+     "--dataset: no such folder (did you mean filelists/emnist?)"),
 ])
 def test_argument_errors_are_one_line(argv, expected, capsys):
     for entry in (TRAIN, TEST):
