@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "checkpoint (.tar)")
     parser.add_argument("support", type=Path, help="folder with one folder of images per class")
     parser.add_argument("queries", type=Path, nargs="+", help="images or folders of images")
-    parser.add_argument("--json", action="store_true", help="print JSON, one object per query")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON array: an object per query")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the support set "
                         "and each query with its predicted class into this PNG file")
     parser.add_argument("--invert", default="auto", choices=("auto", "yes", "no"),

@@ -155,12 +155,13 @@ def announce(opts, compute: setup.Compute, course: Course, folder: Path,
              world: distributed.World, split_note: str | None) -> None:
     """The start line: what trains where, for how long, and how."""
     updates = loops.updates_per_epoch(opts.n_episode, opts.tasks_per_update)
+    inner = METHODS[opts.method].inner_loop(opts)
     processes = f"{world.size} processes, " if world.size > 1 else ""
     world.say(f"{opts.method} on {opts.dataset}, {opts.train_n_way}-way {opts.n_shot}-shot, "
               f"{processes}device {compute.device}: --stop_epoch {opts.stop_epoch} x n_task "
               f"{opts.n_task} = {count(course.epochs, 'epoch')} of "
               f"{count(updates, 'meta-update')} x {count(opts.tasks_per_update, 'task')}; "
-              f"inner loop {count(opts.inner_steps, 'step')} of lr {opts.inner_lr}; "
+              f"{inner + '; ' if inner else ''}"
               f"{compute.engine} engine, {compute.precision}; checkpoints in {folder}",
               flush=True)
     if split_note:

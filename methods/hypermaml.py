@@ -227,6 +227,15 @@ class HyperMAML(MetaLearner):
                 | {f.name for f in fields(HyperSettings)})
 
     @classmethod
+    def inner_loop(cls, opts) -> str | None:
+        """The hypernetwork is the inner loop; gradient steps run in the MAML warm-up only."""
+        if not opts.hm_maml_warmup:
+            return None
+        steps = opts.inner_steps
+        return (f"warm-up inner loop {steps} step{'' if steps == 1 else 's'} of lr "
+                f"{opts.inner_lr}")
+
+    @classmethod
     def training_notes(cls, opts, total_epochs: int) -> list[str]:
         return HyperSettings.from_options(opts).training_notes(total_epochs)
 

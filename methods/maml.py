@@ -33,6 +33,11 @@ class MAML(MetaLearner):
         return {"task_update_num", "train_lr", "maml_adapt_classifier"}
 
     @classmethod
+    def inner_loop(cls, opts) -> str | None:
+        steps = opts.inner_steps
+        return f"inner loop {steps} step{'' if steps == 1 else 's'} of lr {opts.inner_lr}"
+
+    @classmethod
     def adapt_more_at_test(cls, opts, steps: int) -> None:
         """``--adaptation``: ``steps`` inner steps at test time (the reference's rule)."""
         opts.task_update_num = steps

@@ -115,6 +115,11 @@ class MetaLearner(nn.Module):
         return set()
 
     @classmethod
+    def inner_loop(cls, opts) -> str | None:
+        """The inner loop, as train.py's start line names it; None for a method with none."""
+        return None
+
+    @classmethod
     def training_notes(cls, opts, total_epochs: int) -> list[str]:
         """Things a user starting this training should know (printed at the start)."""
         return []

@@ -18,6 +18,12 @@ RATES = "inner_lrs."
 
 
 class MetaSGD(MAML):
+    @classmethod
+    def inner_loop(cls, opts) -> str | None:
+        steps = opts.inner_steps
+        return (f"inner loop {steps} step{'' if steps == 1 else 's'} of learned per-weight "
+                f"rates, from {opts.inner_lr}")
+
     def __init__(self, backbone, n_way: int, inner_steps: int, inner_lr: float,
                  adapt_classifier_only: bool = False, **classifier_shape):
         super().__init__(backbone, n_way, inner_steps, inner_lr, adapt_classifier_only,

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,9 +142,13 @@ def reliability_figure(panels: dict[str, ReliabilityBins], title: str):
         key.axis("off")
         key.legend([handles[label] for label in labels], labels, loc="upper center",
                    frameon=False)
-    fig.suptitle(title)
+    # Wrapped to the figure's width: one panel is 4.5 inches, narrower than a run's title.
+    fig.suptitle("\n".join(textwrap.wrap(title, int(4.5 * len(panels) * TITLE_CHARS_PER_INCH))))
     fig.tight_layout()
     return fig
+
+
+TITLE_CHARS_PER_INCH = 8.5  # of a suptitle at matplotlib's default size, with a margin
 
 
 def reliability_diagram(panels: dict[str, ReliabilityBins], path: Path, title: str) -> Path:

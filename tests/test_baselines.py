@@ -139,6 +139,10 @@ def test_a_baseline_trains_and_tests_through_the_entry_points(method, data_dir, 
     code, out, err = run(TRAIN, common + ["--final_test", "5"], capsys)
     assert code == 0, err
     assert f"{method} on cross_char, 5-way 1-shot" in out and out.count("5 Test Acc = ") == 1
+    # The start line names an inner loop only where there is one (ProtoNet has none).
+    start = next(line for line in out.splitlines() if line.startswith(f"{method} on "))
+    assert ("inner loop" in start) == (method != "protonet"), start
+    assert ("learned per-weight rates" in start) == (method == "meta_sgd"), start
     code, out, err = run(TEST, common + ["--n_episode", "3"], capsys)
     assert code == 0, err
     records = (tmp_path / "record" / "results.jsonl").read_text().splitlines()

@@ -164,3 +164,23 @@ def test_test_py_notes_a_runaway_temperature_and_records_it(
     record = json.loads((record_dir / "results.jsonl").read_text().splitlines()[-1])
     assert record["temperature"] == 263414.0
     assert "temperature_scaled" in record["repeats"][0]
+
+
+@pytest.mark.parametrize("panels", [1, 2])
+def test_a_long_title_fits_the_figure(panels):
+    """The title test.py gives a run, on one panel and on two: every character inside the
+    figure (it was cut at both ends, the method's name lost), and all of it shown."""
+    bins = hand_bins([100] * 5, [0.1, 0.3, 0.5, 0.7, 0.9], [0.1, 0.3, 0.5, 0.7, 0.9])
+    title = ("filelists/caltech_to_cub100 Conv4Pool bayes_hmaml on cross_char novel, 5-way "
+             "1-shot, 7,500 test queries, best_model.tar of epoch 1234")
+    figure = plots.reliability_figure({f"panel {i}": bins for i in range(panels)}, title)
+    try:
+        figure.canvas.draw()
+        text = figure._suptitle
+        box, frame = text.get_window_extent(), figure.bbox
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1
+        assert " ".join(text.get_text().split()) == title
+        for top, _, _ in panels_of(figure):  # above the panels, not over them
+            assert box.y0 >= top.get_window_extent().y1
+    finally:
+        plots.require_matplotlib().close(figure)

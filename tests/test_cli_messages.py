@@ -121,7 +121,7 @@ def test_training_start_explains_the_schedule(data_dir, tmp_path, capsys):
             "--save_dir", tmp_path]
     code, out, _ = run(TRAIN, argv, capsys)
     assert code == 0
-    assert "2 epochs of 1 meta-update x 2 tasks; inner loop 1 step of" in out
+    assert "2 epochs of 1 meta-update x 2 tasks; warm-up inner loop 1 step of" in out
     assert "validation uses the hypernetwork alone" in out
     assert "all 2 epochs are in the pure warm-up" in out
     kl = re.search(r"^epoch 1: .*kl_scale (\S+),", out, re.M).group(1)

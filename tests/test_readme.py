@@ -78,3 +78,26 @@ def test_the_method_diagrams_show_the_shapes_of_the_published_models():
             assert f"{trunk[-1]} → {out}" in page or f"→ {out}<br/>" in page, head
     assert f"{sum(p.numel() for n, p in model.named_parameters() if n.startswith('classifier'))}" \
         " classifier parameters" in page
+
+
+def test_the_readme_test_count_is_the_suites():
+    """'about N tests' in the README's install block: within 10% of what pytest collects."""
+    import subprocess
+    import sys
+    said = int(re.search(r"# about (\d+) tests", (REPO_ROOT / "README.md").read_text()).group(1))
+    done = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p",
+                           "no:xdist", str(REPO_ROOT / "tests")], cwd=REPO_ROOT,
+                          capture_output=True, text=True)
+    collected = int(re.search(r"(\d+) tests? collected", done.stdout).group(1))
+    assert abs(said - collected) <= 0.1 * collected, (said, collected)
+
+
+def test_the_kl_weights_methods_md_gives_are_the_codes():
+    """docs/methods.md's last-epoch KL weights for the published 1e-24 -> 1e-3."""
+    from methods.bayes_hmaml import BayesSettings
+    text = " ".join((REPO_ROOT / "docs" / "methods.md").read_text().split())
+    quoted = re.search(r"about (\S+) over 2,048 epochs, (\S+) over 128 and (\S+) over 12",
+                       text).groups()
+    settings = BayesSettings(kl_scale=1e-24, kl_stop_val=1e-3)
+    assert list(quoted) == [f"{settings.kl_weight(t - 1, t):.1e}".replace("e-0", "e-")
+                            for t in (2048, 128, 12)]
