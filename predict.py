@@ -8,7 +8,7 @@ folders of images, to classify. The model adapts to the support set exactly as i
 (HyperMAML's hypernetwork update, MAML's inner steps, BayesHMAML's classifier posterior) and
 prints, for each query, the predicted class and the probability of every class; for
 BayesHMAML also the spread (standard deviation) of those probabilities over classifiers
-sampled from its posterior.
+sampled from its posterior. Labelled queries (class folders) are scored.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from data.benchmarks import Benchmark, find
 from data.episodes import Episode, Normaliser
 from data.store import ImageForm, decode
 from methods import METHODS
-from reports import plots
+from reports import plots, statistics
 from runtime import allocator, loops, progress, setup
 from runtime.device import resolve_device
 from storage import checkpoints
@@ -49,10 +49,16 @@ The support set needs as many classes as the model's ways. Each class needs as m
 as the model's shots where its hypernetwork reads a fixed number (HyperMAML and BayesHMAML
 with --hn_sup_aggregation concat); otherwise any number, the same for every class.
 
-The queries are normalised together, as a test's query set is (BatchNorm uses the
-statistics of the batch it is given, at test time too): classify them in one call, a
-handful or more. Labels are given to the classes in an order fixed by the images' content,
-so renaming or reordering the class folders changes nothing.
+Each query is classified with the support set alone (--query_statistics each): BatchNorm
+uses the statistics of the batch it is given, at test time too, so the batch is the support
+images and that query, and a query's answer never depends on which other queries came with
+it. --query_statistics batch normalises the queries of a call together, as a benchmark's
+test episode does (test.py). Labels are given to the classes in an order fixed by the
+images' content, so renaming or reordering the class folders changes nothing.
+
+Labelled queries (a folder holding one folder per class, named as the support set's
+classes) are scored: accuracy with its Wilson 95% interval, the confusion matrix and each
+class's accuracy (--plot draws the matrix).
 """
 
 
@@ -148,6 +154,10 @@ def load_model(path: Path, device: torch.device, shots: int, precision: str):
         raise UserError(f"{path} holds a {opts.train_n_way}-way {opts.n_shot}-shot {opts.method} "
                         f"model whose hypernetwork reads exactly {fixed} image(s) per class; "
                         f"the support set has {shots}")
+    if shots != opts.n_shot:  # allowed (the inner loop takes any number), rarely as good
+        say(f"note: {path} was trained {opts.n_shot}-shot; this support set has {shots} "
+            "image(s) per class: a model usually does worse with other shots than it was "
+            "trained for")
     opts.n_shot = shots
     model = setup.build_method(opts, benchmark, compute, state, path)
     model.eval()
@@ -170,7 +180,7 @@ def image_benchmark(state: dict) -> Benchmark:
 
 
 def posterior_spread(model, opts, benchmark: Benchmark, compute: setup.Compute,
-                     episode: Episode, samples: int) -> torch.Tensor:
+                     episode: Episode, samples: int, alone: bool) -> torch.Tensor:
     """BayesHMAML: the standard deviation of each query's class probabilities over
     ``samples`` classifiers drawn from the task's posterior: the same weights, asked for one
     sampled classifier per call, each call with its own seed."""
@@ -180,16 +190,33 @@ def posterior_spread(model, opts, benchmark: Benchmark, compute: setup.Compute,
     single.eval()
     single.set_epoch(None)
     return torch.stack([query_probabilities(single, compute,
-                                            dataclasses.replace(episode, seed=seed))
+                                            dataclasses.replace(episode, seed=seed), alone)
                         for seed in range(episode.seed + 1, episode.seed + 1 + samples)]
                        ).std(dim=0)
 
 
-def query_probabilities(model, compute: setup.Compute, episode: Episode) -> torch.Tensor:
-    """``[queries, classes]`` softmax of the adapted model, exactly as test.py evaluates an
-    episode (its loss uses the placeholder query labels and is not looked at)."""
+def query_probabilities(model, compute: setup.Compute, episode: Episode, alone: bool
+                        ) -> torch.Tensor:
+    """``[queries, classes]`` softmax of the adapted model. ``alone``: each query with the
+    support set only, so that BatchNorm's statistics, taken from the batch it normalises,
+    come from the support images and that query (its answer depends on nothing else);
+    otherwise all queries together, exactly as test.py evaluates an episode."""
+    if not alone:
+        return softmax_of(model, compute, episode)
+    shown = len(episode.support_x)
+    rows = []
+    for query in episode.query_x.split(1):
+        # The support images ride along as queries: they give the statistics; only the last
+        # row, the query's, is read.
+        with_support = torch.cat([episode.support_x, query])
+        rows.append(softmax_of(model, compute, dataclasses.replace(
+            episode, query_x=with_support, query_y=episode.query_y.new_zeros(shown + 1)))[-1])
+    return torch.stack(rows)
+
+
+def softmax_of(model, compute: setup.Compute, episode: Episode) -> torch.Tensor:
     with compute.arithmetic():
-        result = model.evaluate_task(episode)
+        result = model.evaluate_task(episode)  # its loss uses placeholder labels: unread
     # A diverged model's NaN logits would "predict" the first class, as in test.py's refusal.
     loops.require_finite([result], "predict.py")
     return torch.softmax(result.logits.float(), dim=1)
@@ -198,6 +225,7 @@ def query_probabilities(model, compute: setup.Compute, episode: Episode) -> torc
 def predict(args) -> int:
     if args.plot:
         plots.require_matplotlib()  # before any work, as test.py --plot
+    refuse_swapped(args)
     device = resolve_device(args.device)
     files = support_files(args.support)
     n_way, shots = len(files), len(next(iter(files.values())))
@@ -205,18 +233,17 @@ def predict(args) -> int:
     if n_way != opts.train_n_way:
         raise UserError(f"{args.model} holds a {opts.train_n_way}-way model; the support set "
                         f"{args.support} has {n_way} classes")
+    queries, labels = query_files(args.queries, set(files))
     read = ImageReader(benchmark, args.invert)
     support = read_support(files, read)
-    queries = [f for q in args.queries for f in image_files(q)]
-    if not queries:
-        raise UserError("no query image given")
     normalise = Normaliser(BACKBONES[opts.model].input_channels, device)
     pixels = lambda images: torch.from_numpy(images).to(device)  # noqa: E731
     support_x = normalise(pixels(support.images), benchmark.colour).flatten(0, 1)
     support_y = torch.arange(n_way, device=device).repeat_interleave(shots)
     size = args.query_batch or (QUERY_BATCH["colour" if benchmark.colour else "grey"])
     batches = [queries[i:i + size] for i in range(0, len(queries), size)]
-    if len(batches) > 1:
+    alone = args.query_statistics == "each"
+    if len(batches) > 1 and not alone:
         print(f"note: {len(queries):,} queries, classified in {len(batches)} batches of at most "
               f"{size:,} (--query_batch), so that memory stays bounded; BatchNorm takes each "
               "batch's statistics, as test.py's episodes do, so another batch size can change "
@@ -228,44 +255,135 @@ def predict(args) -> int:
             support_x=support_x, support_y=support_y,
             query_x=normalise(pixels(query_pixels), benchmark.colour),
             query_y=torch.zeros(len(batch), dtype=torch.long, device=device), seed=args.seed)
-        probabilities.append(query_probabilities(model, compute, episode).cpu())
+        probabilities.append(query_probabilities(model, compute, episode, alone).cpu())
         if METHODS[opts.method].samples_classifiers:
             spreads.append(posterior_spread(model, opts, benchmark, compute, episode,
-                                            args.samples).cpu())
+                                            args.samples, alone).cpu())
         if args.plot:
             drawn.append(query_pixels)
     probabilities = torch.cat(probabilities)
     spread = torch.cat(spreads) if spreads else None
-    report(queries, support.names, probabilities, spread, args.json)
+    rows = answers(queries, support.names, probabilities, spread, labels)
+    scored = score(rows, support.names) if labels else None
+    report(rows, scored, args.json)
     if args.plot:
         sheet = plots.EpisodeSheet(support=support.images, names=support.names,
                                    queries=np.concatenate(drawn),
                                    predicted=probabilities.argmax(dim=1).tolist())
-        plots.episode_sheet(sheet, args.plot, f"{args.model.name}: {len(queries)} queries "
-                            f"classified from {shots} example(s) per class")
-        print(f"Episode sheet: {args.plot}", file=sys.stderr)
+        title = (f"{args.model.name}: {len(queries)} queries classified from {shots} "
+                 "example(s) per class")
+        sheet_path = args.plot
+        if scored:
+            plots.confusion_figure(scored["classes"], scored["confusion"], title, args.plot)
+            print(f"Confusion matrix: {args.plot}", file=sys.stderr)
+            sheet_path = args.plot.with_name(f"{args.plot.stem}_sheet{args.plot.suffix}")
+        plots.episode_sheet(sheet, sheet_path, title)
+        print(f"Episode sheet: {sheet_path}", file=sys.stderr)
     return 0
 
 
-def report(queries: list[Path], names: list[str], probabilities: torch.Tensor,
-           spread: torch.Tensor | None, as_json: bool) -> None:
+def refuse_swapped(args) -> None:
+    """The model file comes first: name the mix-up where a folder stands in its place and
+    a model file in the support set's."""
+    model_like = lambda path: path.suffix in (checkpoints.MODEL_SUFFIX, ".tar")  # noqa: E731
+    if args.model.is_dir() and (model_like(args.support) or any(map(model_like, args.queries))):
+        raise UserError(f"{args.model} is a folder and a model file comes later: the model "
+                        "comes first (python predict.py MODEL SUPPORT_DIR QUERY ...)")
+
+
+def class_folders(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def query_files(paths: list[Path], classes: set[str]) -> tuple[list[Path], list[str] | None]:
+    """The query images, and their labels where the queries are labelled: folders holding
+    one folder per class (named as the support set's classes), which predict.py then scores."""
+    labelled = [p for p in paths if p.is_dir() and class_folders(p)]
+    if not labelled:
+        found = [f for q in paths for f in image_files(q)]
+        if not found:
+            raise UserError("no query image given")
+        return found, None
+    if len(labelled) != len(paths):
+        raise UserError("give the queries either as labelled folders (one folder per class, "
+                        "to score) or as images and folders of images, not both")
+    files, labels = [], []
+    for folder in labelled:
+        for cls in class_folders(folder):
+            if cls.name not in classes:
+                raise UserError(f"{cls} is not a class of the support set (its classes: "
+                                f"{', '.join(sorted(classes))})")
+            for image in image_files(cls):
+                files.append(image)
+                labels.append(cls.name)
+    if not files:
+        raise UserError(f"the labelled query folders {', '.join(map(str, labelled))} hold no "
+                        "image")
+    return files, labels
+
+
+def answers(queries: list[Path], names: list[str], probabilities: torch.Tensor,
+            spread: torch.Tensor | None, labels: list[str] | None) -> list[dict]:
     shown = sorted(range(len(names)), key=lambda i: names[i])  # classes by name
     rows = []
     for q, path in enumerate(queries):
         row = {"query": str(path), "prediction": names[int(probabilities[q].argmax())],
                "probabilities": {names[i]: round(float(probabilities[q, i]), 6) for i in shown}}
+        if labels:
+            row["label"] = labels[q]
         if spread is not None:
             row["spread"] = {names[i]: round(float(spread[q, i]), 6) for i in shown}
         rows.append(row)
+    return rows
+
+
+def score(rows: list[dict], names: list[str]) -> dict:
+    """Accuracy over the labelled queries with its Wilson 95% interval, the confusion
+    matrix (rows: true class, columns: predicted; classes by name) and each class's
+    accuracy."""
+    classes = sorted(names)
+    index = {name: i for i, name in enumerate(classes)}
+    confusion = [[0] * len(classes) for _ in classes]
+    for row in rows:
+        confusion[index[row["label"]]][index[row["prediction"]]] += 1
+    right = sum(confusion[i][i] for i in range(len(classes)))
+    low, high = statistics.proportion_interval(right, len(rows))
+    per_class = {name: {"correct": confusion[i][i], "queries": sum(confusion[i])}
+                 for i, name in enumerate(classes) if sum(confusion[i])}
+    return {"correct": right, "queries": len(rows), "accuracy": right / len(rows),
+            "interval95": [low, high], "classes": classes, "confusion": confusion,
+            "per_class": per_class}
+
+
+def report(rows: list[dict], scored: dict | None, as_json: bool) -> None:
     if as_json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"answers": rows, **scored} if scored else rows, indent=2))
         return
     for row in rows:
         cells = [f"{printable(name)} {p:.3f}" + (f" +- {row['spread'][name]:.3f}"
-                                                 if spread is not None else "")
+                                                 if "spread" in row else "")
                  for name, p in row["probabilities"].items()]
-        print(f"{printable(row['query'])}: {printable(row['prediction'])}  "
+        truth = f" [true: {printable(row['label'])}]" if "label" in row else ""
+        print(f"{printable(row['query'])}: {printable(row['prediction'])}{truth}  "
               f"({', '.join(cells)})")
+    if scored:
+        print("\n".join(score_lines(scored)))
+
+
+def score_lines(scored: dict) -> list[str]:
+    low, high = scored["interval95"]
+    lines = [f"accuracy {scored['correct']}/{scored['queries']} = "
+             f"{100 * scored['accuracy']:.1f}% (95% Wilson interval {100 * low:.1f}-"
+             f"{100 * high:.1f}%, over these {scored['queries']} queries)",
+             "confusion (rows: true class, columns: predicted):"]
+    names = [printable(n) for n in scored["classes"]]
+    width = max(6, *map(len, names))
+    lines.append(" " * width + "".join(f" {n[:width]:>{width}}" for n in names))
+    for name, counts in zip(names, scored["confusion"]):
+        lines.append(f"{name:<{width}}" + "".join(f" {c:>{width}}" for c in counts))
+    lines.append("per class: " + ", ".join(
+        f"{printable(n)} {c['correct']}/{c['queries']}" for n, c in scored["per_class"].items()))
+    return lines
 
 
 def printable(text: str) -> str:
@@ -282,11 +400,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("model", type=Path, help="a model file (.safetensors) or run "
                         "checkpoint (.tar)")
     parser.add_argument("support", type=Path, help="folder with one folder of images per class")
-    parser.add_argument("queries", type=Path, nargs="+", help="images or folders of images")
+    parser.add_argument("queries", type=Path, nargs="+", help="images or folders of images; "
+                        "or labelled folders (one folder per class, named as the support "
+                        "set's), which are then scored: accuracy, confusion matrix, per class")
     parser.add_argument("--json", action="store_true",
-                        help="print one JSON array: an object per query")
+                        help="print JSON: an array with an object per query; for labelled "
+                        "queries one object with that array (as 'answers') and the scores")
+    parser.add_argument("--query_statistics", default="each", choices=("each", "batch"),
+                        help="each: every query is classified with the support set alone, so "
+                        "that its answer does not depend on the other queries (BatchNorm "
+                        "takes the statistics of the support images and that query); batch: "
+                        "the queries of a batch together, as test.py's episodes (the "
+                        "benchmark protocol; default each)")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="also draw the support set "
-                        "and each query with its predicted class into this PNG file")
+                        "and each query with its predicted class into this PNG file (for "
+                        "labelled queries: the confusion matrix, and the sheet beside it as "
+                        "PNG_sheet.png)")
     parser.add_argument("--invert", default="auto", choices=("auto", "yes", "no"),
                         help="turn light strokes on a dark background into the training data's "
                         "dark on light (default: auto, by the image's border)")

@@ -74,7 +74,8 @@ def link_episode(folder: Path, support: dict[str, list[Path]], queries: list[Pat
 def predict(model: Path, folder: Path, query_batch: int | None, device: str) -> dict:
     """One predict.py process: its peak RSS (MiB), wall time and predictions."""
     command = [sys.executable, str(REPO / "predict.py"), str(model), str(folder / "support"),
-               str(folder / "queries"), "--json", "--device", device]
+               str(folder / "queries"), "--json", "--device", device,
+               "--query_statistics", "batch"]  # the batches' memory is what is measured
     if query_batch is not None:
         command += ["--query_batch", str(query_batch)]
     started = time.perf_counter()

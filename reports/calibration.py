@@ -56,13 +56,23 @@ class CalibrationReport:
     mce: float
     nll: float
     brier: float
+    mce_count: int = 0  # predictions in the bin the MCE comes from
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def __str__(self) -> str:
-        return (f"ECE {self.ece:.4f}, MCE {self.mce:.4f}, NLL {self.nll:.4f}, "
+        # The MCE is one bin's gap: from a handful of predictions it is mostly chance.
+        few = (f" (from a bin of {self.mce_count} prediction{'s' * (self.mce_count != 1)}: "
+               "chance, not calibration)" if self.mce_count < FEW_PREDICTIONS else "")
+        return (f"ECE {self.ece:.4f}, MCE {self.mce:.4f}{few}, NLL {self.nll:.4f}, "
                 f"Brier {self.brier:.4f}")
+
+
+# A bin with fewer predictions than this says little: its accuracy is uncertain by up to
+# +-0.14 (the 95% half-width 1.96 * 0.5 / sqrt(50)), so a large gap there may be chance, not
+# miscalibration (the reliability diagram fades such bins; the MCE line says so).
+FEW_PREDICTIONS = 50
 
 
 def calibration_report(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0,
@@ -71,12 +81,12 @@ def calibration_report(logits: torch.Tensor, labels: torch.Tensor, temperature: 
     logits = logits.double() / temperature
     bins = reliability_bins(logits, labels, n_bins)
     gaps = [abs(a - c) for a, c in zip(bins.accuracy, bins.confidence)]
-    mce = max(gap for n, gap in zip(bins.counts, gaps) if n > 0)
+    mce, mce_count = max((gap, n) for n, gap in zip(bins.counts, gaps) if n > 0)
     probs = F.softmax(logits, dim=1)
     one_hot = F.one_hot(labels, logits.shape[1]).double()
     return CalibrationReport(
         accuracy=float((probs.argmax(1) == labels).double().mean()),
-        ece=bins.ece, mce=float(mce),
+        ece=bins.ece, mce=float(mce), mce_count=int(mce_count),
         nll=float(F.cross_entropy(logits, labels)),
         brier=float((probs - one_hot).pow(2).sum(1).mean()))
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cli.errors import UserError, run_cli
-from reports.calibration import ReliabilityBins
+from reports.calibration import FEW_PREDICTIONS, ReliabilityBins
 from storage import atomic, records
 
 
@@ -36,10 +36,7 @@ def require_matplotlib():
     return plt
 
 
-# A bin with fewer predictions than this is drawn faded, its count written above it: its
-# accuracy is uncertain by up to +-0.14 (the 95% half-width 1.96 * 0.5 / sqrt(50)), so a tall
-# gap bar there may be chance, not miscalibration.
-FEW_PREDICTIONS = 50
+# A bin with fewer predictions than FEW_PREDICTIONS is drawn faded, its count written above it.
 FADED = 0.3  # the alpha of a faded bin
 SMALLEST_GAP = 0.002  # a gap drawn: below this (under a pixel at 100 dpi) it is not drawn
 
@@ -215,6 +212,32 @@ def episode_sheet(sheet: EpisodeSheet, path: Path, title: str, columns: int = 10
         correct = sum(p == t for p, t in zip(sheet.predicted, sheet.truth))
         title += f": {correct} of {len(sheet.queries)} queries right (wrong ones framed in red)"
     fig.suptitle(title, fontsize=9, wrap=True)
+    fig.tight_layout()
+    save_figure(plt, fig, path)
+    return path
+
+
+def confusion_figure(classes: list[str], counts: list[list[int]], title: str,
+                     path: Path) -> Path:
+    """The confusion matrix of labelled queries (rows: true class, columns: predicted), each
+    cell its count, shaded by the fraction of its row."""
+    plt = require_matplotlib()
+    side = max(4.0, 0.5 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(side, side))
+    totals = [max(1, sum(row)) for row in counts]
+    shares = np.array([[c / t for c in row] for row, t in zip(counts, totals)])
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i, row in enumerate(counts):
+        for j, count in enumerate(row):
+            ax.text(j, i, str(count), ha="center", va="center",
+                    color="white" if shares[i, j] > 0.6 else "black")
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xlabel="predicted",
+           ylabel="true class")
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticklabels(classes)
+    right = sum(counts[i][i] for i in range(len(classes)))
+    ax.set_title("\n".join(textwrap.wrap(f"{title}: {right}/{sum(map(sum, counts))} right",
+                                          int(side * TITLE_CHARS_PER_INCH))), fontsize="medium")
     fig.tight_layout()
     save_figure(plt, fig, path)
     return path

@@ -79,3 +79,16 @@ def paired(a, b) -> Paired:
     critical = stats.t.ppf(0.5 + CONFIDENCE / 2, 2 * len(a) - 2)
     unpaired = float(critical * math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / len(a)))
     return Paired(difference, p_t, p_wilcoxon, unpaired)
+
+
+def proportion_interval(successes: int, trials: int) -> tuple[float, float]:
+    """The Wilson score 95% interval of a proportion, as fractions: honest where a normal
+    interval is not (a handful of queries, or all of them right)."""
+    if trials == 0:
+        return math.nan, math.nan
+    z = float(stats.norm.ppf(0.5 + CONFIDENCE / 2))
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (
+        1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)

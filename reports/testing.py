@@ -82,6 +82,9 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
               f"{state['best_val_acc']:.2f}%) on {opts.dataset} {opts.split}, "
               f"{opts.test_n_way}-way {opts.n_shot}-shot, {opts.repeat} x {opts.n_episode} "
               f"episodes, {processes}device {device}", flush=True)
+    few = few_classes_note(samplers["test"].split.n_classes, opts.test_n_way, opts.split)
+    if few:
+        world.say(few)
     if state.get("schedule", {}).get("phase") == "maml-warmup":
         world.say(f"note: epoch {state['epoch']} is in the pure MAML warm-up: the "
                   "hypernetwork, which the test uses, is not trained yet")
@@ -91,6 +94,17 @@ def test_checkpoint(opts, given: set[str], device: torch.device, world: distribu
     if world.is_main:  # every rank has every result; rank 0 reports and records them
         report(opts, path, state, tested, temperature, samplers["test"], compute)
     return 0
+
+
+def few_classes_note(classes: int, n_way: int, split: str) -> str | None:
+    """A note where a split has so few classes (under 3 x n_way) that its episodes keep
+    drawing the same ones: the interval then covers these classes' episodes only."""
+    if classes >= 3 * n_way:
+        return None
+    return (f"note: the {split} split has only {classes} classes, so every {n_way}-way "
+            f"episode draws from the same {classes}: the interval covers episodes of these "
+            "classes, not how the model does on other new classes, and is narrower than a "
+            "claim about those needs")
 
 
 def fit_temperature(opts, model, compute, sampler, world: distributed.World) -> float:
@@ -161,6 +175,9 @@ def report(opts, path: Path, state: dict, tested: Tested, temperature: float | N
           f"sample std {spread:.2f}%; each repeat's +- above is the reference's "
           f"1.96 x std / sqrt({opts.n_episode})")
     print(f"Calibration over all {len(labels):,} test queries: {pooled}")
+    few = few_classes_note(sampler.split.n_classes, opts.test_n_way, opts.split)
+    if few:
+        print(few)
     record = {"calibration": pooled.as_dict()}
     panels = {"uncalibrated": calibration.reliability_bins(logits, labels)}
     if temperature is not None:

@@ -184,6 +184,23 @@ def test_nll_and_brier_by_hand():
     assert report.mce == pytest.approx(0.45)
 
 
+def test_an_mce_from_a_nearly_empty_bin_says_so():
+    """1,000 right predictions of confidence 0.93 and 3 wrong ones of confidence 0.37: the
+    MCE (0.37) comes from a bin of 3 predictions, and the report line says it is chance; with
+    300 such predictions the same gap is a finding and nothing is added."""
+    def report(unsure: int):
+        logits = torch.cat([torch.tensor([[4.0, 0, 0, 0, 0]]).repeat(1000, 1),
+                            torch.tensor([[1.5, 1.5, 0, 0, 0]]).repeat(unsure, 1)])
+        labels = torch.cat([torch.zeros(1000, dtype=torch.long),
+                            torch.full((unsure,), 2, dtype=torch.long)])
+        return calibration.calibration_report(logits, labels)
+
+    few, many = report(3), report(300)
+    assert few.mce_count == 3 and few.mce == pytest.approx(0.3746, abs=1e-4)
+    assert "MCE 0.3746 (from a bin of 3 predictions: chance, not calibration)" in str(few)
+    assert many.mce_count == 300 and "from a bin" not in str(many)
+
+
 def test_temperature_scaling_recovers_the_temperature_and_lowers_the_nll():
     logits, labels = synthetic(50_000)
     sharpened = logits * 3

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+
+import pytest
 
 from conftest import REPO_ROOT
 
@@ -108,3 +111,18 @@ def test_predict_memory_benchmark_smoke_run(data_dir, tmp_path):
         assert row["batched_peak_rss_mib"] > 0 and row["one_batch_peak_rss_mib"] > 0
         assert 0 <= row["same_answers"] <= row["queries"]
     assert "KiB a query" in done.stdout and "same answers" in done.stdout
+
+
+def test_query_statistics_benchmark_smoke_run(data_dir):
+    """Three episodes of the shipped HyperMAML model, each way: two accuracies over 3
+    episodes and their paired difference, which is the difference of the two means."""
+    done = subprocess.run([sys.executable, "-m", "bench.query_statistics", "--episodes", "3",
+                           "--data_dir", str(data_dir)], capture_output=True, text=True,
+                          cwd=REPO_ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    means = {mode: float(value) for mode, value in
+             re.findall(r"^(each|batch) *: (\d+\.\d+) \+- .* over 3 episodes", done.stdout,
+                        re.M)}
+    difference = float(re.search(r"each - batch: ([-+]\d+\.\d+)", done.stdout).group(1))
+    assert set(means) == {"each", "batch"}
+    assert difference == pytest.approx(means["each"] - means["batch"], abs=0.011)

@@ -176,6 +176,7 @@ def test_the_colour_recipe_learns_real_birds(photo_benchmarks, tmp_path, capsys)
     assert code == 0, err
     record = json.loads((tmp_path / "r" / "results.jsonl").read_text())
     assert record["acc_mean"] > 26, record["acc_mean"]
+    assert "classes, so every" not in out  # 25 novel species: no note
     assert Path(record["episode_sheet"]).is_file()
 
 
@@ -227,6 +228,9 @@ def test_a_drawing_folder_becomes_a_benchmark_whose_recipe_learns(data_dir, tmp_
     assert code == 0, err
     accuracy = json.loads((tmp_path / "r" / "results.jsonl").read_text())["acc_mean"]
     assert accuracy > 35, accuracy  # chance: 20%
+    # Its 5 novel classes are in every episode: the test says what its interval covers.
+    assert out.count("note: the novel split has only 5 classes, so every 5-way episode draws "
+                     "from the same 5") == 2  # at the start and beside the summary
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -500,31 +500,110 @@ def test_images_of_every_mode_read_as_their_8_bit_original(data_dir, tmp_path):
     assert abs(binary.mean() - original.mean()) < 12  # thresholded, but white where it was
 
 
+def test_one_querys_answer_does_not_depend_on_the_other_queries(data_dir, tmp_path, capsys):
+    """Real EMNIST queries, each classified alone and among all 25: by default the same
+    probabilities to the last digit (BatchNorm's statistics come from the support set and
+    that query), and whatever --query_batch; with --query_statistics batch (test.py's
+    protocol) the other queries move them."""
+    model = PREDICTORS[0]
+    emnist_task(data_dir, tmp_path, np.random.default_rng(5), queries=5)
+    together = predictions(tmp_path, model, capsys)
+    for q in sorted((tmp_path / "query").iterdir())[:3]:
+        code = PREDICT.main([str(model), str(tmp_path / "support"), str(q), "--json",
+                             "--device", "cpu"])
+        alone = json.loads(capsys.readouterr().out)
+        assert code == 0
+        assert alone == [row for row in together if row["query"] == str(q)]
+    assert predictions(tmp_path, model, capsys, "--query_batch", 4) == together
+    batch = predictions(tmp_path, model, capsys, "--query_statistics", "batch")
+    assert [r["probabilities"] for r in batch] != [r["probabilities"] for r in together]
+
+
+def test_predict_scores_labelled_query_folders(data_dir, tmp_path, capsys):
+    """A query folder of class folders (real EMNIST novel images, a shipped model): each
+    answer with its true class, the accuracy with its Wilson interval, the confusion matrix
+    and per-class counts, as text, JSON and a figure; the same predictions as the unlabelled
+    images give. A query class the support set lacks, or labelled and loose queries mixed:
+    one line."""
+    model = PREDICTORS[0]
+    truth = emnist_task(data_dir, tmp_path, np.random.default_rng(11), queries=6)
+    plain = predictions(tmp_path, model, capsys)
+    labelled = tmp_path / "labelled"
+    for row, cls in zip(plain, truth):
+        (labelled / cls).mkdir(parents=True, exist_ok=True)
+        shutil.copy(row["query"], labelled / cls / Path(row["query"]).name)
+    argv = [str(model), str(tmp_path / "support"), str(labelled), "--device", "cpu"]
+    assert PREDICT.main(argv + ["--json", "--plot", str(tmp_path / "scores.png")]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    by_name = {Path(r["query"]).name: r for r in scored["answers"]}
+    assert len(by_name) == 30
+    for row, cls in zip(plain, truth):
+        mine = by_name[Path(row["query"]).name]
+        assert mine["label"] == cls and mine["probabilities"] == row["probabilities"]
+    right = sum(r["prediction"] == r["label"] for r in scored["answers"])
+    assert scored["correct"] == right and scored["queries"] == 30
+    assert scored["accuracy"] == right / 30
+    low, high = scored["interval95"]
+    assert low < right / 30 < high or right in (0, 30)
+    assert sum(map(sum, scored["confusion"])) == 30
+    assert all(sum(row) == 6 for row in scored["confusion"])  # 6 queries of each class
+    assert sum(c["correct"] for c in scored["per_class"].values()) == right
+    assert (tmp_path / "scores.png").stat().st_size > 0
+    assert (tmp_path / "scores_sheet.png").stat().st_size > 0
+    assert PREDICT.main(argv) == 0
+    text = capsys.readouterr().out
+    assert f"accuracy {right}/30 = {100 * right / 30:.1f}% (95% Wilson interval" in text
+    assert "confusion (rows: true class, columns: predicted):" in text
+    assert text.count("[true: ") == 30
+
+    (labelled / "not a class").mkdir()
+    shutil.copy(plain[0]["query"], labelled / "not a class" / "x.png")
+    code = PREDICT.main(argv)
+    assert_one_line_error(code, capsys.readouterr().err, "not a class of the support set")
+    shutil.rmtree(labelled / "not a class")
+    code = PREDICT.main(argv[:3] + [plain[0]["query"]] + argv[3:])
+    assert_one_line_error(code, capsys.readouterr().err, "either as labelled folders")
+
+
+def test_predict_names_swapped_arguments_and_other_shots(data_dir, tmp_path, capsys):
+    model = MODELS / "maml_cross_char_1shot_128.safetensors"  # takes any number of shots
+    emnist_task(data_dir, tmp_path, np.random.default_rng(13), shots=2)
+    code = PREDICT.main([str(tmp_path / "support"), str(model), str(tmp_path / "query")])
+    assert_one_line_error(code, capsys.readouterr().err, "the model comes first")
+    code = PREDICT.main([str(model), str(tmp_path / "support"), str(tmp_path / "query"),
+                         "--device", "cpu"])
+    assert code == 0
+    assert "was trained 1-shot; this support set has 2 image(s) per class" in \
+        capsys.readouterr().err
+
+
 def test_predict_classifies_in_batches_of_bounded_size(data_dir, tmp_path, capsys):
-    """Real EMNIST queries given with --query_batch 10: classified 10 at a time, each batch
-    exactly as if its queries had been given alone (so memory grows with the batch, not with
-    the query count), with a note; a batch that holds them all is the one-batch answer. A
-    class name with a newline keeps each query on its one line."""
+    """Real EMNIST queries given with --query_batch 10 and --query_statistics batch (the
+    protocol's normalisation): classified 10 at a time, each batch exactly as if its queries
+    had been given alone (so memory grows with the batch, not with the query count), with a
+    note; a batch that holds them all is the one-batch answer. A class name with a newline
+    keeps each query on its one line."""
     model = PREDICTORS[0]
     emnist_task(data_dir, tmp_path, np.random.default_rng(3), queries=5)
     queries = sorted((tmp_path / "query").iterdir())
-    batched = predictions(tmp_path, model, capsys, "--query_batch", 10)
+    batch = ("--query_statistics", "batch")
+    batched = predictions(tmp_path, model, capsys, "--query_batch", 10, *batch)
     alone = tmp_path / "first"
     alone.mkdir()
     for q in queries[:10]:
         shutil.copy(q, alone / q.name)
     code = PREDICT.main([str(model), str(tmp_path / "support"), str(alone), "--json",
-                         "--device", "cpu"])
+                         "--device", "cpu", *batch])
     first = json.loads(capsys.readouterr().out)
     assert code == 0
     strip = lambda rows: [{k: v for k, v in r.items() if k != "query"} for r in rows]  # noqa
     assert strip(batched[:10]) == strip(first)
     code = PREDICT.main([str(model), str(tmp_path / "support"), str(tmp_path / "query"),
-                         "--query_batch", "10", "--device", "cpu"])
+                         "--query_batch", "10", "--device", "cpu", *batch])
     out, err = capsys.readouterr()
     assert "25 queries, classified in 3 batches of at most 10" in err
-    whole = predictions(tmp_path, model, capsys)
-    assert predictions(tmp_path, model, capsys, "--query_batch", 25) == whole
+    whole = predictions(tmp_path, model, capsys, *batch)
+    assert predictions(tmp_path, model, capsys, "--query_batch", 25, *batch) == whole
     odd = sorted((tmp_path / "support").iterdir())[0]
     odd.rename(odd.with_name("two\nlines"))
     code = PREDICT.main([str(model), str(tmp_path / "support"), str(tmp_path / "query"),

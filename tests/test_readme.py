@@ -78,6 +78,15 @@ def test_the_method_diagrams_show_the_shapes_of_the_published_models():
             assert f"{trunk[-1]} → {out}" in page or f"→ {out}<br/>" in page, head
     assert f"{sum(p.numel() for n, p in model.named_parameters() if n.startswith('classifier'))}" \
         " classifier parameters" in page
+    # MAML's diagram: its classifier and inner loop as the cross_char defaults build them.
+    opts, _ = config.parse("train", list(METHODS), ["--dataset", "cross_char", "--method",
+                                                    "maml", "--n_shot", "1"])
+    opts, benchmark = setup.settle(opts, set(), "train")
+    maml = setup.build_method(opts, benchmark, setup.choose_compute(opts, "cpu"))
+    weight = maml.classifier[-1].weight
+    assert f"classifier W [{weight.shape[0]}, {weight.shape[1]}]" in page
+    assert f"(x task_update_num: {opts.inner_steps})" in page
+    assert f"(train_lr {opts.inner_lr};" in page and f"summed over {opts.n_task} tasks" in page
 
 
 def test_the_readme_test_count_is_the_suites():

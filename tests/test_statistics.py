@@ -85,3 +85,12 @@ def test_paired_comparison_of_equal_models_is_not_significant():
 def test_paired_refuses_series_of_different_lengths():
     with pytest.raises(ValueError, match="equal-length"):
         statistics.paired([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+def test_wilson_interval_by_hand_and_at_the_edges():
+    """8 of 10: 0.490-0.943 (Wilson 1927, the textbook value); all right or all wrong still
+    leave an interval, where the normal one would have width zero."""
+    low, high = statistics.proportion_interval(8, 10)
+    assert (round(low, 3), round(high, 3)) == (0.490, 0.943)
+    assert statistics.proportion_interval(10, 10)[0] == pytest.approx(0.7225, abs=1e-4)
+    assert statistics.proportion_interval(0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
