@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The published experiments of the reference code (CloserLookFewShot protocol, Conv4, 5-way):
-# MAML and HyperMAML, plus smoke runs. Usage: bash commands.sh EXPERIMENT [extra options...]
+# every published HyperMAML and BayesHMAML command word for word (cross_char, CUB,
+# miniImagenet: ../shared/reference/published-commands*.txt), and what this toolkit adds of its
+# own: MAML and MAML-approx with the reference's defaults (it published none), the cross_char
+# commands on Omniglot's Vinyals splits, and smoke runs. Usage: bash commands.sh EXPERIMENT [extra options...]
 # e.g. `bash commands.sh smoke`, `bash commands.sh maml_cross_char_1shot --device cuda`,
 # `bash commands.sh bayes_hmaml_cross_char_5shot` (`python -m results.experiments --list`
 # names the published ones).
@@ -18,7 +21,8 @@ experiments:
   smoke, smoke_hyper_maml, smoke_bayes_hmaml   short runs that check everything works
   METHOD_DATASET_1shot, METHOD_DATASET_5shot   the published experiments, with
       METHOD  maml, maml_approx, hyper_maml or bayes_hmaml
-      DATASET cross_char (Omniglot -> EMNIST), omniglot (Vinyals splits) or CUB
+      DATASET cross_char (Omniglot -> EMNIST), omniglot (Vinyals splits), CUB or
+              miniImagenet (HyperMAML and BayesHMAML only)
       (python -m results.experiments --list names them all)
   e.g. bash commands.sh hyper_maml_cross_char_1shot --device cuda
 EOF
@@ -63,10 +67,10 @@ case "$experiment" in
     smoke --method bayes_hmaml "${smoke_hypernet[@]}" "${bayes[@]}" ;;
   # The published experiments, named METHOD_DATASET_{1,5}shot, defined once in
   # results/experiments.py (PUBLISHED): the reference's commands word for word where it
-  # published them (HyperMAML and BayesHMAML on cross_char and CUB), MAML with the
+  # published them (HyperMAML and BayesHMAML on cross_char, CUB and miniImagenet), MAML with the
   # reference's defaults (n_task 32, one inner step of 0.1 on the characters), and on omniglot
   # the cross_char command on Vinyals' splits. `python -m results.experiments --list` names them.
-  *_cross_char_[15]shot | *_omniglot_[15]shot | *_CUB_[15]shot)
+  *_cross_char_[15]shot | *_omniglot_[15]shot | *_CUB_[15]shot | *_miniImagenet_[15]shot)
     published=$(python -m results.experiments "$experiment") || exit 2
     mapfile -t options <<< "$published"
     train_and_test "${options[@]}" "$@" ;;

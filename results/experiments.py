@@ -92,6 +92,28 @@ PUBLISHED_CUB = {
     **{("maml", shots): f"--method maml --model Conv4Pool --dataset CUB --n_shot {shots} "
        "--test_n_way 5 --train_n_way 5 --train_aug" for shots in (1, 5)},
 }
+# ...and for mini-ImageNet (no mini-ImageNet is in ../shared/data: commands.sh runs them where
+# a user has prepared it; BayesHMAML 5-shot's --resume is the reference's own).
+PUBLISHED_MINI = {
+    ("hyper_maml", 1): PUBLISHED_CUB[("hyper_maml", 1)].replace("--dataset CUB",
+                                                               "--dataset miniImagenet"),
+    ("hyper_maml", 5): PUBLISHED_CUB[("hyper_maml", 5)].replace("--dataset CUB",
+                                                               "--dataset miniImagenet"),
+    ("bayes_hmaml", 1): "--method bayes_hmaml --hm_weight_set_num_test 0 --model Conv4Pool "
+    "--dataset miniImagenet --num_classes 200 --n_shot 1 --test_n_way 5 --train_n_way 5 "
+    "--train_aug --stop_epoch 1000 --es_threshold 20 --lr 0.001 --lr_scheduler multisteplr "
+    "--hm_maml_warmup --hm_maml_warmup_epochs 100 --hm_maml_warmup_switch_epochs 1000 "
+    "--milestones 101 1100 --hn_head_len 3 --hn_hidden_size 256 --hm_enhance_embeddings True "
+    "--hm_use_class_batch_input --kl_scale 1e-24 --kl_stop_val 0.0001 "
+    "--hm_weight_set_num_train 5",
+    ("bayes_hmaml", 5): "--method bayes_hmaml --model Conv4Pool --dataset miniImagenet "
+    "--num_classes 200 --n_shot 5 --test_n_way 5 --train_n_way 5 --train_aug --stop_epoch 1000 "
+    "--es_threshold 20 --lr 1e-3 --lr_scheduler multisteplr --hm_maml_warmup "
+    "--hm_maml_warmup_epochs 100 --hm_maml_warmup_switch_epochs 1000 --milestones 101 1100 "
+    "--hn_head_len 3 --hn_hidden_size 256 --hm_enhance_embeddings True "
+    "--hm_use_class_batch_input --hn_sup_aggregation mean --resume --hm_weight_set_num_test 0 "
+    "--hm_weight_set_num_train 5 --kl_stop_val 1e-5",
+}
 PHOTO_SCHEDULE = {"--stop_epoch 1000": "--stop_epoch 6", "--hm_maml_warmup_epochs 100":
                   "--hm_maml_warmup_epochs 2", "--hm_maml_warmup_switch_epochs 1000":
                   "--hm_maml_warmup_switch_epochs 8", "--milestones 101 1100": "--milestones 18"}
@@ -299,6 +321,8 @@ PUBLISHED: dict[str, str] = {
        for dataset in ("cross_char", "omniglot") for shots in (1, 5)},
     **{f"{method}_CUB_{shots}shot": _published(method, "CUB", shots)
        for method in ("maml", "hyper_maml", "bayes_hmaml") for shots in (1, 5)},
+    **{f"{method}_miniImagenet_{shots}shot": PUBLISHED_MINI[(method, shots)]
+       for method in ("hyper_maml", "bayes_hmaml") for shots in (1, 5)},
 }
 
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -249,16 +252,29 @@ def test_the_reference_file_holds_the_eight_image_commands():
     assert {c[c.index("--dataset") + 1] for c in commands.values()} == {"CUB", "miniImagenet"}
 
 
-def test_commands_sh_runs_the_published_cub_commands_word_for_word():
-    """commands.sh's CUB experiments (results/experiments.py) are the reference's."""
+def test_commands_sh_runs_the_published_image_commands_word_for_word(tmp_path):
+    """commands.sh's CUB and miniImagenet experiments (results/experiments.py) are the
+    reference's eight, and commands.sh hands each to train.py unchanged."""
     if not PUBLISHED_IMAGES.exists():
         pytest.skip(f"no {PUBLISHED_IMAGES}")
     from results.experiments import PUBLISHED
-    cub = {name: argv for name, argv in published_image_commands().items() if " CUB " in name}
-    assert len(cub) == 4
-    for heading, argv in cub.items():
-        method, _, shots = heading.split()
-        assert PUBLISHED[f"{method}_CUB_{shots.replace('-', '')}"].split() == argv, heading
+    for heading, argv in published_image_commands().items():
+        method, dataset, shots = heading.split()
+        name = f"{method}_{'CUB' if dataset == 'CUB' else 'miniImagenet'}_{shots.replace('-', '')}"
+        assert PUBLISHED[name].split() == argv, heading
+    # commands.sh passes the experiment's words through: a stand-in python prints them.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python").write_text('#!/usr/bin/env bash\nif [ "$1" = train.py ]; then shift; '
+                                 'printf "%s\\n" "$@"; exit 0; fi\nexec "$REAL_PYTHON" "$@"\n')
+    (fake / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "REAL_PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(REPO_ROOT / "commands.sh"),
+                           "bayes_hmaml_miniImagenet_5shot"], capture_output=True, text=True,
+                          env=env, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[:len(PUBLISHED["bayes_hmaml_miniImagenet_5shot"].split())] == \
+        PUBLISHED["bayes_hmaml_miniImagenet_5shot"].split()
 
 
 @pytest.mark.parametrize("name", sorted(published_image_commands()))
