@@ -130,8 +130,8 @@ def check_training(opts, resume_state: dict | None, last_path: Path,
 @dataclass
 class Logs:
     """The per-epoch records rank 0 writes: metrics.jsonl, delta_params.jsonl with
-    --hm_save_delta_params, and metrics.jsonl's TensorBoard mirror (tensorboard/) where the
-    tensorboard package is installed."""
+    --hm_save_delta_params, and metrics.jsonl's TensorBoard mirror (:func:`board_folder`)
+    where the tensorboard package is installed."""
     metrics: records.EpochLog | None = None
     deltas: records.EpochLog | None = None
     board: records.TensorBoardLog | None = None
@@ -142,13 +142,21 @@ def open_logs(folder: Path, opts, resume_state: dict | None, world: distributed.
         return Logs()
     resumed_after = None if resume_state is None else resume_state["epoch"]
     logs = Logs(records.EpochLog(folder / "metrics.jsonl", resumed_after),
-                board=records.TensorBoardLog(folder / "tensorboard",
+                board=records.TensorBoardLog(board_folder(opts, folder),
                                              -1 if resumed_after is None else resumed_after))
     if opts.hm_save_delta_params:
         logs.deltas = records.EpochLog(folder / "delta_params.jsonl", resumed_after)
     # After the records were read: a refused resume leaves the run's options as they were.
     atomic.write_text(folder / "args.json", json.dumps(opts.to_dict(), indent=2) + "\n")
     return logs
+
+
+def board_folder(opts, folder: Path) -> Path:
+    """Where a run's TensorBoard scalars go: SAVE_DIR/tensorboard/ laid out as
+    SAVE_DIR/checkpoints/, so that ``tensorboard --logdir SAVE_DIR/tensorboard`` shows every
+    run of a save folder side by side, and the run folder holds only the run's own files."""
+    return Path(opts.save_dir) / "tensorboard" / folder.relative_to(
+        Path(opts.save_dir) / "checkpoints")
 
 
 def announce(opts, compute: setup.Compute, course: Course, folder: Path,

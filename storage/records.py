@@ -57,7 +57,8 @@ class TensorBoardLog:
     """The per-epoch records as TensorBoard scalars, one tag per numeric field of
     metrics.jsonl (``train_loss``, ``val_acc``, ``lr``, ...), at step = epoch: a mirror for
     the viewer most researchers use, metrics.jsonl staying the record. Off (``on`` False)
-    where the tensorboard package is not installed: an optional dependency.
+    where the tensorboard package is not installed: an optional dependency. Nothing is
+    written before the first record (a refused start leaves nothing).
 
     Events after epoch ``purge_after`` that earlier writers left in ``folder`` are hidden by
     TensorBoard (its purge step), as EpochLog drops their lines on resume; -1 hides all."""
@@ -66,18 +67,21 @@ class TensorBoardLog:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # torch says so when tensorboard is missing
-            self.writer = None
-            return
-        purge = None if purge_after is None else purge_after + 1
-        self.writer = SummaryWriter(str(folder), purge_step=purge)
+            SummaryWriter = None
+        self._open = None if SummaryWriter is None else (
+            lambda: SummaryWriter(str(folder),
+                                  purge_step=None if purge_after is None else purge_after + 1))
+        self.writer = None
 
     @property
     def on(self) -> bool:
-        return self.writer is not None
+        return self._open is not None
 
     def append(self, record: dict) -> None:
-        if self.writer is None:
+        if self._open is None:
             return
+        if self.writer is None:
+            self.writer = self._open()
         for key, value in record.items():
             if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(key, value, record["epoch"])

@@ -79,7 +79,9 @@ def test_training_mirrors_its_metrics_to_tensorboard(tiny_run):
     pytest.importorskip("tensorboard")
     folder = run_folder(tiny_run)
     metrics = plots.read_metrics(folder)
-    scalars = read_scalars(folder / "tensorboard")
+    board = tiny_run / "tensorboard" / folder.relative_to(tiny_run / "checkpoints")
+    assert not list(folder.glob("*tensorboard*"))  # the run folder holds the run's files only
+    scalars = read_scalars(board)
     assert [step for step, _ in scalars["val_acc"]] == [m["epoch"] for m in metrics]
     assert [v for _, v in scalars["val_acc"]] == pytest.approx([m["val_acc"] for m in metrics])
     assert [v for _, v in scalars["train_loss"]] == pytest.approx(
@@ -108,7 +110,7 @@ def test_without_tensorboard_the_mirror_is_off_and_the_export_says_why(tmp_path,
 
     monkeypatch.setattr(builtins, "__import__", no_tensorboard)
     log = records.TensorBoardLog(tmp_path / "board", None)
-    log.append({"epoch": 0, "val_acc": 50.0})
+    log.append({"epoch": 0, "val_acc": 50.0})  # nothing to write it with: nothing written
     log.close()
     assert not log.on and not (tmp_path / "board").exists()
     with pytest.raises(UserError, match="pip install tensorboard"):
