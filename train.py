@@ -268,8 +268,6 @@ def write_epoch(opts, folder: Path, state: dict, record: dict, model, logs: Logs
     epoch are dropped when ``--resume`` continues from it (:class:`storage.records.EpochLog`)."""
     epoch = state["epoch"]
     logs.metrics.append(record)
-    if logs.board is not None:
-        logs.board.append(record)
     if logs.deltas is not None:
         logs.deltas.append(delta_record(model, sampler, epoch, opts.n_episode, state["schedule"]))
     if record.get("best"):
@@ -281,6 +279,8 @@ def write_epoch(opts, folder: Path, state: dict, record: dict, model, logs: Logs
             checkpoints.save_feature_net(model.feature, epoch, folder / "best_feature_net.tar")
         checkpoints.save_feature_net(model.feature, epoch, folder / "last_feature_net.tar")
     checkpoints.save_checkpoint(state, folder / "last_model.tar")
+    if logs.board is not None:  # once the epoch is saved: a failed save leaves no mirror
+        logs.board.append(record)
 
 
 def divergence_message(exc: loops.Diverged, opts, last_path: Path,
